@@ -1,0 +1,441 @@
+//! Turns validated documents into the immutable `Snapshot` the data path reads: regexes
+//! compiled, durations typed, routes ordered by specificity, defaults merged into each route.
+//! A snapshot is built whole or not at all — `compile` returns every error instead.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Errors, ValidationError};
+use crate::route::{HeaderMatch, HostPattern, PathMatch, RouteMatch};
+use crate::spec::{self, Direction, MatchSpec, ResiliencePolicy, TimeoutSpec};
+use crate::validate::{self, Cidr};
+
+/// Name of the route that requests matching no route of a policy are accounted to.
+pub const DEFAULT_ROUTE: &str = "default";
+
+/// The resolved timeouts of one route. `None` means unbounded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    pub request: Option<Duration>,
+    pub per_try: Option<Duration>,
+    pub idle: Option<Duration>,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    /// `namespace/name` of the owning policy.
+    pub policy: Arc<str>,
+    pub matcher: RouteMatch,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UpstreamPolicy {
+    pub connect_timeout: Option<Duration>,
+}
+
+#[derive(Debug)]
+pub struct Target {
+    pub service: Option<HostPattern>,
+    pub listener: Option<String>,
+    pub addresses: Vec<Cidr>,
+    pub ports: Vec<u16>,
+    pub direction: Direction,
+}
+
+#[derive(Debug)]
+pub struct CompiledPolicy {
+    pub id: Arc<str>,
+    pub target: Target,
+    /// Most specific first; the first that matches wins.
+    pub routes: Vec<Arc<Route>>,
+    /// Used when no route matches.
+    pub default_route: Arc<Route>,
+    pub upstream: UpstreamPolicy,
+}
+
+/// Where a connection or request is going, as far as policy selection cares.
+#[derive(Clone, Copy, Debug)]
+pub struct Destination<'a> {
+    pub direction: Direction,
+    /// The explicit listener it arrived on, if any.
+    pub listener: Option<&'a str>,
+    /// The request's host and, for explicit listeners, the configured upstream host.
+    pub hosts: [Option<&'a str>; 2],
+    /// The original destination (transparent) or the upstream (explicit), when it is an IP.
+    pub addr: Option<SocketAddr>,
+    pub port: u16,
+}
+
+/// An immutable, versioned set of compiled policies.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub version: String,
+    pub policies: Vec<Arc<CompiledPolicy>>,
+    /// The documents as accepted, for display (`/config`) and round-tripping.
+    pub documents: Vec<ResiliencePolicy>,
+}
+
+impl Snapshot {
+    /// Compiles `docs` into a snapshot, or returns every validation error found.
+    pub fn compile(
+        version: impl Into<String>,
+        mut docs: Vec<ResiliencePolicy>,
+    ) -> Result<Snapshot, Vec<ValidationError>> {
+        let mut out = Vec::new();
+        if docs.len() > validate::MAX_POLICIES {
+            out.push(ValidationError {
+                policy: "(snapshot)".into(),
+                path: String::new(),
+                message: format!(
+                    "{} policies; the limit is {}",
+                    docs.len(),
+                    validate::MAX_POLICIES
+                ),
+            });
+            return Err(out);
+        }
+        // Deterministic precedence between equally specific policies: namespace, then name.
+        docs.sort_by(|a, b| {
+            (&a.metadata.namespace, &a.metadata.name)
+                .cmp(&(&b.metadata.namespace, &b.metadata.name))
+        });
+        let mut seen = HashSet::new();
+        let mut policies = Vec::with_capacity(docs.len());
+        for doc in &docs {
+            let mut errs = Errors {
+                policy: doc.id(),
+                out: &mut out,
+            };
+            if !seen.insert(doc.id()) {
+                errs.push(
+                    "metadata.name",
+                    "another policy with the same namespace and name is in the same set",
+                );
+                continue;
+            }
+            if let Some(p) = compile_policy(doc, &mut errs) {
+                policies.push(Arc::new(p));
+            }
+        }
+        if out.is_empty() {
+            Ok(Snapshot {
+                version: version.into(),
+                policies,
+                documents: docs,
+            })
+        } else {
+            Err(out)
+        }
+    }
+
+    /// The policy that governs traffic to `dest`: one naming its listener first, then one
+    /// naming its service, then one whose addresses contain it. Ties go to namespace/name order.
+    pub fn select(&self, dest: &Destination<'_>) -> Option<&Arc<CompiledPolicy>> {
+        let mut best: Option<(u8, &Arc<CompiledPolicy>)> = None;
+        for p in &self.policies {
+            let t = &p.target;
+            if t.direction != dest.direction
+                || !(t.ports.is_empty() || t.ports.contains(&dest.port))
+            {
+                continue;
+            }
+            let rank = if t.listener.is_some() && t.listener.as_deref() == dest.listener {
+                0
+            } else if t
+                .service
+                .as_ref()
+                .is_some_and(|s| dest.hosts.iter().flatten().any(|h| s.matches(h)))
+            {
+                1
+            } else if dest
+                .addr
+                .is_some_and(|a| t.addresses.iter().any(|c| c.contains(a.ip())))
+            {
+                2
+            } else {
+                continue;
+            };
+            if best.is_none_or(|(r, _)| rank < r) {
+                best = Some((rank, p));
+            }
+        }
+        best.map(|(_, p)| p)
+    }
+}
+
+fn compile_policy(doc: &ResiliencePolicy, errs: &mut Errors<'_>) -> Option<CompiledPolicy> {
+    let before = errs.out.len();
+    if doc.api_version != spec::API_VERSION {
+        errs.push(
+            "apiVersion",
+            format!(
+                "{:?} is not supported; use {:?}",
+                doc.api_version,
+                spec::API_VERSION
+            ),
+        );
+    }
+    if doc.kind != spec::KIND {
+        errs.push(
+            "kind",
+            format!("{:?} is not supported; use {:?}", doc.kind, spec::KIND),
+        );
+    }
+    validate::name(errs, "metadata.name", &doc.metadata.name);
+    validate::name(errs, "metadata.namespace", &doc.metadata.namespace);
+    let id: Arc<str> = doc.id().into();
+
+    let target = compile_target(&doc.spec.target, errs);
+    let defaults = compile_timeouts(
+        errs,
+        "spec.defaults.timeout",
+        doc.spec.defaults.timeout.as_ref(),
+        Timeouts::default(),
+    );
+    let upstream = UpstreamPolicy {
+        connect_timeout: validate::timeout(
+            errs,
+            "spec.upstream.connectTimeout",
+            doc.spec.upstream.connect_timeout.map(|d| d.get()),
+        ),
+    };
+
+    validate::count(
+        errs,
+        "spec.routes",
+        doc.spec.routes.len(),
+        validate::MAX_ROUTES,
+    );
+    let mut names = HashSet::new();
+    let mut routes: Vec<(usize, Arc<Route>)> = Vec::new();
+    for (i, r) in doc.spec.routes.iter().enumerate() {
+        let base = format!("spec.routes[{i}]");
+        if validate::name(errs, &format!("{base}.name"), &r.name) {
+            if r.name == DEFAULT_ROUTE {
+                errs.push(
+                    format!("{base}.name"),
+                    "\"default\" is reserved for requests that match no route",
+                );
+            } else if !names.insert(r.name.as_str()) {
+                errs.push(
+                    format!("{base}.name"),
+                    format!("route {:?} is defined twice", r.name),
+                );
+            }
+        }
+        if let Some(earlier) = doc.spec.routes[..i].iter().find(|e| e.matches == r.matches) {
+            errs.push(
+                format!("{base}.match"),
+                format!(
+                    "can never match: route {:?} has the same match and comes first",
+                    earlier.name
+                ),
+            );
+        }
+        let matcher = compile_match(errs, &format!("{base}.match"), &r.matches);
+        let timeouts = compile_timeouts(
+            errs,
+            &format!("{base}.timeout"),
+            r.timeout.as_ref(),
+            defaults,
+        );
+        if let Some(matcher) = matcher {
+            routes.push((
+                i,
+                Arc::new(Route {
+                    name: r.name.as_str().into(),
+                    policy: id.clone(),
+                    matcher,
+                    timeouts,
+                }),
+            ));
+        }
+    }
+    // Stable sort keeps the written order among equally specific routes.
+    routes.sort_by(|(_, a), (_, b)| b.matcher.specificity().cmp(&a.matcher.specificity()));
+
+    if errs.out.len() > before {
+        return None;
+    }
+    Some(CompiledPolicy {
+        default_route: Arc::new(Route {
+            name: DEFAULT_ROUTE.into(),
+            policy: id.clone(),
+            matcher: RouteMatch::any(),
+            timeouts: defaults,
+        }),
+        id,
+        target: target?,
+        routes: routes.into_iter().map(|(_, r)| r).collect(),
+        upstream,
+    })
+}
+
+fn compile_target(t: &spec::TargetSpec, errs: &mut Errors<'_>) -> Option<Target> {
+    let before = errs.out.len();
+    if t.service.is_none() && t.listener.is_none() && t.addresses.is_empty() {
+        errs.push(
+            "spec.target",
+            "selects no traffic: set service, listener or addresses",
+        );
+    }
+    if let Some(s) = &t.service {
+        validate::host(errs, "spec.target.service", s);
+    }
+    if let Some(l) = &t.listener {
+        validate::name(errs, "spec.target.listener", l);
+    }
+    validate::count(
+        errs,
+        "spec.target.addresses",
+        t.addresses.len(),
+        validate::MAX_MATCH_ITEMS * 8,
+    );
+    let addresses: Vec<Cidr> = t
+        .addresses
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| {
+            Cidr::parse(a)
+                .map_err(|m| errs.push(format!("spec.target.addresses[{i}]"), m))
+                .ok()
+        })
+        .collect();
+    for (i, p) in t.ports.iter().enumerate() {
+        if *p == 0 {
+            errs.push(format!("spec.target.ports[{i}]"), "port 0 can never match");
+        }
+    }
+    (errs.out.len() == before).then(|| Target {
+        service: t.service.as_deref().map(HostPattern::parse),
+        listener: t.listener.clone(),
+        addresses,
+        ports: t.ports.clone(),
+        direction: t.direction,
+    })
+}
+
+/// Field-by-field override of `base` by `spec`.
+fn compile_timeouts(
+    errs: &mut Errors<'_>,
+    path: &str,
+    spec: Option<&TimeoutSpec>,
+    base: Timeouts,
+) -> Timeouts {
+    let Some(s) = spec else { return base };
+    let t = Timeouts {
+        request: validate::timeout(errs, &format!("{path}.request"), s.request.map(|d| d.get()))
+            .or(base.request),
+        per_try: validate::timeout(errs, &format!("{path}.perTry"), s.per_try.map(|d| d.get()))
+            .or(base.per_try),
+        idle: validate::timeout(errs, &format!("{path}.idle"), s.idle.map(|d| d.get()))
+            .or(base.idle),
+    };
+    if let (Some(req), Some(try_)) = (t.request, t.per_try) {
+        if try_ > req {
+            errs.push(
+                format!("{path}.perTry"),
+                format!(
+                    "{} exceeds the request timeout {}; an attempt can never use it",
+                    crate::duration::format(try_),
+                    crate::duration::format(req)
+                ),
+            );
+        }
+    }
+    t
+}
+
+fn compile_match(errs: &mut Errors<'_>, path: &str, m: &MatchSpec) -> Option<RouteMatch> {
+    let before = errs.out.len();
+    let set = [
+        m.path.is_some(),
+        m.path_prefix.is_some(),
+        m.path_regex.is_some(),
+    ];
+    if set.iter().filter(|b| **b).count() > 1 {
+        errs.push(path, "set at most one of path, pathPrefix and pathRegex");
+    }
+    let path_match = if let Some(p) = &m.path {
+        validate::path_literal(errs, &format!("{path}.path"), p);
+        PathMatch::Exact(p.clone())
+    } else if let Some(p) = &m.path_prefix {
+        validate::path_literal(errs, &format!("{path}.pathPrefix"), p);
+        PathMatch::Prefix(p.clone())
+    } else if let Some(p) = &m.path_regex {
+        match validate::regex(errs, &format!("{path}.pathRegex"), p) {
+            Some(re) => PathMatch::Regex(re),
+            None => PathMatch::Any,
+        }
+    } else {
+        PathMatch::Any
+    };
+
+    let methods = m.methods.as_ref().map(|ms| {
+        if ms.is_empty() {
+            errs.push(
+                format!("{path}.methods"),
+                "an empty list can never match; omit methods to match any",
+            );
+        }
+        validate::count(
+            errs,
+            &format!("{path}.methods"),
+            ms.len(),
+            validate::MAX_MATCH_ITEMS,
+        );
+        ms.iter()
+            .enumerate()
+            .filter_map(|(i, s)| validate::method(errs, &format!("{path}.methods[{i}]"), s))
+            .collect::<Vec<_>>()
+    });
+
+    validate::count(
+        errs,
+        &format!("{path}.hosts"),
+        m.hosts.len(),
+        validate::MAX_MATCH_ITEMS,
+    );
+    let hosts = m
+        .hosts
+        .iter()
+        .enumerate()
+        .filter(|(i, h)| validate::host(errs, &format!("{path}.hosts[{i}]"), h))
+        .map(|(_, h)| HostPattern::parse(h))
+        .collect();
+
+    validate::count(
+        errs,
+        &format!("{path}.headers"),
+        m.headers.len(),
+        validate::MAX_MATCH_ITEMS,
+    );
+    let mut headers = Vec::new();
+    for (i, h) in m.headers.iter().enumerate() {
+        let hp = format!("{path}.headers[{i}]");
+        let Some(name) = validate::header_name(errs, &format!("{hp}.name"), &h.name) else {
+            continue;
+        };
+        match (&h.exact, &h.regex, h.present) {
+            (Some(v), None, None) => headers.push(HeaderMatch::Exact(name, v.clone())),
+            (None, Some(re), None) => {
+                if let Some(re) = validate::regex(errs, &format!("{hp}.regex"), re) {
+                    headers.push(HeaderMatch::Regex(name, re));
+                }
+            }
+            (None, None, Some(p)) => headers.push(HeaderMatch::Present(name, p)),
+            _ => errs.push(hp, "set exactly one of exact, regex and present"),
+        }
+    }
+
+    (errs.out.len() == before).then_some(RouteMatch {
+        hosts,
+        path: path_match,
+        methods,
+        headers,
+    })
+}

@@ -1,0 +1,23 @@
+//! Bulwark's policy model: the YAML schema users write, its validation (every error with its
+//! field path), and compilation into the immutable `Snapshot` the proxy's data path reads.
+//! The proxy and the control plane both depend on this crate so that they accept and refuse
+//! exactly the same documents.
+
+pub mod compile;
+pub mod document;
+pub mod duration;
+mod error;
+pub mod route;
+pub mod spec;
+pub mod validate;
+
+pub use compile::{
+    CompiledPolicy, Destination, Route, Snapshot, Timeouts, UpstreamPolicy, DEFAULT_ROUTE,
+};
+pub use document::parse_documents;
+pub use error::ValidationError;
+pub use route::RequestInfo;
+pub use spec::{Direction, ResiliencePolicy};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,179 @@
+//! The policy document as users write it (YAML) — `ResiliencePolicy`, `apiVersion:
+//! bulwark.dev/v1`. Every struct refuses unknown fields so that a typo (`timout:`) is an error
+//! that names the field, never a setting silently ignored. Semantic checks live in
+//! `validate.rs`; this module is only the shape.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Dur;
+
+pub const API_VERSION: &str = "bulwark.dev/v1";
+pub const KIND: &str = "ResiliencePolicy";
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResiliencePolicy {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: PolicySpec,
+}
+
+impl ResiliencePolicy {
+    /// `namespace/name`, the identity used in errors, metrics and the admin API.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.metadata.namespace, self.metadata.name)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PolicySpec {
+    pub target: TargetSpec,
+    /// Settings for requests that match no route, and the base every route inherits from.
+    #[serde(default, skip_serializing_if = "RouteSettings::is_empty")]
+    pub defaults: RouteSettings,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteSpec>,
+    #[serde(default, skip_serializing_if = "UpstreamSpec::is_empty")]
+    pub upstream: UpstreamSpec,
+}
+
+/// Which traffic the policy governs. At least one selector must be given; `ports` and
+/// `direction` narrow it further.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TargetSpec {
+    /// Host name matched against the request's authority (HTTP) or an explicit listener's
+    /// upstream host. `*.example.com` matches any subdomain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Name of an explicit listener in the proxy's bootstrap config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener: Option<String>,
+    /// CIDRs matched against the original destination address of captured traffic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// Destination ports; empty means any port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+    #[serde(default)]
+    pub direction: Direction,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    #[default]
+    Outbound,
+    Inbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+/// The per-route settings that `defaults` provides and each route may override field by field.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<TimeoutSpec>,
+}
+
+impl RouteSettings {
+    fn is_empty(&self) -> bool {
+        self.timeout.is_none()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteSpec {
+    pub name: String,
+    #[serde(rename = "match", default)]
+    pub matches: MatchSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<TimeoutSpec>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MatchSpec {
+    /// Exact path (without query string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// Regular expression that must match the whole path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatchSpec>,
+    /// Request hosts (authority without port); `*.example.com` allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+}
+
+/// Exactly one of `exact`, `regex` or `present` must be set.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HeaderMatchSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TimeoutSpec {
+    /// Whole exchange, retries included: first request byte to last response header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Dur>,
+    /// One attempt upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try: Option<Dur>,
+    /// Longest silence on a stream: waiting for response headers or between body frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<Dur>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpstreamSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<Dur>,
+}
+
+impl UpstreamSpec {
+    fn is_empty(&self) -> bool {
+        self.connect_timeout.is_none()
+    }
+}

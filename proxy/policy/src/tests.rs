@@ -1,0 +1,226 @@
+use std::time::Duration;
+
+use http::{HeaderMap, Method};
+
+use crate::{parse_documents, Destination, Direction, RequestInfo, Snapshot};
+
+const GOOD: &str = r#"
+apiVersion: bulwark.dev/v1
+kind: ResiliencePolicy
+metadata: { name: payments, namespace: shop }
+spec:
+  target: { service: payments.shop.svc.cluster.local, ports: [8080] }
+  defaults:
+    timeout: { request: 3s, idle: 60s }
+  routes:
+  - name: any-charge
+    match: { pathPrefix: /charge }
+    timeout: { request: 5s }
+  - name: charge
+    match: { pathPrefix: /charge/card, methods: [POST] }
+    timeout: { request: 2s, perTry: 800ms }
+  - name: health
+    match: { path: /charge/health }
+"#;
+
+fn compile(text: &str) -> Result<Snapshot, Vec<String>> {
+    let docs = parse_documents(text, "test.yaml")
+        .map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    Snapshot::compile("1", docs).map_err(|e| e.iter().map(|e| e.to_string()).collect())
+}
+
+fn route_for(s: &Snapshot, method: Method, path: &str) -> String {
+    let p = &s.policies[0];
+    let headers = HeaderMap::new();
+    let info = RequestInfo {
+        method: &method,
+        path,
+        host: None,
+        headers: &headers,
+    };
+    p.routes
+        .iter()
+        .find(|r| r.matcher.matches(&info))
+        .unwrap_or(&p.default_route)
+        .name
+        .to_string()
+}
+
+#[test]
+fn most_specific_route_wins_and_defaults_are_inherited() {
+    let s = compile(GOOD).unwrap();
+    assert_eq!(route_for(&s, Method::GET, "/charge/health"), "health");
+    assert_eq!(route_for(&s, Method::POST, "/charge/card/1"), "charge");
+    assert_eq!(route_for(&s, Method::GET, "/charge/card/1"), "any-charge");
+    assert_eq!(route_for(&s, Method::GET, "/other"), "default");
+    let charge = s.policies[0]
+        .routes
+        .iter()
+        .find(|r| &*r.name == "charge")
+        .unwrap();
+    assert_eq!(charge.timeouts.request, Some(Duration::from_secs(2)));
+    assert_eq!(charge.timeouts.per_try, Some(Duration::from_millis(800)));
+    // Not set on the route: inherited from defaults.
+    assert_eq!(charge.timeouts.idle, Some(Duration::from_secs(60)));
+}
+
+#[test]
+fn unknown_field_is_named_with_its_path() {
+    let bad = GOOD.replace("timeout: { request: 5s }", "timout: { request: 5s }");
+    let errs = compile(&bad).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("policy shop/payments: spec.routes[0].timout: unknown field `timout`"),
+        "{}",
+        errs[0]
+    );
+}
+
+#[test]
+fn every_semantic_error_is_reported_at_once() {
+    let bad = r#"
+apiVersion: bulwark.dev/v1
+kind: ResiliencePolicy
+metadata: { name: p }
+spec:
+  target: { service: "bad host!", ports: [0] }
+  defaults: { timeout: { request: 1s, perTry: 2s } }
+  routes:
+  - name: a
+    match: { pathPrefix: nope, methods: [] }
+  - name: b
+    match: { pathRegex: "(", headers: [{ name: x, exact: "1", present: true }] }
+    timeout: { idle: 0s }
+  - name: a
+    match: { pathPrefix: nope, methods: [] }
+"#;
+    let errs = compile(bad).unwrap_err();
+    let want = [
+        "spec.target.service: \"bad host!\" is not a host name",
+        "spec.target.ports[0]: port 0 can never match",
+        "spec.defaults.timeout.perTry: 2s exceeds the request timeout 1s",
+        "spec.routes[0].match.pathPrefix: \"nope\" can never match",
+        "spec.routes[0].match.methods: an empty list can never match",
+        "spec.routes[1].match.pathRegex: invalid regex",
+        "spec.routes[1].match.headers[0]: set exactly one of exact, regex and present",
+        "spec.routes[1].timeout.idle: must be greater than zero",
+        "spec.routes[2].name: route \"a\" is defined twice",
+        "spec.routes[2].match: can never match: route \"a\" has the same match and comes first",
+    ];
+    for w in want {
+        assert!(
+            errs.iter()
+                .any(|e| e.contains(w) && e.starts_with("policy default/p: ")),
+            "missing {w:?} in {errs:#?}"
+        );
+    }
+}
+
+#[test]
+fn unit_less_duration_is_refused_with_path() {
+    let bad = GOOD.replace("request: 3s", "request: 3");
+    let errs = compile(&bad).unwrap_err();
+    assert!(
+        errs[0].contains("spec.defaults.timeout.request") && errs[0].contains("missing unit"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn wrong_api_version_and_duplicate_policies_are_refused() {
+    let twice = format!(
+        "{GOOD}\n---\n{}",
+        GOOD.replace("bulwark.dev/v1", "bulwark.dev/v2")
+    );
+    let errs = compile(&twice).unwrap_err();
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("metadata.name: another policy")),
+        "{errs:?}"
+    );
+    let v2 = compile(&GOOD.replace("bulwark.dev/v1", "bulwark.dev/v2")).unwrap_err();
+    assert!(
+        v2[0].contains("apiVersion: \"bulwark.dev/v2\" is not supported"),
+        "{v2:?}"
+    );
+}
+
+#[test]
+fn yaml_syntax_error_names_the_source() {
+    let errs = compile("apiVersion: [").unwrap_err();
+    assert!(
+        errs[0].starts_with("policy test.yaml (document 1): "),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn selection_prefers_listener_then_service_then_address() {
+    let text = r#"
+apiVersion: bulwark.dev/v1
+kind: ResiliencePolicy
+metadata: { name: by-address }
+spec: { target: { addresses: [10.0.0.0/8] } }
+---
+apiVersion: bulwark.dev/v1
+kind: ResiliencePolicy
+metadata: { name: by-service }
+spec: { target: { service: "*.shop.svc", ports: [80] } }
+---
+apiVersion: bulwark.dev/v1
+kind: ResiliencePolicy
+metadata: { name: by-listener }
+spec: { target: { listener: edge } }
+---
+apiVersion: bulwark.dev/v1
+kind: ResiliencePolicy
+metadata: { name: inbound }
+spec: { target: { addresses: [0.0.0.0/0], direction: inbound } }
+"#;
+    let s = compile(text).unwrap();
+    let addr = Some("10.1.2.3:80".parse().unwrap());
+    let pick = |listener, host, port, direction| {
+        s.select(&Destination {
+            direction,
+            listener,
+            hosts: [host, None],
+            addr,
+            port,
+        })
+        .map(|p| p.id.to_string())
+    };
+    let out = Direction::Outbound;
+    assert_eq!(
+        pick(Some("edge"), Some("a.shop.svc"), 80, out).as_deref(),
+        Some("default/by-listener")
+    );
+    assert_eq!(
+        pick(None, Some("a.shop.svc"), 80, out).as_deref(),
+        Some("default/by-service")
+    );
+    assert_eq!(
+        pick(None, Some("a.shop.svc"), 81, out).as_deref(),
+        Some("default/by-address")
+    );
+    assert_eq!(
+        pick(None, None, 80, Direction::Inbound).as_deref(),
+        Some("default/inbound")
+    );
+    let none = s.select(&Destination {
+        direction: out,
+        listener: None,
+        hosts: [None, None],
+        addr: Some("192.168.0.1:80".parse().unwrap()),
+        port: 80,
+    });
+    assert!(none.is_none());
+}
+
+#[test]
+fn documents_round_trip_through_yaml() {
+    let s = compile(GOOD).unwrap();
+    let text = serde_yaml::to_string(&s.documents[0]).unwrap();
+    assert!(text.contains("perTry: 800ms"), "{text}");
+    let again = parse_documents(&text, "again").unwrap();
+    assert_eq!(again[0], s.documents[0]);
+}
