@@ -1,0 +1,335 @@
+//! Wiring and lifecycle: the one place long-lived tasks are started. `run` loads the config,
+//! binds every listener, serves, reloads on SIGHUP or file change, and drains on SIGTERM.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use bulwark_policy::Direction;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::LogControl;
+use crate::config::{self, ListenerConfig, ProxyConfig};
+use crate::listener::{self, Kind, Lifecycle, Listener};
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::store::Store;
+use crate::target::ExplicitUpstream;
+use crate::upstream::pool::Pool;
+use crate::upstream::resolve::{HostPort, Resolver};
+
+/// How often the config file and policy directory are checked for changes.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+pub async fn run(config_path: PathBuf, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
+    let loaded = config::load(&config_path, "1").map_err(|errors| {
+        anyhow::anyhow!(
+            "{} is invalid:\n  {}",
+            config_path.display(),
+            errors.join("\n  ")
+        )
+    })?;
+    let config = loaded.config.clone();
+    let metrics = Arc::new(Metrics::new());
+    metrics.config_reload(true, 1);
+    let store = Arc::new(Store::new(loaded.config, loaded.snapshot));
+    let background = CancellationToken::new();
+    let pool = Pool::new(config.upstream.pool_idle_timeout.get(), metrics.clone());
+    pool.spawn_sweeper(background.child_token());
+    let proxy = Arc::new(Proxy {
+        store: store.clone(),
+        pool,
+        metrics: metrics.clone(),
+    });
+
+    let life = Lifecycle {
+        stop_accept: CancellationToken::new(),
+        drain: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    };
+
+    let health = bind(config.health, "health").await?;
+    tokio::spawn(crate::endpoint::serve(
+        health,
+        crate::health::handler(store.clone(), metrics.clone()),
+        background.child_token(),
+    ));
+    let admin = bind(config.admin, "admin").await?;
+    tokio::spawn(crate::endpoint::serve(
+        admin,
+        crate::admin::handler(store.clone(), log),
+        background.child_token(),
+    ));
+
+    for (addr, direction) in [
+        (config.transparent.outbound, Direction::Outbound),
+        (config.transparent.inbound, Direction::Inbound),
+    ] {
+        let Some(addr) = addr else { continue };
+        let socket = bind(addr, direction.as_str()).await?;
+        let l = Arc::new(Listener {
+            label: direction.as_str().into(),
+            kind: Kind::Transparent(direction),
+        });
+        tokio::spawn(listener::run(socket, l, proxy.clone(), life.clone()));
+        tracing::info!(%addr, direction = direction.as_str(), "transparent listener ready");
+    }
+
+    let mut explicit = ExplicitListeners::default();
+    explicit
+        .reconcile(&config.listeners, &proxy, &life)
+        .await
+        .map_err(|e| anyhow::anyhow!(e.join("; ")))?;
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut seen = fingerprint(&config_path, &config);
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    tracing::info!(config = %config_path.display(), policies = store.snapshot().policies.len(), "bulwark-proxy serving");
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading configuration");
+                reload(&config_path, &proxy, &mut explicit, &life).await;
+                seen = fingerprint(&config_path, &store.config());
+            }
+            _ = tick.tick() => {
+                let now = fingerprint(&config_path, &store.config());
+                if now != seen {
+                    tracing::info!("configuration changed on disk: reloading");
+                    reload(&config_path, &proxy, &mut explicit, &life).await;
+                    seen = now;
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+
+    drain(&store, &life, store.config().drain_timeout.get()).await;
+    background.cancel();
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
+/// SIGTERM: fail readiness, stop accepting (new connections are refused), let connections
+/// finish — HTTP/1 after the in-flight exchange, HTTP/2 after GOAWAY — until the deadline.
+async fn drain(store: &Store, life: &Lifecycle, deadline: Duration) {
+    tracing::info!(?deadline, "draining");
+    store.start_draining();
+    life.stop_accept.cancel();
+    life.drain.cancel();
+    life.tracker.close();
+    if tokio::time::timeout(deadline, life.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = life.tracker.len(),
+            "drain deadline reached; closing remaining connections"
+        );
+    } else {
+        tracing::info!("drained");
+    }
+}
+
+/// Re-reads the config; applies it whole or not at all.
+async fn reload(
+    path: &Path,
+    proxy: &Arc<Proxy>,
+    explicit: &mut ExplicitListeners,
+    life: &Lifecycle,
+) {
+    let next = proxy.store.generation() + 1;
+    let loaded = match config::load(path, &next.to_string()) {
+        Ok(l) => l,
+        Err(errors) => {
+            tracing::error!(config = %path.display(), errors = %errors.join("\n  "), "reload rejected; the configuration in force is kept");
+            proxy.metrics.config_reload(false, 0);
+            return;
+        }
+    };
+    let current = proxy.store.config();
+    for (what, old, new) in [
+        ("admin", Some(current.admin), Some(loaded.config.admin)),
+        ("health", Some(current.health), Some(loaded.config.health)),
+        (
+            "transparent.outbound",
+            current.transparent.outbound,
+            loaded.config.transparent.outbound,
+        ),
+        (
+            "transparent.inbound",
+            current.transparent.inbound,
+            loaded.config.transparent.inbound,
+        ),
+    ] {
+        if old != new {
+            tracing::warn!(
+                field = what,
+                "changed address takes effect at the next restart"
+            );
+        }
+    }
+    if let Err(errors) = explicit
+        .reconcile(&loaded.config.listeners, proxy, life)
+        .await
+    {
+        tracing::error!(errors = %errors.join("; "), "reload rejected; the configuration in force is kept");
+        proxy.metrics.config_reload(false, 0);
+        return;
+    }
+    let generation = proxy.store.replace(loaded.config, loaded.snapshot);
+    proxy.metrics.config_reload(true, generation);
+    tracing::info!(generation, "configuration reloaded");
+}
+
+/// Content hash of the config file and every policy file, so that edits, `kubectl`'s
+/// symlink swaps and touched-but-unchanged files are told apart.
+fn fingerprint(path: &Path, config: &ProxyConfig) -> u64 {
+    let mut h = DefaultHasher::new();
+    std::fs::read(path).ok().hash(&mut h);
+    if let Some(dir) = &config.policy_dir {
+        let dir = if dir.is_relative() {
+            path.parent().unwrap_or(Path::new(".")).join(dir)
+        } else {
+            dir.clone()
+        };
+        for f in config::policy_files(&dir).unwrap_or_default() {
+            f.hash(&mut h);
+            std::fs::read(&f).ok().hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
+struct Running {
+    listen: SocketAddr,
+    config: ListenerConfig,
+    upstream: Arc<ArcSwap<ExplicitUpstream>>,
+    stop: CancellationToken,
+    resolver_stop: CancellationToken,
+}
+
+/// Explicit listeners by name. A reload keeps the socket of a listener whose name and address
+/// are unchanged and swaps its upstream; new addresses are bound before old ones close, and a
+/// failed bind rejects the reload.
+#[derive(Default)]
+struct ExplicitListeners {
+    running: HashMap<String, Running>,
+}
+
+impl ExplicitListeners {
+    async fn reconcile(
+        &mut self,
+        wanted: &[ListenerConfig],
+        proxy: &Arc<Proxy>,
+        life: &Lifecycle,
+    ) -> Result<(), Vec<String>> {
+        // Bind every new socket first, so a failure changes nothing.
+        let mut fresh = Vec::new();
+        let mut errors = Vec::new();
+        for l in wanted {
+            let keep = self
+                .running
+                .get(&l.name)
+                .is_some_and(|r| r.listen == l.listen);
+            if keep {
+                continue;
+            }
+            match TcpListener::bind(l.listen).await {
+                Ok(s) => fresh.push((l.clone(), s)),
+                Err(e) => errors.push(format!(
+                    "listener {}: cannot listen on {}: {e}",
+                    l.name, l.listen
+                )),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        // Stop listeners that are gone or moved.
+        let names: HashMap<&str, &ListenerConfig> =
+            wanted.iter().map(|l| (l.name.as_str(), l)).collect();
+        self.running.retain(|name, r| {
+            let keep = names
+                .get(name.as_str())
+                .is_some_and(|l| l.listen == r.listen);
+            if !keep {
+                r.stop.cancel();
+                r.resolver_stop.cancel();
+                tracing::info!(listener = %name, "listener stopped");
+            }
+            keep
+        });
+        // Swap upstreams of kept listeners whose settings changed.
+        for l in wanted {
+            if let Some(r) = self.running.get_mut(&l.name) {
+                if r.config != *l {
+                    r.resolver_stop.cancel();
+                    r.resolver_stop = CancellationToken::new();
+                    r.upstream.store(explicit_upstream(l, &r.resolver_stop));
+                    r.config = l.clone();
+                    tracing::info!(listener = %l.name, upstream = %l.upstream, "listener updated");
+                }
+            }
+        }
+        for (l, socket) in fresh {
+            let resolver_stop = CancellationToken::new();
+            let upstream = Arc::new(ArcSwap::new(explicit_upstream(&l, &resolver_stop)));
+            let stop = life.stop_accept.child_token();
+            let listen = socket.local_addr().unwrap_or(l.listen);
+            let lifecycle = Lifecycle {
+                stop_accept: stop.clone(),
+                ..life.clone()
+            };
+            let listener = Arc::new(Listener {
+                label: l.name.as_str().into(),
+                kind: Kind::Explicit(upstream.clone()),
+            });
+            tokio::spawn(listener::run(socket, listener, proxy.clone(), lifecycle));
+            tracing::info!(listener = %l.name, %listen, upstream = %l.upstream, "explicit listener ready");
+            self.running.insert(
+                l.name.clone(),
+                Running {
+                    listen: l.listen,
+                    config: l,
+                    upstream,
+                    stop,
+                    resolver_stop,
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
+fn explicit_upstream(
+    l: &ListenerConfig,
+    resolver_stop: &CancellationToken,
+) -> Arc<ExplicitUpstream> {
+    let target = HostPort::parse(&l.upstream).expect("validated at load");
+    let resolver = Arc::new(Resolver::new(target));
+    resolver.spawn_refresh(l.dns_refresh.get(), resolver_stop.clone());
+    Arc::new(ExplicitUpstream {
+        listener: l.name.as_str().into(),
+        resolver,
+        protocol: l.protocol,
+        direction: l.direction,
+    })
+}

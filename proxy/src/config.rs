@@ -1,0 +1,364 @@
+//! The proxy's bootstrap file (`bulwark-proxy run --config proxy.yaml`): where to listen,
+//! where explicit listeners forward to, and the policies to enforce (inline, or every
+//! `*.yaml`/`*.yml` file of `policyDir`). `load` returns the whole config or every error found,
+//! each naming the file and field path; `examples/proxy.yaml` documents every field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bulwark_policy::duration::Dur;
+use bulwark_policy::{Direction, ResiliencePolicy, Snapshot, ValidationError};
+use serde::{Deserialize, Serialize};
+
+use crate::upstream::resolve::HostPort;
+
+/// Ports whose servers speak first or whose protocols are binary; detection would only add a
+/// delay before their first byte.
+pub const DEFAULT_SERVER_FIRST_PORTS: [u16; 8] = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProxyConfig {
+    #[serde(default = "default_admin")]
+    pub admin: SocketAddr,
+    #[serde(default = "default_health")]
+    pub health: SocketAddr,
+    #[serde(default = "default_drain")]
+    pub drain_timeout: Dur,
+    #[serde(default)]
+    pub detection: Detection,
+    #[serde(default)]
+    pub transparent: Transparent,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub upstream: UpstreamDefaults,
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub policies: Vec<serde_yaml::Value>,
+    #[serde(default)]
+    pub policy_dir: Option<PathBuf>,
+}
+
+fn default_admin() -> SocketAddr {
+    "127.0.0.1:15000".parse().expect("literal")
+}
+fn default_health() -> SocketAddr {
+    "0.0.0.0:15020".parse().expect("literal")
+}
+fn default_drain() -> Dur {
+    Dur(Duration::from_secs(20))
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Detection {
+    /// How long to wait for the client's first bytes before treating the connection as TCP.
+    pub timeout: Dur,
+    /// Destination ports forwarded as TCP without waiting for detection.
+    pub server_first_ports: Vec<u16>,
+}
+
+impl Default for Detection {
+    fn default() -> Self {
+        Detection {
+            timeout: Dur(Duration::from_secs(1)),
+            server_first_ports: DEFAULT_SERVER_FIRST_PORTS.to_vec(),
+        }
+    }
+}
+
+/// Transparent capture listeners; each is off unless given. `bulwark-proxy init` redirects to
+/// 15001 (outbound) and 15006 (inbound) by default.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Transparent {
+    pub outbound: Option<SocketAddr>,
+    pub inbound: Option<SocketAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Limits {
+    /// Downstream connections per listener; beyond it new connections are closed at once.
+    pub max_connections_per_listener: usize,
+    /// HTTP/1: slowloris guard on reading request headers.
+    pub header_read_timeout: Dur,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections_per_listener: 10_000,
+            header_read_timeout: Dur(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Used where no policy says otherwise.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpstreamDefaults {
+    pub connect_timeout: Dur,
+    /// Idle pooled connections are closed after this long.
+    pub pool_idle_timeout: Dur,
+    /// Opaque TCP connections silent in both directions this long are closed.
+    pub tcp_idle_timeout: Dur,
+}
+
+impl Default for UpstreamDefaults {
+    fn default() -> Self {
+        UpstreamDefaults {
+            connect_timeout: Dur(Duration::from_secs(5)),
+            pool_idle_timeout: Dur(Duration::from_secs(90)),
+            tcp_idle_timeout: Dur(Duration::from_secs(3600)),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    /// Detect HTTP/1.1, HTTP/2 (h2c, gRPC) or fall back to TCP.
+    #[default]
+    Auto,
+    Http1,
+    Http2,
+    Tcp,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// `host:port`; a host name is re-resolved every `dnsRefresh`.
+    pub upstream: String,
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    #[serde(default)]
+    pub direction: Direction,
+    #[serde(default = "default_dns_refresh")]
+    pub dns_refresh: Dur,
+}
+
+fn default_dns_refresh() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+
+/// A loaded bootstrap: the config, and the policy snapshot compiled from it.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: ProxyConfig,
+    pub snapshot: Snapshot,
+}
+
+/// Reads and validates `path`. Errors are complete: every problem in the file and in its
+/// policies, each with its location.
+pub fn load(path: &Path, version: &str) -> Result<Loaded, Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
+    let file = path.display().to_string();
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(&text).map_err(|e| vec![format!("{file}: {e}")])?;
+    let config: ProxyConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+        let at = e.path().to_string();
+        vec![format!("{file}: {at}: {}", e.into_inner())]
+    })?;
+    let mut errors = check_listeners(&config, &file);
+
+    let mut docs: Vec<ResiliencePolicy> = Vec::new();
+    let mut policy_errors: Vec<ValidationError> = Vec::new();
+    for (i, v) in config.policies.iter().enumerate() {
+        match bulwark_policy::document::from_value(v.clone(), &format!("{file} policies[{i}]")) {
+            Ok(p) => docs.push(p),
+            Err(e) => policy_errors.push(e),
+        }
+    }
+    if let Some(dir) = &config.policy_dir {
+        let dir = if dir.is_relative() {
+            path.parent().unwrap_or(Path::new(".")).join(dir)
+        } else {
+            dir.clone()
+        };
+        match policy_files(&dir) {
+            Ok(files) => {
+                for f in files {
+                    match std::fs::read_to_string(&f) {
+                        Ok(t) => {
+                            match bulwark_policy::parse_documents(&t, &f.display().to_string()) {
+                                Ok(mut d) => docs.append(&mut d),
+                                Err(mut e) => policy_errors.append(&mut e),
+                            }
+                        }
+                        Err(e) => errors.push(format!("{}: cannot read: {e}", f.display())),
+                    }
+                }
+            }
+            Err(e) => errors.push(format!("{file}: policyDir {}: {e}", dir.display())),
+        }
+    }
+    let snapshot = if policy_errors.is_empty() {
+        match Snapshot::compile(version, docs) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                policy_errors = e;
+                None
+            }
+        }
+    } else {
+        None
+    };
+    errors.extend(policy_errors.iter().map(|e| e.to_string()));
+    match snapshot {
+        Some(snapshot) if errors.is_empty() => Ok(Loaded { config, snapshot }),
+        _ => Err(errors),
+    }
+}
+
+/// `*.yaml` and `*.yml` files of `dir`, sorted, so load order does not depend on the file system.
+pub fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn check_listeners(c: &ProxyConfig, file: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    let mut addrs = std::collections::HashSet::new();
+    for own in [
+        Some(c.admin),
+        Some(c.health),
+        c.transparent.outbound,
+        c.transparent.inbound,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        addrs.insert(own);
+    }
+    for (i, l) in c.listeners.iter().enumerate() {
+        let at = format!("{file}: listeners[{i}]");
+        if l.name.is_empty()
+            || !l
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            errors.push(format!(
+                "{at}.name: {:?} must be non-empty letters, digits, '-', '_' or '.'",
+                l.name
+            ));
+        } else if !names.insert(l.name.clone()) {
+            errors.push(format!(
+                "{at}.name: {:?} is used by another listener",
+                l.name
+            ));
+        }
+        if let Err(e) = HostPort::parse(&l.upstream) {
+            errors.push(format!("{at}.upstream: {e}"));
+        }
+        if !addrs.insert(l.listen) {
+            errors.push(format!(
+                "{at}.listen: {} is already used by another listener or port of the proxy",
+                l.listen
+            ));
+        }
+        if l.dns_refresh.get() < Duration::from_millis(100) {
+            errors.push(format!("{at}.dnsRefresh: must be at least 100ms"));
+        }
+    }
+    if c.limits.max_connections_per_listener == 0 {
+        errors.push(format!(
+            "{file}: limits.maxConnectionsPerListener: must be at least 1"
+        ));
+    }
+    for (name, d) in [
+        ("detection.timeout", c.detection.timeout),
+        ("upstream.connectTimeout", c.upstream.connect_timeout),
+        ("upstream.poolIdleTimeout", c.upstream.pool_idle_timeout),
+        ("upstream.tcpIdleTimeout", c.upstream.tcp_idle_timeout),
+        ("limits.headerReadTimeout", c.limits.header_read_timeout),
+    ] {
+        if d.get().is_zero() {
+            errors.push(format!("{file}: {name}: must be greater than zero"));
+        }
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("bulwark-config-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn loads_inline_and_directory_policies() {
+        let d = tempdir("ok");
+        std::fs::create_dir_all(d.join("policies")).unwrap();
+        write(&d.join("policies"), "a.yaml", "apiVersion: bulwark.dev/v1\nkind: ResiliencePolicy\nmetadata: {name: a}\nspec: {target: {listener: web}}\n");
+        let cfg = write(&d, "proxy.yaml", "listeners:\n- {name: web, listen: 127.0.0.1:0, upstream: localhost:80}\npolicyDir: policies\npolicies:\n- apiVersion: bulwark.dev/v1\n  kind: ResiliencePolicy\n  metadata: {name: b}\n  spec: {target: {service: b.local}}\n");
+        let loaded = load(&cfg, "1").map_err(|e| e.join("\n")).unwrap();
+        assert_eq!(loaded.snapshot.policies.len(), 2);
+        assert_eq!(loaded.config.drain_timeout.get(), Duration::from_secs(20));
+    }
+
+    #[test]
+    fn reports_every_error_with_its_location() {
+        let d = tempdir("bad");
+        let cfg = write(&d, "proxy.yaml", "listeners:\n- {name: web, listen: 127.0.0.1:7000, upstream: nowhere}\n- {name: web, listen: 127.0.0.1:7000, upstream: a:1}\npolicies:\n- apiVersion: bulwark.dev/v1\n  kind: ResiliencePolicy\n  metadata: {name: b}\n  spec: {target: {service: b.local}, defaults: {timeout: {request: 0s}}}\n");
+        let errs = load(&cfg, "1").unwrap_err();
+        let all = errs.join("\n");
+        assert!(
+            all.contains("listeners[0].upstream: \"nowhere\" must be host:port"),
+            "{all}"
+        );
+        assert!(
+            all.contains("listeners[1].name: \"web\" is used by another listener"),
+            "{all}"
+        );
+        assert!(
+            all.contains("listeners[1].listen: 127.0.0.1:7000 is already used"),
+            "{all}"
+        );
+        assert!(
+            all.contains(
+                "policy default/b: spec.defaults.timeout.request: must be greater than zero"
+            ),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn unknown_bootstrap_field_is_named() {
+        let d = tempdir("unknown");
+        let cfg = write(
+            &d,
+            "proxy.yaml",
+            "listeners:\n- {name: web, listen: 127.0.0.1:0, upstream: a:1, upstrem: b}\n",
+        );
+        let errs = load(&cfg, "1").unwrap_err();
+        assert!(
+            errs[0].contains("listeners[0].upstrem: unknown field `upstrem`"),
+            "{errs:?}"
+        );
+    }
+}

@@ -1,0 +1,171 @@
+//! Header rules for forwarding (RFC 9110 §7.6.1): connection-specific headers belong to one
+//! hop and are removed in both directions, except what an HTTP/1.1 upgrade needs and
+//! `te: trailers`, which gRPC relies on. `x-request-id` is added when absent.
+
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+use http::HeaderMap;
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+const HOP_BY_HOP: [&str; 5] = [
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "trailer",
+];
+
+/// Removes hop-by-hop headers. Returns true when the message asks for a protocol upgrade,
+/// in which case `Connection: upgrade` and `Upgrade` are kept for the next hop.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
+    let upgrade = keep_upgrade
+        && headers.contains_key(UPGRADE)
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(upgrade && n == UPGRADE))
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(n);
+    }
+    headers.remove(TRANSFER_ENCODING);
+    headers.remove(CONNECTION);
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(UPGRADE);
+    }
+    let trailers = headers
+        .get_all(TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    headers.remove(TE);
+    if trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+    upgrade
+}
+
+/// Ensures the request carries an `x-request-id`, generating a random UUIDv4 when absent.
+pub fn ensure_request_id(headers: &mut HeaderMap) {
+    if headers.contains_key(REQUEST_ID) {
+        return;
+    }
+    let (a, b) = (fastrand::u64(..), fastrand::u64(..));
+    let id = format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0x0fff,
+        0x8000 | (b >> 48 & 0x3fff),
+        b & 0xffff_ffff_ffff
+    );
+    headers.insert(
+        REQUEST_ID,
+        HeaderValue::from_str(&id).expect("hex is a valid header value"),
+    );
+}
+
+/// Parses gRPC's `grpc-timeout` (`<digits><unit>`, unit one of H M S m u n).
+pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (num, unit) = v.split_at(v.len() - 1);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("proxy-connection", "close"),
+            ("te", "trailers, deflate"),
+            ("x-kept", "yes"),
+        ]);
+        assert!(!strip_hop_by_hop(&mut h, true));
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn keeps_upgrade_when_asked() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(strip_hop_by_hop(&mut h, true));
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        let mut h2 = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(!strip_hop_by_hop(&mut h2, false));
+        assert!(h2.is_empty());
+    }
+
+    #[test]
+    fn request_id_is_generated_once() {
+        let mut h = HeaderMap::new();
+        ensure_request_id(&mut h);
+        let id = h[REQUEST_ID].to_str().unwrap().to_string();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        ensure_request_id(&mut h);
+        assert_eq!(h[REQUEST_ID], id.as_str());
+    }
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(
+            grpc_timeout(&map(&[("grpc-timeout", "250m")])),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            grpc_timeout(&map(&[("grpc-timeout", "2S")])),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(grpc_timeout(&map(&[("grpc-timeout", "x")])), None);
+        assert_eq!(grpc_timeout(&map(&[("grpc-timeout", "10Q")])), None);
+    }
+}

@@ -1,0 +1,126 @@
+//! The only place a `Reason` becomes a response. HTTP clients get a status, the
+//! `x-bulwark-reason` header and a short plain-text body; gRPC clients get a trailers-only
+//! response (HTTP 200, `grpc-status`, `grpc-message`) because a gRPC client cannot read an
+//! HTTP error status.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+
+use super::body::ProxyBody;
+use crate::reason::Reason;
+
+pub const REASON_HEADER: &str = "x-bulwark-reason";
+
+/// gRPC status codes used by the proxy (see grpc/doc/statuscodes.md).
+pub mod grpc_code {
+    pub const DEADLINE_EXCEEDED: u16 = 4;
+    pub const RESOURCE_EXHAUSTED: u16 = 8;
+    pub const UNAVAILABLE: u16 = 14;
+}
+
+pub fn status_of(reason: Reason) -> StatusCode {
+    match reason {
+        Reason::Timeout | Reason::PerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
+        Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        Reason::FaultAbort => StatusCode::SERVICE_UNAVAILABLE,
+        Reason::CircuitOpen
+        | Reason::BulkheadFull
+        | Reason::UpstreamConnectFailure
+        | Reason::UpstreamReset
+        | Reason::NoHealthyUpstream
+        | Reason::RetryBudgetExhausted => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+pub fn grpc_status_of(reason: Reason) -> u16 {
+    match reason {
+        Reason::Timeout | Reason::PerTryTimeout => grpc_code::DEADLINE_EXCEEDED,
+        Reason::RateLimited | Reason::BulkheadFull => grpc_code::RESOURCE_EXHAUSTED,
+        _ => grpc_code::UNAVAILABLE,
+    }
+}
+
+fn message_of(reason: Reason) -> &'static str {
+    match reason {
+        Reason::Timeout => "upstream request timeout",
+        Reason::PerTryTimeout => "upstream attempt timeout",
+        Reason::CircuitOpen => "circuit breaker open",
+        Reason::BulkheadFull => "too many concurrent requests",
+        Reason::RateLimited => "rate limited",
+        Reason::FaultAbort => "fault injected",
+        Reason::UpstreamConnectFailure => "upstream connect failure",
+        Reason::UpstreamReset => "upstream reset before response",
+        Reason::NoHealthyUpstream => "no healthy upstream",
+        Reason::RetryBudgetExhausted => "retry budget exhausted",
+    }
+}
+
+/// True when the request is gRPC and must be answered in gRPC's terms.
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The proxy's own answer for `reason`.
+pub fn refuse(reason: Reason, grpc: bool) -> Response<ProxyBody> {
+    let mut builder =
+        Response::builder().header(REASON_HEADER, HeaderValue::from_static(reason.as_str()));
+    let resp = if grpc {
+        builder = builder
+            .status(StatusCode::OK)
+            .header(CONTENT_TYPE, "application/grpc")
+            .header("grpc-status", grpc_status_of(reason))
+            .header("grpc-message", message_of(reason));
+        builder.body(ProxyBody::empty())
+    } else {
+        builder
+            .status(status_of(reason))
+            .header(CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(ProxyBody::full(Bytes::from(format!(
+                "{}\n",
+                message_of(reason)
+            ))))
+    };
+    resp.expect("static response parts are valid")
+}
+
+/// A plain answer for a malformed request the proxy will not forward.
+pub fn bad_request(status: StatusCode, message: &'static str) -> Response<ProxyBody> {
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(http::header::CONNECTION, "close")
+        .body(ProxyBody::full(Bytes::from(format!("{message}\n"))))
+        .expect("static response parts are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_refusals_are_trailers_only_with_status() {
+        let r = refuse(Reason::Timeout, true);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["grpc-status"], "4");
+        assert_eq!(r.headers()[REASON_HEADER], "timeout");
+        assert!(http_body::Body::is_end_stream(r.body()));
+    }
+
+    #[test]
+    fn http_refusals_carry_status_reason_and_body() {
+        let r = refuse(Reason::UpstreamConnectFailure, false);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[REASON_HEADER], "upstream-connect-failure");
+        assert_eq!(
+            refuse(Reason::PerTryTimeout, false).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            refuse(Reason::RateLimited, false).status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+}

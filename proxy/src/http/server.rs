@@ -1,0 +1,87 @@
+//! Serving one downstream HTTP connection with every limit set explicitly (hyper's defaults
+//! are not a stable contract): header count and size, header read timeout, HTTP/2 stream and
+//! reset caps, bounded windows. On drain, HTTP/1 closes after the in-flight exchange and
+//! HTTP/2 gets GOAWAY.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use crate::listener::detect::Protocol;
+use crate::proxy::Proxy;
+use crate::target::ConnTarget;
+
+pub const MAX_HEADERS: usize = 100;
+pub const MAX_HEADER_BYTES: usize = 60 * 1024;
+const H2_MAX_STREAMS: u32 = 100;
+const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
+const H2_STREAM_WINDOW: u32 = 1 << 20;
+const H2_CONN_WINDOW: u32 = 4 << 20;
+const H2_MAX_SEND_BUF: usize = 1 << 20;
+
+pub async fn serve<I>(
+    io: I,
+    protocol: Protocol,
+    conn: Arc<ConnTarget>,
+    proxy: Arc<Proxy>,
+    drain: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let header_read_timeout = proxy.store.config().limits.header_read_timeout.get();
+    let svc = {
+        let proxy = proxy.clone();
+        service_fn(move |req| super::forward::handle(proxy.clone(), conn.clone(), req))
+    };
+    let io = TokioIo::new(io);
+    let result = match protocol {
+        Protocol::Http2 => {
+            let c = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(H2_MAX_STREAMS)
+                .max_header_list_size(MAX_HEADER_BYTES as u32)
+                .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+                .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONN_WINDOW)
+                .max_send_buf_size(H2_MAX_SEND_BUF)
+                .keep_alive_interval(Duration::from_secs(60))
+                .keep_alive_timeout(Duration::from_secs(20))
+                .serve_connection(io, svc);
+            tokio::pin!(c);
+            tokio::select! {
+                r = c.as_mut() => r,
+                _ = drain.cancelled() => {
+                    c.as_mut().graceful_shutdown();
+                    c.await
+                }
+            }
+        }
+        _ => {
+            let c = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .max_headers(MAX_HEADERS)
+                .max_buf_size(MAX_HEADER_BYTES)
+                .header_read_timeout(header_read_timeout)
+                .keep_alive(true)
+                .serve_connection(io, svc)
+                .with_upgrades();
+            tokio::pin!(c);
+            tokio::select! {
+                r = c.as_mut() => r,
+                _ = drain.cancelled() => {
+                    c.as_mut().graceful_shutdown();
+                    c.await
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "downstream connection ended with an error");
+    }
+}

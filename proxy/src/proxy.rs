@@ -1,0 +1,13 @@
+//! The long-lived state every connection shares.
+
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::upstream::pool::Pool;
+
+pub struct Proxy {
+    pub store: Arc<Store>,
+    pub pool: Arc<Pool>,
+    pub metrics: Arc<Metrics>,
+}
