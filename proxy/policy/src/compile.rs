@@ -211,7 +211,7 @@ fn compile_policy(doc: &ResiliencePolicy, errs: &mut Errors<'_>) -> Option<Compi
         validate::MAX_ROUTES,
     );
     let mut names = HashSet::new();
-    let mut routes: Vec<(usize, Arc<Route>)> = Vec::new();
+    let mut routes: Vec<Arc<Route>> = Vec::new();
     for (i, r) in doc.spec.routes.iter().enumerate() {
         let base = format!("spec.routes[{i}]");
         if validate::name(errs, &format!("{base}.name"), &r.name) {
@@ -244,19 +244,16 @@ fn compile_policy(doc: &ResiliencePolicy, errs: &mut Errors<'_>) -> Option<Compi
             defaults,
         );
         if let Some(matcher) = matcher {
-            routes.push((
-                i,
-                Arc::new(Route {
-                    name: r.name.as_str().into(),
-                    policy: id.clone(),
-                    matcher,
-                    timeouts,
-                }),
-            ));
+            routes.push(Arc::new(Route {
+                name: r.name.as_str().into(),
+                policy: id.clone(),
+                matcher,
+                timeouts,
+            }));
         }
     }
     // Stable sort keeps the written order among equally specific routes.
-    routes.sort_by(|(_, a), (_, b)| b.matcher.specificity().cmp(&a.matcher.specificity()));
+    routes.sort_by_key(|r| std::cmp::Reverse(r.matcher.specificity()));
 
     if errs.out.len() > before {
         return None;
@@ -270,7 +267,7 @@ fn compile_policy(doc: &ResiliencePolicy, errs: &mut Errors<'_>) -> Option<Compi
         }),
         id,
         target: target?,
-        routes: routes.into_iter().map(|(_, r)| r).collect(),
+        routes,
         upstream,
     })
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bulwark_policy::{RequestInfo, Route, Timeouts};
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::HOST;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -36,17 +36,6 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let grpc = respond::is_grpc(req.headers());
-    // Request smuggling guard: hyper frames by Transfer-Encoding, but a hop that trusts
-    // Content-Length would disagree, so such a request is never forwarded.
-    if req.version() < Version::HTTP_2
-        && req.headers().contains_key(TRANSFER_ENCODING)
-        && req.headers().contains_key(CONTENT_LENGTH)
-    {
-        return Ok(respond::bad_request(
-            StatusCode::BAD_REQUEST,
-            "ambiguous framing: both Content-Length and Transfer-Encoding",
-        ));
-    }
     headers::ensure_request_id(req.headers_mut());
 
     let (route, connect_timeout) = select_route(&proxy, &conn, &req);

@@ -2,6 +2,12 @@
 //! are not a stable contract): header count and size, header read timeout, HTTP/2 stream and
 //! reset caps, bounded windows. On drain, HTTP/1 closes after the in-flight exchange and
 //! HTTP/2 gets GOAWAY.
+//!
+//! Ambiguous HTTP/1 framing is hyper's to judge, before a request reaches the proxy: duplicate
+//! or non-numeric Content-Length and a final transfer coding other than chunked are answered
+//! 400; Content-Length together with Transfer-Encoding: chunked is framed by the chunked
+//! coding, Content-Length is dropped and the connection is closed after the response (RFC 9112
+//! §6.3), so the upstream never sees two framings.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,7 +72,8 @@ pub async fn serve<I>(
             let c = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .max_headers(MAX_HEADERS)
-                .max_buf_size(MAX_HEADER_BYTES)
+                .max_header_size(MAX_HEADER_BYTES)
+                .max_buf_size(MAX_HEADER_BYTES + 16 * 1024)
                 .header_read_timeout(header_read_timeout)
                 .keep_alive(true)
                 .serve_connection(io, svc)

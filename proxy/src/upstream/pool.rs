@@ -174,7 +174,8 @@ impl Pool {
         let mut entries = self.entries.lock().expect("pool lock");
         entries.retain(|_, e| {
             e.h1.retain(|(c, since)| {
-                !c.is_closed() && !(c.is_ready() && now.duration_since(*since) > self.idle_timeout)
+                let expired = c.is_ready() && now.duration_since(*since) > self.idle_timeout;
+                !(c.is_closed() || expired)
             });
             if e.h2.as_ref().is_some_and(|c| c.is_closed()) {
                 e.h2 = None;

@@ -1,0 +1,211 @@
+//! Starts the real `bulwark-proxy` binary with a config the test describes, waits until it is
+//! ready, and offers what tests need: listener addresses, signals, metrics, logs.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use crate::TempDir;
+
+/// A free port on 127.0.0.1 at the time of the call.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+pub struct ProxyBuilder {
+    listeners: Vec<(String, String, String)>,
+    policies: String,
+    extra: String,
+}
+
+impl Default for ProxyBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProxyBuilder {
+    pub fn new() -> ProxyBuilder {
+        ProxyBuilder {
+            listeners: Vec::new(),
+            policies: String::new(),
+            extra: String::new(),
+        }
+    }
+
+    /// An explicit listener on a free port forwarding to `upstream` (`host:port`).
+    pub fn listener(mut self, name: &str, upstream: impl ToString) -> Self {
+        self.listeners
+            .push((name.into(), upstream.to_string(), "auto".into()));
+        self
+    }
+
+    pub fn listener_with_protocol(
+        mut self,
+        name: &str,
+        upstream: impl ToString,
+        protocol: &str,
+    ) -> Self {
+        self.listeners
+            .push((name.into(), upstream.to_string(), protocol.into()));
+        self
+    }
+
+    /// Policy documents (YAML, `---` separated), written to the policy directory.
+    pub fn policies(mut self, yaml: &str) -> Self {
+        self.policies = yaml.to_string();
+        self
+    }
+
+    /// Extra top-level YAML for the bootstrap file (e.g. `drainTimeout: 5s`).
+    pub fn extra(mut self, yaml: &str) -> Self {
+        self.extra.push_str(yaml);
+        self.extra.push('\n');
+        self
+    }
+
+    pub async fn start(self) -> ProxyProcess {
+        let dir = TempDir::new("proxy");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut listeners = HashMap::new();
+        let mut yaml = format!(
+            "admin: {admin}\nhealth: {health}\npolicyDir: policies\n{}",
+            self.extra
+        );
+        if !self.listeners.is_empty() {
+            yaml.push_str("listeners:\n");
+        }
+        for (name, upstream, protocol) in &self.listeners {
+            let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+            let _ = writeln!(yaml, "- {{ name: {name}, listen: \"{listen}\", upstream: \"{upstream}\", protocol: {protocol} }}");
+            listeners.insert(name.clone(), listen);
+        }
+        std::fs::create_dir_all(dir.path().join("policies")).expect("policy dir");
+        std::fs::write(dir.path().join("policies/policies.yaml"), &self.policies)
+            .expect("write policies");
+        let config_path = dir.path().join("proxy.yaml");
+        std::fs::write(&config_path, yaml).expect("write config");
+        let log_path = dir.path().join("proxy.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(crate::workspace_bin("bulwark-proxy"))
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("BULWARK_LOG", "info,bulwark_proxy=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn bulwark-proxy");
+        let mut p = ProxyProcess {
+            child,
+            dir,
+            config_path,
+            admin,
+            health,
+            listeners,
+            log_path,
+        };
+        if !crate::client::wait_ok(health, "/ready", Duration::from_secs(15)).await {
+            let status = p.child.try_wait().ok().flatten();
+            panic!(
+                "bulwark-proxy did not become ready (exit: {status:?}); log:\n{}",
+                p.logs()
+            );
+        }
+        p
+    }
+}
+
+pub struct ProxyProcess {
+    pub child: Child,
+    pub dir: TempDir,
+    pub config_path: PathBuf,
+    pub admin: SocketAddr,
+    pub health: SocketAddr,
+    listeners: HashMap<String, SocketAddr>,
+    log_path: PathBuf,
+}
+
+impl ProxyProcess {
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        *self
+            .listeners
+            .get(name)
+            .unwrap_or_else(|| panic!("no listener {name}"))
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args(["-s", sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -s {sig} failed");
+    }
+
+    /// Waits for the process to exit, up to `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    pub async fn metrics(&self) -> String {
+        crate::client::get(self.health, "/metrics", &[])
+            .await
+            .expect("scrape")
+            .text()
+    }
+
+    /// Sum of the samples of `name` whose labels contain every `key="value"` in `labels`.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self.metrics().await;
+        metric_sum(&text, name, labels)
+    }
+
+    /// Rewrites the policy file (a reload follows through the file watcher or SIGHUP).
+    pub fn write_policies(&self, yaml: &str) {
+        let tmp = self.dir.path().join("policies/.next");
+        std::fs::write(&tmp, yaml).expect("write");
+        std::fs::rename(&tmp, self.dir.path().join("policies/policies.yaml")).expect("rename");
+    }
+}
+
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- bulwark-proxy log ---\n{}", self.logs());
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! An HTTP upstream (HTTP/1.1 and h2c on one port) told per request how to misbehave, by
+//! request headers:
+//!
+//! | header | effect |
+//! |---|---|
+//! | `x-delay: 500ms` | wait before answering |
+//! | `x-hang: 1` | never answer |
+//! | `x-reset: 1` | drop the connection/stream without an answer |
+//! | `x-status: 503` | answer with this status |
+//! | `x-stream: 5` | send the body in 5 chunks, `x-stream-interval` apart (default 50ms) |
+//! | `x-stall-after: 2` | send 2 chunks, then go silent forever |
+//! | `x-trailer: 1` | end the body with a `x-upstream-trailer: yes` trailer |
+//! | `x-upgrade: 1` | accept an `Upgrade` with 101 and echo bytes on the upgraded stream |
+//!
+//! Otherwise it answers 200 with a JSON echo of what it received (method, URI, version,
+//! headers), so tests can assert what the proxy forwarded. It counts requests and tracks
+//! its own concurrency.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Echo {
+    pub method: String,
+    pub uri: String,
+    pub version: String,
+    pub headers: BTreeMap<String, String>,
+    pub body_len: usize,
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub requests: AtomicUsize,
+    pub in_flight: AtomicUsize,
+    pub max_in_flight: AtomicUsize,
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub stats: Arc<Stats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    /// Starts on 127.0.0.1, a free port.
+    pub async fn start() -> Upstream {
+        Self::start_on("127.0.0.1:0".parse().expect("literal")).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> Upstream {
+        let listener = TcpListener::bind(addr).await.expect("bind upstream");
+        let addr = listener.local_addr().expect("local addr");
+        let stats = Arc::new(Stats::default());
+        let s = stats.clone();
+        let task = tokio::spawn(async move { serve(listener, s).await });
+        Upstream { addr, stats, task }
+    }
+
+    pub fn requests(&self) -> usize {
+        self.stats.requests.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting and closes open connections (a crash, as seen by the proxy).
+    pub fn crash(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn serve(listener: TcpListener, stats: Arc<Stats>) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let stats = stats.clone();
+        conns.spawn(async move {
+            let svc = service_fn(move |req| answer(req, stats.clone()));
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn parse_ms(v: &str) -> Duration {
+    let v = v.trim();
+    if let Some(ms) = v.strip_suffix("ms") {
+        Duration::from_millis(ms.parse().unwrap_or(0))
+    } else if let Some(s) = v.strip_suffix('s') {
+        Duration::from_secs_f64(s.parse().unwrap_or(0.0))
+    } else {
+        Duration::from_millis(v.parse().unwrap_or(0))
+    }
+}
+
+struct InFlight(Arc<Stats>);
+
+impl InFlight {
+    fn enter(stats: Arc<Stats>) -> InFlight {
+        let now = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        stats.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(stats)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn answer(
+    mut req: Request<Incoming>,
+    stats: Arc<Stats>,
+) -> Result<Response<Body>, std::io::Error> {
+    stats.requests.fetch_add(1, Ordering::SeqCst);
+    let _guard = InFlight::enter(stats);
+    let h = req.headers().clone();
+    if let Some(d) = header(&h, "x-delay") {
+        tokio::time::sleep(parse_ms(d)).await;
+    }
+    if header(&h, "x-hang").is_some() {
+        std::future::pending::<()>().await;
+    }
+    if header(&h, "x-reset").is_some() {
+        return Err(std::io::Error::other("reset on request"));
+    }
+    if header(&h, "x-upgrade").is_some() {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let mut io = TokioIo::new(up);
+                let (mut r, mut w) = tokio::io::split(&mut io);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let resp = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", header(&h, "upgrade").unwrap_or("echo"))
+            .body(empty())
+            .expect("valid");
+        return Ok(resp);
+    }
+    let status = header(&h, "x-status")
+        .and_then(|s| s.parse::<u16>().ok())
+        .unwrap_or(200);
+    let method = req.method().to_string();
+    let uri = req.uri().to_string();
+    let version = format!("{:?}", req.version());
+    let body_len = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
+    let echo = Echo {
+        method,
+        uri,
+        version,
+        headers: h
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body_len,
+    };
+    let json = Bytes::from(serde_json::to_vec(&echo).expect("json"));
+    let mut builder = Response::builder()
+        .status(status)
+        .header("content-type", "application/json");
+    let chunks = header(&h, "x-stream").and_then(|s| s.parse::<usize>().ok());
+    let stall = header(&h, "x-stall-after").and_then(|s| s.parse::<usize>().ok());
+    let trailer = header(&h, "x-trailer").is_some();
+    let body = if chunks.is_some() || stall.is_some() || trailer {
+        let interval = header(&h, "x-stream-interval")
+            .map(parse_ms)
+            .unwrap_or(Duration::from_millis(50));
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+        let n = stall.or(chunks).unwrap_or(1);
+        tokio::spawn(async move {
+            for i in 0..n {
+                if tx
+                    .send(Ok(Frame::data(Bytes::from(format!("chunk {i}\n")))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(interval).await;
+            }
+            if stall.is_some() {
+                // Keep the stream open and silent.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return;
+            }
+            if trailer {
+                let mut t = HeaderMap::new();
+                t.insert("x-upstream-trailer", "yes".parse().expect("valid"));
+                let _ = tx.send(Ok(Frame::trailers(t))).await;
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        builder = builder.header("x-upstream-streaming", "1");
+        StreamBody::new(stream).boxed()
+    } else {
+        Full::new(json).map_err(|never| match never {}).boxed()
+    };
+    Ok(builder.body(body).expect("valid response"))
+}
+
+fn empty() -> Body {
+    Full::new(Bytes::new())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}

@@ -1,0 +1,20 @@
+//! Bulwark end to end: the real `bulwark-proxy` binary between real clients and upstreams
+//! that misbehave on command. One test binary, a module per scenario family.
+
+mod admin;
+mod cli;
+mod drain;
+mod grpc;
+mod http1;
+mod http2;
+mod reload;
+mod tcp;
+mod timeouts;
+mod transparent;
+
+/// A policy selecting the explicit listener `web`, with the given `spec` lines after `target`.
+pub fn web_policy(rest: &str) -> String {
+    format!(
+        "apiVersion: bulwark.dev/v1\nkind: ResiliencePolicy\nmetadata: {{ name: web }}\nspec:\n  target: {{ listener: web }}\n{rest}"
+    )
+}
