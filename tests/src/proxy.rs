@@ -197,7 +197,9 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        // An empty f64 sum is -0.0; +0.0 keeps "0" printing as "0".
+        .sum::<f64>()
+        + 0.0
 }
 
 impl Drop for ProxyProcess {

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs what `make test` and `make demo` need, when it can, and says what it skips.
+#   scripts/deps.sh            check and install
+#   scripts/deps.sh --summary  only say which test families ran and which were skipped
+set -euo pipefail
+
+root=false
+[ "$(id -u)" = 0 ] && root=true
+have() { command -v "$1" >/dev/null 2>&1; }
+
+netns_status() {
+    if ! $root; then
+        echo "SKIPPED: not root (network namespaces and iptables need root)"
+    elif ! have ip || ! have iptables || ! have ip6tables || ! have setpriv; then
+        echo "SKIPPED: ip, iptables, ip6tables or setpriv is missing"
+    elif ! ip netns add "bwdeps$$" 2>/dev/null; then
+        echo "SKIPPED: this machine does not allow creating network namespaces"
+    else
+        ip netns del "bwdeps$$"
+        echo "ran (root, iptables and network namespaces available)"
+    fi
+}
+
+if [ "${1:-}" = "--summary" ]; then
+    echo "transparent-capture tests (network namespaces + iptables): $(netns_status)"
+    exit 0
+fi
+
+have cargo || { echo "deps: cargo is required: install Rust (https://rustup.rs) first" >&2; exit 1; }
+for comp in rustfmt clippy; do
+    sub=${comp/rustfmt/fmt}
+    if ! cargo "$sub" --version >/dev/null 2>&1; then
+        echo "deps: installing the $comp component"
+        rustup component add "$comp"
+    fi
+done
+
+missing=()
+have iptables || missing+=(iptables)
+have ip || missing+=(iproute2)
+have setpriv || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then
+    if $root && have apt-get; then
+        echo "deps: installing ${missing[*]} (for bulwark-proxy init and the namespaced tests)"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "deps: ${missing[*]} missing and cannot be installed here (needs root and apt-get)"
+    fi
+fi
+echo "deps: transparent-capture tests will be $(netns_status | sed 's/^ran/run/')"

@@ -1,0 +1,306 @@
+//! `make demo`: runs Bulwark's main job on this machine and says what happened. Starts a
+//! demo upstream and `bulwark-proxy` with the policies of `examples/` (copied, with free
+//! ports), drives traffic at each route, prints what each policy did (from the proxy's own
+//! metrics), then edits the policy live to show hot reload, and a bad edit being refused.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bulwark_e2e::client::{self, request};
+use bulwark_e2e::proxy::{free_port, metric_sum};
+use bulwark_e2e::upstream::Upstream;
+use http::Method;
+
+struct Step {
+    route: &'static str,
+    method: Method,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    what: &'static str,
+}
+
+const STEPS: &[Step] = &[
+    Step {
+        route: "charge",
+        method: Method::POST,
+        path: "/charge",
+        headers: &[],
+        what: "fast upstream",
+    },
+    Step {
+        route: "charge",
+        method: Method::POST,
+        path: "/charge",
+        headers: &[("x-delay", "1s")],
+        what: "upstream takes 1s; perTry is 800ms",
+    },
+    Step {
+        route: "receipts",
+        method: Method::GET,
+        path: "/receipts/42",
+        headers: &[],
+        what: "fast upstream",
+    },
+    Step {
+        route: "receipts",
+        method: Method::GET,
+        path: "/receipts/42",
+        headers: &[("x-delay", "700ms")],
+        what: "upstream takes 700ms; request timeout 500ms",
+    },
+    Step {
+        route: "health",
+        method: Method::GET,
+        path: "/healthz",
+        headers: &[],
+        what: "exact-path route",
+    },
+    Step {
+        route: "debug",
+        method: Method::POST,
+        path: "/charge",
+        headers: &[("x-debug", "1")],
+        what: "+ header condition: more specific",
+    },
+    Step {
+        route: "default",
+        method: Method::GET,
+        path: "/catalog",
+        headers: &[("x-delay", "100ms")],
+        what: "no route matches: the policy's defaults (3s)",
+    },
+    Step {
+        route: "default",
+        method: Method::GET,
+        path: "/catalog",
+        headers: &[("x-reset", "1")],
+        what: "upstream drops the connection",
+    },
+    Step {
+        route: "default",
+        method: Method::GET,
+        path: "/catalog",
+        headers: &[("x-status", "503")],
+        what: "upstream answers 503 itself: passed through",
+    },
+];
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let root = repo_root();
+    let proxy_bin = bulwark_e2e::workspace_bin("bulwark-proxy");
+    let up = Upstream::start().await;
+    let dir = bulwark_e2e::TempDir::new("demo");
+    let (listen, admin, health) = (free_port(), free_port(), free_port());
+
+    // The examples, with free ports instead of the documented fixed ones.
+    let config = std::fs::read_to_string(root.join("examples/proxy.yaml"))?
+        .replace("localhost:9000", &up.addr.to_string())
+        .replace("127.0.0.1:8000", &format!("127.0.0.1:{listen}"))
+        .replace(
+            "admin: 127.0.0.1:15000",
+            &format!("admin: 127.0.0.1:{admin}"),
+        )
+        .replace(
+            "health: 0.0.0.0:15020",
+            &format!("health: 127.0.0.1:{health}"),
+        );
+    std::fs::create_dir_all(dir.path().join("policies"))?;
+    let policy_path = dir.path().join("policies/payments.yaml");
+    let policy = std::fs::read_to_string(root.join("examples/policies/payments.yaml"))?;
+    std::fs::write(&policy_path, &policy)?;
+    let config_path = dir.path().join("proxy.yaml");
+    std::fs::write(&config_path, config)?;
+
+    println!("== Bulwark demo ==\n");
+    let check = Command::new(&proxy_bin)
+        .args(["check", "--config"])
+        .arg(&config_path)
+        .output()?;
+    print!(
+        "$ bulwark-proxy check --config examples/proxy.yaml\n{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    if !check.status.success() {
+        bail!(
+            "the example config is invalid:\n{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+
+    let log = std::fs::File::create(dir.path().join("proxy.log"))?;
+    let mut child = Command::new(&proxy_bin)
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let health_addr: std::net::SocketAddr = format!("127.0.0.1:{health}").parse()?;
+    let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse()?;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{listen}").parse()?;
+    if !client::wait_ok(health_addr, "/ready", Duration::from_secs(15)).await {
+        let _ = child.kill();
+        bail!(
+            "bulwark-proxy did not become ready:\n{}",
+            std::fs::read_to_string(dir.path().join("proxy.log"))?
+        );
+    }
+    println!(
+        "\nupstream : {} (a demo server that is slow, fails or resets when asked)",
+        up.addr
+    );
+    println!("proxy    : listener \"payments\" on {addr} -> upstream, policy shop/payments");
+    println!("admin    : http://{admin_addr}/config   metrics: http://{health_addr}/metrics\n");
+
+    println!(
+        "{:<9} {:<22} {:<44} answer",
+        "route", "request", "situation"
+    );
+    for s in STEPS {
+        let mut req = request(s.method.clone(), s.path, s.headers);
+        req.headers_mut().insert("host", "payments.shop".parse()?);
+        let start = Instant::now();
+        let r = client::send(addr, req)
+            .await
+            .context("request through the proxy")?;
+        let took = start.elapsed().as_secs_f64();
+        let answer = match r.reason() {
+            Some(reason) => format!(
+                "{} {reason} (the proxy answered, {took:.2}s)",
+                r.status.as_u16()
+            ),
+            None => format!("{} from upstream ({took:.2}s)", r.status.as_u16()),
+        };
+        println!(
+            "{:<9} {:<22} {:<44} {answer}",
+            s.route,
+            format!("{} {}", s.method, s.path),
+            s.what
+        );
+    }
+
+    let metrics = client::get(health_addr, "/metrics", &[]).await?.text();
+    println!("\nWhat each route saw (from bulwark_requests_total):");
+    println!(
+        "{:<9} {:>5} {:>5} {:>5}  refusals by reason",
+        "route", "2xx", "4xx", "5xx"
+    );
+    for route in ["charge", "receipts", "health", "debug", "default"] {
+        let count = |class: &str| {
+            metric_sum(
+                &metrics,
+                "bulwark_requests_total",
+                &[("route", route), ("status_class", class)],
+            )
+        };
+        let reasons: Vec<String> = [
+            "timeout",
+            "per-try-timeout",
+            "upstream-reset",
+            "upstream-connect-failure",
+        ]
+        .iter()
+        .filter_map(|reason| {
+            let n = metric_sum(
+                &metrics,
+                "bulwark_requests_total",
+                &[("route", route), ("reason", reason)],
+            );
+            (n > 0.0).then(|| format!("{reason}={n}"))
+        })
+        .collect();
+        println!(
+            "{route:<9} {:>5} {:>5} {:>5}  {}",
+            count("2xx") as u64,
+            count("4xx") as u64,
+            count("5xx") as u64,
+            reasons.join(" ")
+        );
+    }
+
+    println!(
+        "\nHot reload: raise the receipts timeout from 500ms to 2s by editing the policy file."
+    );
+    std::fs::write(
+        &policy_path,
+        policy.replace("timeout: { request: 500ms }", "timeout: { request: 2s }"),
+    )?;
+    wait_generation(health_addr, 2.0).await?;
+    let r = client::get(addr, "/receipts/42", &[("x-delay", "700ms")]).await?;
+    println!(
+        "  GET /receipts/42 (upstream 700ms) -> {} {}",
+        r.status.as_u16(),
+        r.reason().unwrap_or("from upstream")
+    );
+
+    println!(
+        "\nA bad edit is refused and the policy in force stays: set the timeout to \"2 seconds\"."
+    );
+    std::fs::write(
+        &policy_path,
+        policy.replace(
+            "timeout: { request: 500ms }",
+            "timeout: { request: 2 seconds }",
+        ),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rejected = loop {
+        let m = client::get(health_addr, "/metrics", &[]).await?.text();
+        if metric_sum(
+            &m,
+            "bulwark_config_reloads_total",
+            &[("result", "rejected")],
+        ) >= 1.0
+        {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = std::fs::read_to_string(dir.path().join("proxy.log"))?;
+    if let Some(line) = log.lines().find(|l| l.contains("reload rejected")) {
+        let why = line.split("errors=").nth(1).unwrap_or(line);
+        println!(
+            "  proxy log: reload rejected: {}",
+            why.split(" reload rejected").next().unwrap_or(why).trim()
+        );
+    }
+    let r = client::get(addr, "/receipts/42", &[("x-delay", "700ms")]).await?;
+    println!(
+        "  rejected={rejected}; GET /receipts/42 (upstream 700ms) -> {} {} (the 2s policy is still in force)",
+        r.status.as_u16(),
+        r.reason().unwrap_or("from upstream")
+    );
+
+    Command::new("kill")
+        .args(["-s", "TERM", &child.id().to_string()])
+        .status()?;
+    let status = child.wait()?;
+    println!("\nSIGTERM: bulwark-proxy drained and exited ({status}).");
+    Ok(())
+}
+
+async fn wait_generation(health: std::net::SocketAddr, at_least: f64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = client::get(health, "/metrics", &[]).await?.text();
+        if metric_sum(&m, "bulwark_config_generation", &[]) >= at_least {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the reload did not apply within 10s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
