@@ -22,8 +22,7 @@ deps:
 
 # The e2e tests start the real binaries, so they are built first.
 test: deps lint build
-	$(CARGO) test --workspace
-	@scripts/deps.sh --summary
+	@scripts/run-tests.sh
 
 demo: deps build
 	$(CARGO) run --quiet -p bulwark-e2e --bin bulwark-demo

@@ -155,3 +155,26 @@ async fn connect_timeout_answers_upstream_connect_failure() {
     );
     drop(sock);
 }
+
+#[tokio::test]
+async fn upstream_crash_mid_request_then_down() {
+    let up = Upstream::start().await;
+    let proxy = ProxyBuilder::new().listener("web", up.addr).start().await;
+    let addr = proxy.listener("web");
+    let in_flight = tokio::spawn(async move { client::get(addr, "/", &[("x-delay", "3s")]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    up.crash();
+    let r = in_flight.await.unwrap().unwrap();
+    assert_eq!(
+        (r.status, r.reason()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("upstream-reset"))
+    );
+    let r = client::get(addr, "/", &[]).await.unwrap();
+    assert_eq!(
+        (r.status, r.reason()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("upstream-connect-failure")
+        )
+    );
+}
