@@ -51,53 +51,31 @@ pub struct Options {
     pub inbound_only: bool,
 }
 
-fn rule(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
+/// One iptables invocation, written as its command line (no argument contains a space).
+fn rule(line: impl AsRef<str>) -> Vec<String> {
+    line.as_ref()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
 /// The commands (arguments to iptables/ip6tables) that write the redirect.
 pub fn rules(o: &Options, family: Family) -> anyhow::Result<Vec<Vec<String>>> {
-    let mut r = Vec::new();
-    for c in CHAINS {
-        r.push(rule(&["-t", "nat", "-N", c]));
-    }
-    let (inb, outb) = (o.inbound_port.to_string(), o.outbound_port.to_string());
-    r.push(rule(&[
-        "-t",
-        "nat",
-        "-A",
-        "BULWARK_IN_REDIRECT",
-        "-p",
-        "tcp",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        &inb,
-    ]));
-    r.push(rule(&[
-        "-t",
-        "nat",
-        "-A",
-        "BULWARK_REDIRECT",
-        "-p",
-        "tcp",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        &outb,
-    ]));
+    let mut r: Vec<Vec<String>> = CHAINS
+        .iter()
+        .map(|c| rule(format!("-t nat -N {c}")))
+        .collect();
+    r.push(rule(format!(
+        "-t nat -A BULWARK_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}",
+        o.inbound_port
+    )));
+    r.push(rule(format!(
+        "-t nat -A BULWARK_REDIRECT -p tcp -j REDIRECT --to-ports {}",
+        o.outbound_port
+    )));
 
     // Inbound.
-    r.push(rule(&[
-        "-t",
-        "nat",
-        "-A",
-        "PREROUTING",
-        "-p",
-        "tcp",
-        "-j",
-        "BULWARK_INBOUND",
-    ]));
+    r.push(rule("-t nat -A PREROUTING -p tcp -j BULWARK_INBOUND"));
     let mut excluded: Vec<u16> = OWN_PORTS
         .iter()
         .copied()
@@ -107,184 +85,70 @@ pub fn rules(o: &Options, family: Family) -> anyhow::Result<Vec<Vec<String>>> {
     excluded.sort_unstable();
     excluded.dedup();
     for p in excluded {
-        r.push(rule(&[
-            "-t",
-            "nat",
-            "-A",
-            "BULWARK_INBOUND",
-            "-p",
-            "tcp",
-            "--dport",
-            &p.to_string(),
-            "-j",
-            "RETURN",
-        ]));
+        r.push(rule(format!(
+            "-t nat -A BULWARK_INBOUND -p tcp --dport {p} -j RETURN"
+        )));
     }
     if o.inbound_ports.is_empty() {
-        r.push(rule(&[
-            "-t",
-            "nat",
-            "-A",
-            "BULWARK_INBOUND",
-            "-p",
-            "tcp",
-            "-j",
-            "BULWARK_IN_REDIRECT",
-        ]));
-    } else {
-        for p in &o.inbound_ports {
-            r.push(rule(&[
-                "-t",
-                "nat",
-                "-A",
-                "BULWARK_INBOUND",
-                "-p",
-                "tcp",
-                "--dport",
-                &p.to_string(),
-                "-j",
-                "BULWARK_IN_REDIRECT",
-            ]));
-        }
+        r.push(rule(
+            "-t nat -A BULWARK_INBOUND -p tcp -j BULWARK_IN_REDIRECT",
+        ));
+    }
+    for p in &o.inbound_ports {
+        r.push(rule(format!(
+            "-t nat -A BULWARK_INBOUND -p tcp --dport {p} -j BULWARK_IN_REDIRECT"
+        )));
+    }
+    if o.inbound_only {
+        return Ok(r);
     }
 
     // Outbound.
-    if !o.inbound_only {
-        r.push(rule(&[
-            "-t",
-            "nat",
-            "-A",
-            "OUTPUT",
-            "-p",
-            "tcp",
-            "-j",
-            "BULWARK_OUTPUT",
-        ]));
-        r.push(rule(&[
-            "-t",
-            "nat",
-            "-A",
-            "BULWARK_OUTPUT",
-            "-m",
-            "owner",
-            "--uid-owner",
-            &o.proxy_uid.to_string(),
-            "-j",
-            "RETURN",
-        ]));
-        if let Some(gid) = o.proxy_gid {
-            r.push(rule(&[
-                "-t",
-                "nat",
-                "-A",
-                "BULWARK_OUTPUT",
-                "-m",
-                "owner",
-                "--gid-owner",
-                &gid.to_string(),
-                "-j",
-                "RETURN",
-            ]));
-        }
-        r.push(rule(&[
-            "-t",
-            "nat",
-            "-A",
-            "BULWARK_OUTPUT",
-            "-o",
-            "lo",
-            "-j",
-            "RETURN",
-        ]));
-        let loopback = match family {
-            Family::V4 => "127.0.0.0/8",
-            Family::V6 => "::1/128",
-        };
-        r.push(rule(&[
-            "-t",
-            "nat",
-            "-A",
-            "BULWARK_OUTPUT",
-            "-d",
-            loopback,
-            "-j",
-            "RETURN",
-        ]));
-        for p in &o.exclude_outbound_ports {
-            r.push(rule(&[
-                "-t",
-                "nat",
-                "-A",
-                "BULWARK_OUTPUT",
-                "-p",
-                "tcp",
-                "--dport",
-                &p.to_string(),
-                "-j",
-                "RETURN",
-            ]));
-        }
-        for c in &o.exclude_outbound_cidrs {
-            let cidr = bulwark_policy::validate::Cidr::parse(c)
-                .map_err(anyhow::Error::msg)
-                .context("--exclude-outbound-cidrs")?;
-            if cidr.addr.is_ipv4() == (family == Family::V4) {
-                r.push(rule(&[
-                    "-t",
-                    "nat",
-                    "-A",
-                    "BULWARK_OUTPUT",
-                    "-d",
-                    &cidr.to_string(),
-                    "-j",
-                    "RETURN",
-                ]));
-            }
-        }
-        r.push(rule(&[
-            "-t",
-            "nat",
-            "-A",
-            "BULWARK_OUTPUT",
-            "-p",
-            "tcp",
-            "-j",
-            "BULWARK_REDIRECT",
-        ]));
+    r.push(rule("-t nat -A OUTPUT -p tcp -j BULWARK_OUTPUT"));
+    r.push(rule(format!(
+        "-t nat -A BULWARK_OUTPUT -m owner --uid-owner {} -j RETURN",
+        o.proxy_uid
+    )));
+    if let Some(gid) = o.proxy_gid {
+        r.push(rule(format!(
+            "-t nat -A BULWARK_OUTPUT -m owner --gid-owner {gid} -j RETURN"
+        )));
     }
+    r.push(rule("-t nat -A BULWARK_OUTPUT -o lo -j RETURN"));
+    let loopback = match family {
+        Family::V4 => "127.0.0.0/8",
+        Family::V6 => "::1/128",
+    };
+    r.push(rule(format!(
+        "-t nat -A BULWARK_OUTPUT -d {loopback} -j RETURN"
+    )));
+    for p in &o.exclude_outbound_ports {
+        r.push(rule(format!(
+            "-t nat -A BULWARK_OUTPUT -p tcp --dport {p} -j RETURN"
+        )));
+    }
+    for c in &o.exclude_outbound_cidrs {
+        let cidr = bulwark_policy::validate::Cidr::parse(c)
+            .map_err(anyhow::Error::msg)
+            .context("--exclude-outbound-cidrs")?;
+        if cidr.addr.is_ipv4() == (family == Family::V4) {
+            r.push(rule(format!(
+                "-t nat -A BULWARK_OUTPUT -d {cidr} -j RETURN"
+            )));
+        }
+    }
+    r.push(rule("-t nat -A BULWARK_OUTPUT -p tcp -j BULWARK_REDIRECT"));
     Ok(r)
 }
 
 /// Removes the jumps into our chains, then the chains. Each step may find nothing to remove.
 fn cleanup_rules() -> Vec<Vec<String>> {
     let mut r = vec![
-        rule(&[
-            "-t",
-            "nat",
-            "-D",
-            "PREROUTING",
-            "-p",
-            "tcp",
-            "-j",
-            "BULWARK_INBOUND",
-        ]),
-        rule(&[
-            "-t",
-            "nat",
-            "-D",
-            "OUTPUT",
-            "-p",
-            "tcp",
-            "-j",
-            "BULWARK_OUTPUT",
-        ]),
+        rule("-t nat -D PREROUTING -p tcp -j BULWARK_INBOUND"),
+        rule("-t nat -D OUTPUT -p tcp -j BULWARK_OUTPUT"),
     ];
-    for c in CHAINS {
-        r.push(rule(&["-t", "nat", "-F", c]));
-    }
-    for c in CHAINS {
-        r.push(rule(&["-t", "nat", "-X", c]));
-    }
+    r.extend(CHAINS.iter().map(|c| rule(format!("-t nat -F {c}"))));
+    r.extend(CHAINS.iter().map(|c| rule(format!("-t nat -X {c}"))));
     r
 }
 

@@ -56,10 +56,28 @@ pub async fn send(addr: SocketAddr, mut req: Request<Full<Bytes>>) -> anyhow::Re
         req.headers_mut()
             .insert(http::header::HOST, addr.to_string().parse()?);
     }
-    let stream = TcpStream::connect(addr).await?;
-    let (mut send, conn) = http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
+    let mut send = connect_h1(addr).await?;
     collect(send.send_request(req).await?).await
+}
+
+/// An HTTP/1.1 connection kept open for several requests.
+pub async fn connect_h1(addr: SocketAddr) -> anyhow::Result<http1::SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(addr).await?;
+    let (send, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(send)
+}
+
+/// An h2c connection (prior knowledge); the task ends when the connection closes.
+pub async fn connect_h2(
+    addr: SocketAddr,
+) -> anyhow::Result<(
+    http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+)> {
+    let stream = TcpStream::connect(addr).await?;
+    let (send, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+    Ok((send, tokio::spawn(conn)))
 }
 
 /// One request over a new h2c connection (prior knowledge).
@@ -68,9 +86,7 @@ pub async fn get_h2(
     path: &str,
     headers: &[(&str, &str)],
 ) -> anyhow::Result<Reply> {
-    let stream = TcpStream::connect(addr).await?;
-    let (mut send, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
+    let (mut send, _conn) = connect_h2(addr).await?;
     let mut req = request(Method::GET, &format!("http://{addr}{path}"), headers);
     *req.version_mut() = Version::HTTP_2;
     collect(send.send_request(req).await?).await

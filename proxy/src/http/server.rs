@@ -9,6 +9,8 @@
 //! coding, Content-Length is dropped and the connection is closed after the response (RFC 9112
 //! §6.3), so the upstream never sees two framings.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,14 +61,7 @@ pub async fn serve<I>(
                 .keep_alive_interval(Duration::from_secs(60))
                 .keep_alive_timeout(Duration::from_secs(20))
                 .serve_connection(io, svc);
-            tokio::pin!(c);
-            tokio::select! {
-                r = c.as_mut() => r,
-                _ = drain.cancelled() => {
-                    c.as_mut().graceful_shutdown();
-                    c.await
-                }
-            }
+            until_done(c, &drain, |c| c.graceful_shutdown()).await
         }
         _ => {
             let c = hyper::server::conn::http1::Builder::new()
@@ -78,17 +73,27 @@ pub async fn serve<I>(
                 .keep_alive(true)
                 .serve_connection(io, svc)
                 .with_upgrades();
-            tokio::pin!(c);
-            tokio::select! {
-                r = c.as_mut() => r,
-                _ = drain.cancelled() => {
-                    c.as_mut().graceful_shutdown();
-                    c.await
-                }
-            }
+            until_done(c, &drain, |c| c.graceful_shutdown()).await
         }
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "downstream connection ended with an error");
+    }
+}
+
+/// Runs `conn` to completion; when `drain` fires first, asks it to shut down gracefully and
+/// keeps running it until it has.
+async fn until_done<C: Future>(
+    conn: C,
+    drain: &CancellationToken,
+    shutdown: impl FnOnce(Pin<&mut C>),
+) -> C::Output {
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = drain.cancelled() => {
+            shutdown(conn.as_mut());
+            conn.await
+        }
     }
 }

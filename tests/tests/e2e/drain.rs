@@ -7,7 +7,6 @@ use bulwark_e2e::client;
 use bulwark_e2e::proxy::ProxyBuilder;
 use bulwark_e2e::upstream::Upstream;
 use http::StatusCode;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 
 #[tokio::test]
 async fn in_flight_request_completes_and_new_connections_are_refused() {
@@ -20,12 +19,7 @@ async fn in_flight_request_completes_and_new_connections_are_refused() {
     let addr = proxy.listener("web");
 
     // An HTTP/2 connection that is open when the drain starts.
-    let h2 = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut h2_send, h2_conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(h2))
-            .await
-            .unwrap();
-    let h2_task = tokio::spawn(h2_conn);
+    let (mut h2_send, h2_task) = client::connect_h2(addr).await.unwrap();
     let mut req = client::request(http::Method::GET, &format!("http://{addr}/"), &[]);
     *req.version_mut() = http::Version::HTTP_2;
     assert_eq!(

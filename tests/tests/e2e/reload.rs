@@ -7,7 +7,6 @@ use bulwark_e2e::client;
 use bulwark_e2e::proxy::{ProxyBuilder, ProxyProcess};
 use bulwark_e2e::upstream::Upstream;
 use http::StatusCode;
-use hyper_util::rt::TokioIo;
 
 fn policy(timeout: &str) -> String {
     crate::web_policy(&format!("  routes:\n  - name: slow\n    match: {{ pathPrefix: /slow }}\n    timeout: {{ request: {timeout} }}\n"))
@@ -41,11 +40,7 @@ async fn invalid_file_keeps_the_old_policy_and_valid_one_applies_without_droppin
     );
 
     // A keep-alive connection opened before the reloads.
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut kept, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut kept = client::connect_h1(addr).await.unwrap();
 
     proxy.write_policies(&policy("3x"));
     wait_metric(

@@ -39,12 +39,7 @@ async fn request_per_try_and_idle_timeouts_answer_504_with_their_reason() {
         .unwrap();
     assert_eq!(r.reason(), Some("timeout"));
     // ...and silence mid-body: the stream is cut, not completed.
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut send = client::connect_h1(addr).await.unwrap();
     let resp = send
         .send_request(client::request(
             http::Method::GET,

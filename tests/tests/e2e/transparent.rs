@@ -140,6 +140,32 @@ fn start_proxy(pod: &Netns, bins: &Bins, dir: &TempDir, policies: &str) -> Backg
     proxy
 }
 
+/// The call went through the proxy (the upstream saw the request id the proxy adds) and the
+/// policy's slow route answered with its timeout.
+fn assert_captured(ns: &Netns, bins: &Bins, as_app: bool, addr: SocketAddr) {
+    let ok = call(ns, bins, as_app, addr, "/", &[]);
+    assert_eq!(ok.status, 200, "{addr}: {ok:?}");
+    assert!(
+        ok.body.contains("x-request-id"),
+        "{addr}: not proxied: {ok:?}"
+    );
+    let slow = call(ns, bins, as_app, addr, "/slow", &["x-delay:1s"]);
+    assert_eq!(
+        (slow.status, slow.reason.as_deref()),
+        (504, Some("timeout")),
+        "{addr}: route timeout not applied: {slow:?}"
+    );
+}
+
+/// A policy for `target` whose route /slow times out after 300ms.
+fn slow_route_policy(name: &str, target: &str) -> String {
+    format!(
+        "apiVersion: bulwark.dev/v1\nkind: ResiliencePolicy\nmetadata: {{ name: {name} }}\nspec:\n  target: {target}\n  routes:\n  - name: slow\n    match: {{ pathPrefix: /slow }}\n    timeout: {{ request: 300ms }}\n"
+    )
+}
+
+/// Starts the test upstream in `ns` on `addr` (`[::]:PORT` or `0.0.0.0:PORT`) and waits until
+/// it answers on loopback.
 fn start_upstream(ns: &Netns, bins: &Bins, addr: &str) -> Background {
     let child = ns
         .command(bins.upstream.to_str().unwrap())
@@ -148,15 +174,20 @@ fn start_upstream(ns: &Netns, bins: &Bins, addr: &str) -> Background {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Wait until it accepts.
-    for _ in 0..100 {
-        let out = ns.command("sh").args(["-c", &format!("cat /proc/net/tcp /proc/net/tcp6 | grep -qi ':{:04X} 00000000:0000 0A\\|:{:04X} 00000000000000000000000000000000:0000 0A'", 8080, 8080)]).status().unwrap();
-        if out.success() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    Background(child)
+    let up = Background(child);
+    let port = addr.rsplit(':').next().unwrap();
+    let ready = ns
+        .command(bins.client.to_str().unwrap())
+        .env("BULWARK_RETRY_FOR", "10")
+        .args([&format!("127.0.0.1:{port}"), "/"])
+        .output()
+        .unwrap();
+    assert!(
+        ready.status.success(),
+        "upstream on {addr} not answering: {}",
+        String::from_utf8_lossy(&ready.stderr)
+    );
+    up
 }
 
 #[test]
@@ -168,34 +199,14 @@ fn outbound_capture_applies_policy_by_original_destination_v4_and_v6() {
     let net = PodAndRemote::new();
     let dir = TempDir::new("outbound");
     let _up = start_upstream(&net.remote, &bins, "[::]:8080");
-    let policy = format!(
-        "apiVersion: bulwark.dev/v1\nkind: ResiliencePolicy\nmetadata: {{ name: remote }}\nspec:\n  target: {{ addresses: [\"{}/32\", \"{}/128\"], ports: [8080] }}\n  routes:\n  - name: slow\n    match: {{ pathPrefix: /slow }}\n    timeout: {{ request: 300ms }}\n",
+    let target = format!(
+        "{{ addresses: [\"{}/32\", \"{}/128\"], ports: [8080] }}",
         net.remote_ip, net.remote_ip6
     );
-    let _proxy = start_proxy(&net.pod, &bins, &dir, &policy);
+    let _proxy = start_proxy(&net.pod, &bins, &dir, &slow_route_policy("remote", &target));
     let v4 = SocketAddr::new(net.remote_ip, 8080);
-    let v6 = SocketAddr::new(net.remote_ip6, 8080);
-
-    let ok = call(&net.pod, &bins, true, v4, "/", &[]);
-    assert_eq!(ok.status, 200, "{ok:?}");
-    assert!(
-        ok.body.contains("x-request-id"),
-        "went through the proxy (it added a request id): {ok:?}"
-    );
-
-    let slow = call(&net.pod, &bins, true, v4, "/slow", &["x-delay:1s"]);
-    assert_eq!(
-        (slow.status, slow.reason.as_deref()),
-        (504, Some("timeout")),
-        "route timeout applied to captured traffic"
-    );
-
-    let slow6 = call(&net.pod, &bins, true, v6, "/slow", &["x-delay:1s"]);
-    assert_eq!(
-        (slow6.status, slow6.reason.as_deref()),
-        (504, Some("timeout")),
-        "IPv6 capture: {slow6:?}"
-    );
+    assert_captured(&net.pod, &bins, true, v4);
+    assert_captured(&net.pod, &bins, true, SocketAddr::new(net.remote_ip6, 8080));
 
     // The proxy's own UID is never captured: same call as root goes straight through.
     let direct = call(&net.pod, &bins, false, v4, "/slow", &["x-delay:1s"]);
@@ -223,21 +234,14 @@ fn inbound_capture_applies_inbound_policy() {
     let net = PodAndRemote::new();
     let dir = TempDir::new("inbound");
     let _app = start_upstream(&net.pod, &bins, "0.0.0.0:8080");
-    let policy = "apiVersion: bulwark.dev/v1\nkind: ResiliencePolicy\nmetadata: { name: app-inbound }\nspec:\n  target: { addresses: [0.0.0.0/0], ports: [8080], direction: inbound }\n  routes:\n  - name: slow\n    match: { pathPrefix: /slow }\n    timeout: { request: 300ms }\n";
-    let _proxy = start_proxy(&net.pod, &bins, &dir, policy);
-    let app = SocketAddr::new(net.pod_ip, 8080);
-
-    let ok = call(&net.remote, &bins, false, app, "/", &[]);
-    assert_eq!(ok.status, 200, "{ok:?}");
-    assert!(
-        ok.body.contains("x-request-id"),
-        "inbound traffic went through the proxy: {ok:?}"
+    let target = "{ addresses: [0.0.0.0/0], ports: [8080], direction: inbound }";
+    let _proxy = start_proxy(
+        &net.pod,
+        &bins,
+        &dir,
+        &slow_route_policy("app-inbound", target),
     );
-    let slow = call(&net.remote, &bins, false, app, "/slow", &["x-delay:1s"]);
-    assert_eq!(
-        (slow.status, slow.reason.as_deref()),
-        (504, Some("timeout"))
-    );
+    assert_captured(&net.remote, &bins, false, SocketAddr::new(net.pod_ip, 8080));
 }
 
 fn nat_rules(ns: &Netns, cmd: &str) -> String {
