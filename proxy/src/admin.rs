@@ -30,11 +30,11 @@ pub fn handler(store: Arc<Store>, log: Arc<dyn LogControl>) -> Handler {
     Arc::new(move |req| match (req.method(), req.uri().path()) {
         (&Method::GET, "/config") => {
             let config = store.config();
-            let snapshot = store.snapshot();
+            let installed = store.installed();
             let view = ConfigView {
                 generation: store.generation(),
                 listeners: &config.listeners,
-                policies: &snapshot.documents,
+                policies: &installed.snapshot.documents,
             };
             match serde_yaml::to_string(&view) {
                 Ok(y) => endpoint::typed(StatusCode::OK, "application/yaml", y),
@@ -44,6 +44,8 @@ pub fn handler(store: Arc<Store>, log: Arc<dyn LogControl>) -> Handler {
                 ),
             }
         }
+        (&Method::GET, "/breakers") => json(&breakers(&store)),
+        (&Method::GET, "/bulkheads") => json(&bulkheads(&store)),
         (&Method::GET, "/logging") => {
             endpoint::text(StatusCode::OK, format!("{}\n", log.current()))
         }
@@ -64,4 +66,65 @@ pub fn handler(store: Arc<Store>, log: Arc<dyn LogControl>) -> Handler {
             "endpoints: GET /config, GET|POST /logging?level=FILTER\n",
         ),
     })
+}
+
+fn json<T: Serialize>(v: &T) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    match serde_json::to_string_pretty(v) {
+        Ok(body) => endpoint::typed(StatusCode::OK, "application/json", body + "\n"),
+        Err(e) => endpoint::text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot render: {e}\n"),
+        ),
+    }
+}
+
+#[derive(Serialize)]
+struct BreakerRow {
+    policy: String,
+    route: String,
+    target: String,
+    #[serde(flatten)]
+    view: crate::stage::breaker::View,
+}
+
+/// Every breaker in force: one per (route, upstream target) that has seen traffic.
+fn breakers(store: &Store) -> Vec<BreakerRow> {
+    let now = tokio::time::Instant::now();
+    let installed = store.installed();
+    installed
+        .states
+        .iter()
+        .flat_map(|s| {
+            s.breakers().into_iter().map(move |(target, b)| BreakerRow {
+                policy: s.policy.to_string(),
+                route: s.route.to_string(),
+                target,
+                view: b.view(now),
+            })
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct BulkheadRow {
+    policy: String,
+    route: String,
+    in_flight: u32,
+    queued: u32,
+}
+
+fn bulkheads(store: &Store) -> Vec<BulkheadRow> {
+    let installed = store.installed();
+    installed
+        .states
+        .iter()
+        .filter_map(|s| {
+            s.bulkhead.as_ref().map(|b| BulkheadRow {
+                policy: s.policy.to_string(),
+                route: s.route.to_string(),
+                in_flight: b.in_flight(),
+                queued: b.queued(),
+            })
+        })
+        .collect()
 }

@@ -41,7 +41,7 @@ pub async fn run(config_path: PathBuf, log: Arc<dyn LogControl>) -> anyhow::Resu
     let config = loaded.config.clone();
     let metrics = Arc::new(Metrics::new());
     metrics.config_reload(true, 1);
-    let store = Arc::new(Store::new(loaded.config, loaded.snapshot));
+    let store = Arc::new(Store::new(loaded.config, loaded.snapshot, metrics.clone()));
     let background = CancellationToken::new();
     let pool = Pool::new(config.upstream.pool_idle_timeout.get(), metrics.clone());
     pool.spawn_sweeper(background.child_token());
@@ -95,7 +95,7 @@ pub async fn run(config_path: PathBuf, log: Arc<dyn LogControl>) -> anyhow::Resu
     let mut int = signal(SignalKind::interrupt())?;
     let mut seen = fingerprint(&config_path, &config);
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
-    tracing::info!(config = %config_path.display(), policies = store.snapshot().policies.len(), "bulwark-proxy serving");
+    tracing::info!(config = %config_path.display(), policies = store.installed().snapshot.policies.len(), "bulwark-proxy serving");
     loop {
         tokio::select! {
             _ = hup.recv() => {

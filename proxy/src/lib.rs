@@ -18,6 +18,7 @@ pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod reason;
+pub mod stage;
 pub mod store;
 pub mod target;
 pub mod tcp;

@@ -54,6 +54,77 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub policy: String,
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BreakerStateLabels {
+    policy: String,
+    route: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    policy: String,
+    route: String,
+    from: &'static str,
+    to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabels {
+    policy: String,
+    route: String,
+    scope: &'static str,
+}
+
+/// Handles for one route's stage metrics, made once when the route's state is created so the
+/// request path only touches atomics.
+#[derive(Clone)]
+pub struct StageMetrics {
+    pub bulkhead_in_flight: Gauge,
+    pub bulkhead_queued: Gauge,
+    pub bulkhead_rejected: Counter,
+    pub retries: Counter,
+    pub retry_budget_exhausted: Counter,
+    pub rate_limited_route: Counter,
+    pub rate_limited_client: Counter,
+    breaker_closed: Gauge,
+    breaker_open: Gauge,
+    breaker_half_open: Gauge,
+    transitions: Family<TransitionLabels, Counter>,
+    labels: StageLabels,
+}
+
+impl StageMetrics {
+    /// The number of this route's breakers in `state`.
+    pub fn breakers_in(&self, state: crate::stage::breaker::State) -> &Gauge {
+        use crate::stage::breaker::State;
+        match state {
+            State::Closed => &self.breaker_closed,
+            State::Open => &self.breaker_open,
+            State::HalfOpen => &self.breaker_half_open,
+        }
+    }
+
+    pub fn transition(&self, from: crate::stage::breaker::State, to: crate::stage::breaker::State) {
+        self.breakers_in(from).dec();
+        self.breakers_in(to).inc();
+        self.transitions
+            .get_or_create(&TransitionLabels {
+                policy: self.labels.policy.clone(),
+                route: self.labels.route.clone(),
+                from: from.as_str(),
+                to: to.as_str(),
+            })
+            .inc();
+    }
+}
+
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -66,6 +137,14 @@ pub struct Metrics {
     upstream_connections: Family<ResultLabels, Counter>,
     config_reloads: Family<ResultLabels, Counter>,
     config_generation: Gauge<i64, AtomicI64>,
+    breaker_state: Family<BreakerStateLabels, Gauge>,
+    breaker_transitions: Family<TransitionLabels, Counter>,
+    bulkhead_in_flight: Family<StageLabels, Gauge>,
+    bulkhead_queued: Family<StageLabels, Gauge>,
+    bulkhead_rejected: Family<StageLabels, Counter>,
+    retries: Family<StageLabels, Counter>,
+    retry_budget_exhausted: Family<StageLabels, Counter>,
+    rate_limited: Family<ScopeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -126,7 +205,59 @@ impl Metrics {
             "Generation of the policy snapshot in force (1 at start, +1 per applied reload)",
             config_generation.clone(),
         );
+        let breaker_state = Family::<BreakerStateLabels, Gauge>::default();
+        registry.register(
+            "breaker_state",
+            "Circuit breakers of a route in each state (closed, open, half-open)",
+            breaker_state.clone(),
+        );
+        let breaker_transitions = Family::<TransitionLabels, Counter>::default();
+        registry.register(
+            "breaker_transitions",
+            "Circuit breaker state changes",
+            breaker_transitions.clone(),
+        );
+        let bulkhead_in_flight = Family::<StageLabels, Gauge>::default();
+        registry.register(
+            "bulkhead_in_flight",
+            "Requests holding a bulkhead slot",
+            bulkhead_in_flight.clone(),
+        );
+        let bulkhead_queued = Family::<StageLabels, Gauge>::default();
+        registry.register(
+            "bulkhead_queued",
+            "Requests waiting for a bulkhead slot",
+            bulkhead_queued.clone(),
+        );
+        let bulkhead_rejected = Family::<StageLabels, Counter>::default();
+        registry.register(
+            "bulkhead_rejected",
+            "Requests refused because the bulkhead and its queue were full",
+            bulkhead_rejected.clone(),
+        );
+        let retries = Family::<StageLabels, Counter>::default();
+        registry.register("retries", "Retries sent upstream", retries.clone());
+        let retry_budget_exhausted = Family::<StageLabels, Counter>::default();
+        registry.register(
+            "retry_budget_exhausted",
+            "Retries not sent because the retry budget was spent",
+            retry_budget_exhausted.clone(),
+        );
+        let rate_limited = Family::<ScopeLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit, by bucket (route or client)",
+            rate_limited.clone(),
+        );
         Metrics {
+            breaker_state,
+            breaker_transitions,
+            bulkhead_in_flight,
+            bulkhead_queued,
+            bulkhead_rejected,
+            retries,
+            retry_budget_exhausted,
+            rate_limited,
             registry,
             requests,
             latency,
@@ -206,6 +337,45 @@ impl Metrics {
             .inc();
         if applied {
             self.config_generation.set(generation as i64);
+        }
+    }
+
+    pub fn stage(&self, policy: &str, route: &str) -> StageMetrics {
+        let labels = StageLabels {
+            policy: policy.to_string(),
+            route: route.to_string(),
+        };
+        let state = |state| {
+            self.breaker_state
+                .get_or_create(&BreakerStateLabels {
+                    policy: labels.policy.clone(),
+                    route: labels.route.clone(),
+                    state,
+                })
+                .clone()
+        };
+        let scope = |scope| {
+            self.rate_limited
+                .get_or_create(&ScopeLabels {
+                    policy: labels.policy.clone(),
+                    route: labels.route.clone(),
+                    scope,
+                })
+                .clone()
+        };
+        StageMetrics {
+            bulkhead_in_flight: self.bulkhead_in_flight.get_or_create(&labels).clone(),
+            bulkhead_queued: self.bulkhead_queued.get_or_create(&labels).clone(),
+            bulkhead_rejected: self.bulkhead_rejected.get_or_create(&labels).clone(),
+            retries: self.retries.get_or_create(&labels).clone(),
+            retry_budget_exhausted: self.retry_budget_exhausted.get_or_create(&labels).clone(),
+            rate_limited_route: scope("route"),
+            rate_limited_client: scope("client"),
+            breaker_closed: state("closed"),
+            breaker_open: state("open"),
+            breaker_half_open: state("half-open"),
+            transitions: self.breaker_transitions.clone(),
+            labels,
         }
     }
 

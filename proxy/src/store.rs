@@ -9,26 +9,38 @@ use arc_swap::ArcSwap;
 use bulwark_policy::Snapshot;
 
 use crate::config::ProxyConfig;
+use crate::metrics::Metrics;
+use crate::stage::registry::{self, RouteState};
+
+/// A snapshot and the runtime state of its routes, swapped in together so that
+/// `states[route.index]` always belongs to `snapshot`.
+pub struct Installed {
+    pub snapshot: Snapshot,
+    pub states: Vec<Arc<RouteState>>,
+}
 
 pub struct Store {
-    snapshot: ArcSwap<Snapshot>,
+    installed: ArcSwap<Installed>,
+    metrics: Arc<Metrics>,
     config: ArcSwap<ProxyConfig>,
     generation: AtomicU64,
     draining: AtomicBool,
 }
 
 impl Store {
-    pub fn new(config: ProxyConfig, snapshot: Snapshot) -> Store {
+    pub fn new(config: ProxyConfig, snapshot: Snapshot, metrics: Arc<Metrics>) -> Store {
+        let states = registry::build(&snapshot, &[], &metrics);
         Store {
-            snapshot: ArcSwap::from_pointee(snapshot),
+            installed: ArcSwap::from_pointee(Installed { snapshot, states }),
+            metrics,
             config: ArcSwap::from_pointee(config),
             generation: AtomicU64::new(1),
             draining: AtomicBool::new(false),
         }
     }
 
-    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
-        self.snapshot.load()
+    pub fn installed(&self) -> arc_swap::Guard<Arc<Installed>> {
+        self.installed.load()
     }
 
     pub fn config(&self) -> Arc<ProxyConfig> {
@@ -37,8 +49,10 @@ impl Store {
 
     /// Puts a new config and snapshot in force; returns the new generation.
     pub fn replace(&self, config: ProxyConfig, snapshot: Snapshot) -> u64 {
+        let states = registry::build(&snapshot, &self.installed.load().states, &self.metrics);
         self.config.store(Arc::new(config));
-        self.snapshot.store(Arc::new(snapshot));
+        self.installed
+            .store(Arc::new(Installed { snapshot, states }));
         self.generation.fetch_add(1, Ordering::AcqRel) + 1
     }
 

@@ -7,6 +7,7 @@
 //! | `x-hang: 1` | never answer |
 //! | `x-reset: 1` | drop the connection/stream without an answer |
 //! | `x-status: 503` | answer with this status |
+//! | `x-fail-every: 3` | answer 503 to the 1st, 4th, 7th… request this upstream receives |
 //! | `x-stream: 5` | send the body in 5 chunks, `x-stream-interval` apart (default 50ms) |
 //! | `x-stall-after: 2` | send 2 chunks, then go silent forever |
 //! | `x-trailer: 1` | end the body with a `x-upstream-trailer: yes` trailer |
@@ -140,7 +141,7 @@ async fn answer(
     mut req: Request<Incoming>,
     stats: Arc<Stats>,
 ) -> Result<Response<Body>, std::io::Error> {
-    stats.requests.fetch_add(1, Ordering::SeqCst);
+    let nth = stats.requests.fetch_add(1, Ordering::SeqCst) + 1;
     let _guard = InFlight::enter(stats);
     let h = req.headers().clone();
     if let Some(d) = header(&h, "x-delay") {
@@ -169,9 +170,13 @@ async fn answer(
             .expect("valid");
         return Ok(resp);
     }
-    let status = header(&h, "x-status")
-        .and_then(|s| s.parse::<u16>().ok())
-        .unwrap_or(200);
+    let every = header(&h, "x-fail-every").and_then(|s| s.parse::<usize>().ok());
+    let status = match every {
+        Some(n) if n > 0 && nth % n == 1 % n => 503,
+        _ => header(&h, "x-status")
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(200),
+    };
     let method = req.method().to_string();
     let uri = req.uri().to_string();
     let version = format!("{:?}", req.version());

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use crate::error::{Errors, ValidationError};
 use crate::route::{HeaderMatch, HostPattern, PathMatch, RouteMatch};
-use crate::spec::{self, Direction, MatchSpec, ResiliencePolicy, TimeoutSpec};
+use crate::spec::{self, Direction, MatchSpec, ResiliencePolicy, RouteSettings, TimeoutSpec};
+use crate::stages::{self, BreakerPolicy, BulkheadPolicy, RateLimitPolicy, RetryPolicy};
 use crate::validate::{self, Cidr};
 
 /// Name of the route that requests matching no route of a policy are accounted to.
@@ -28,8 +29,25 @@ pub struct Route {
     pub name: Arc<str>,
     /// `namespace/name` of the owning policy.
     pub policy: Arc<str>,
+    /// Position of this route among every route of the snapshot (default routes included), so
+    /// the proxy can keep per-route runtime state in a vector.
+    pub index: usize,
     pub matcher: RouteMatch,
     pub timeouts: Timeouts,
+    pub retries: Option<RetryPolicy>,
+    pub breaker: Option<BreakerPolicy>,
+    pub bulkhead: Option<BulkheadPolicy>,
+    pub rate_limit: Option<RateLimitPolicy>,
+}
+
+/// A route's settings after merging `defaults`: timeouts field by field, the other blocks whole.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Settings {
+    timeouts: Timeouts,
+    retries: Option<RetryPolicy>,
+    breaker: Option<BreakerPolicy>,
+    bulkhead: Option<BulkheadPolicy>,
+    rate_limit: Option<RateLimitPolicy>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -77,6 +95,8 @@ pub struct Snapshot {
     pub policies: Vec<Arc<CompiledPolicy>>,
     /// The documents as accepted, for display (`/config`) and round-tripping.
     pub documents: Vec<ResiliencePolicy>,
+    /// Number of routes in all policies, default routes included (`Route::index` is below it).
+    pub route_count: usize,
 }
 
 impl Snapshot {
@@ -105,6 +125,7 @@ impl Snapshot {
         });
         let mut seen = HashSet::new();
         let mut policies = Vec::with_capacity(docs.len());
+        let mut route_count = 0;
         for doc in &docs {
             let mut errs = Errors {
                 policy: doc.id(),
@@ -117,7 +138,7 @@ impl Snapshot {
                 );
                 continue;
             }
-            if let Some(p) = compile_policy(doc, &mut errs) {
+            if let Some(p) = compile_policy(doc, &mut errs, &mut route_count) {
                 policies.push(Arc::new(p));
             }
         }
@@ -126,6 +147,7 @@ impl Snapshot {
                 version: version.into(),
                 policies,
                 documents: docs,
+                route_count,
             })
         } else {
             Err(out)
@@ -167,7 +189,11 @@ impl Snapshot {
     }
 }
 
-fn compile_policy(doc: &ResiliencePolicy, errs: &mut Errors<'_>) -> Option<CompiledPolicy> {
+fn compile_policy(
+    doc: &ResiliencePolicy,
+    errs: &mut Errors<'_>,
+    next_index: &mut usize,
+) -> Option<CompiledPolicy> {
     let before = errs.out.len();
     if doc.api_version != spec::API_VERSION {
         errs.push(
@@ -190,11 +216,11 @@ fn compile_policy(doc: &ResiliencePolicy, errs: &mut Errors<'_>) -> Option<Compi
     let id: Arc<str> = doc.id().into();
 
     let target = compile_target(&doc.spec.target, errs);
-    let defaults = compile_timeouts(
+    let defaults = compile_settings(
         errs,
-        "spec.defaults.timeout",
-        doc.spec.defaults.timeout.as_ref(),
-        Timeouts::default(),
+        "spec.defaults",
+        &doc.spec.defaults,
+        &Settings::default(),
     );
     let upstream = UpstreamPolicy {
         connect_timeout: validate::timeout(
@@ -237,19 +263,9 @@ fn compile_policy(doc: &ResiliencePolicy, errs: &mut Errors<'_>) -> Option<Compi
             );
         }
         let matcher = compile_match(errs, &format!("{base}.match"), &r.matches);
-        let timeouts = compile_timeouts(
-            errs,
-            &format!("{base}.timeout"),
-            r.timeout.as_ref(),
-            defaults,
-        );
+        let settings = compile_settings(errs, &base, &r.settings(), &defaults);
         if let Some(matcher) = matcher {
-            routes.push(Arc::new(Route {
-                name: r.name.as_str().into(),
-                policy: id.clone(),
-                matcher,
-                timeouts,
-            }));
+            routes.push(make_route(&r.name, &id, next_index, matcher, settings));
         }
     }
     // Stable sort keeps the written order among equally specific routes.
@@ -259,17 +275,68 @@ fn compile_policy(doc: &ResiliencePolicy, errs: &mut Errors<'_>) -> Option<Compi
         return None;
     }
     Some(CompiledPolicy {
-        default_route: Arc::new(Route {
-            name: DEFAULT_ROUTE.into(),
-            policy: id.clone(),
-            matcher: RouteMatch::any(),
-            timeouts: defaults,
-        }),
+        default_route: make_route(DEFAULT_ROUTE, &id, next_index, RouteMatch::any(), defaults),
         id,
         target: target?,
         routes,
         upstream,
     })
+}
+
+fn make_route(
+    name: &str,
+    policy: &Arc<str>,
+    next_index: &mut usize,
+    matcher: RouteMatch,
+    s: Settings,
+) -> Arc<Route> {
+    let index = *next_index;
+    *next_index += 1;
+    Arc::new(Route {
+        name: name.into(),
+        policy: policy.clone(),
+        index,
+        matcher,
+        timeouts: s.timeouts,
+        retries: s.retries,
+        breaker: s.breaker,
+        bulkhead: s.bulkhead,
+        rate_limit: s.rate_limit,
+    })
+}
+
+/// `spec` over `base`: timeouts merge field by field; any other block given replaces the base's.
+fn compile_settings(
+    errs: &mut Errors<'_>,
+    path: &str,
+    spec: &RouteSettings,
+    base: &Settings,
+) -> Settings {
+    let timeouts = compile_timeouts(
+        errs,
+        &format!("{path}.timeout"),
+        spec.timeout.as_ref(),
+        base.timeouts,
+    );
+    Settings {
+        timeouts,
+        retries: match &spec.retries {
+            Some(r) => Some(stages::retry(errs, &format!("{path}.retries"), r)),
+            None => base.retries.clone(),
+        },
+        breaker: match &spec.circuit_breaker {
+            Some(b) => Some(stages::breaker(errs, &format!("{path}.circuitBreaker"), b)),
+            None => base.breaker.clone(),
+        },
+        bulkhead: match &spec.bulkhead {
+            Some(b) => Some(stages::bulkhead(errs, &format!("{path}.bulkhead"), b)),
+            None => base.bulkhead.clone(),
+        },
+        rate_limit: match &spec.rate_limit {
+            Some(r) => Some(stages::rate_limit(errs, &format!("{path}.rateLimit"), r)),
+            None => base.rate_limit.clone(),
+        },
+    }
 }
 
 fn compile_target(t: &spec::TargetSpec, errs: &mut Errors<'_>) -> Option<Target> {

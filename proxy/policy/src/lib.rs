@@ -9,6 +9,7 @@ pub mod duration;
 mod error;
 pub mod route;
 pub mod spec;
+pub mod stages;
 pub mod validate;
 
 pub use compile::{
@@ -18,6 +19,9 @@ pub use document::parse_documents;
 pub use error::ValidationError;
 pub use route::RequestInfo;
 pub use spec::{Direction, ResiliencePolicy};
+pub use stages::{
+    BreakerPolicy, BulkheadPolicy, ClientKey, Condition, RateLimitPolicy, RetryPolicy,
+};
 
 #[cfg(test)]
 mod tests;

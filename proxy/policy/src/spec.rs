@@ -100,11 +100,19 @@ impl Direction {
 pub struct RouteSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<TimeoutSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RetrySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<BreakerSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bulkhead: Option<BulkheadSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
 }
 
 impl RouteSettings {
     fn is_empty(&self) -> bool {
-        self.timeout.is_none()
+        *self == RouteSettings::default()
     }
 }
 
@@ -114,8 +122,30 @@ pub struct RouteSpec {
     pub name: String,
     #[serde(rename = "match", default)]
     pub matches: MatchSpec,
+    // The same settings as `RouteSettings`; spelled out because serde's `flatten` cannot be
+    // combined with `deny_unknown_fields`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<TimeoutSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RetrySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<BreakerSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bulkhead: Option<BulkheadSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+}
+
+impl RouteSpec {
+    pub fn settings(&self) -> RouteSettings {
+        RouteSettings {
+            timeout: self.timeout.clone(),
+            retries: self.retries.clone(),
+            circuit_breaker: self.circuit_breaker.clone(),
+            bulkhead: self.bulkhead.clone(),
+            rate_limit: self.rate_limit.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -175,5 +205,124 @@ pub struct UpstreamSpec {
 impl UpstreamSpec {
     fn is_empty(&self) -> bool {
         self.connect_timeout.is_none()
+    }
+}
+
+/// Retries of a failed attempt. `attempts` counts retries, not tries: `attempts: 2` allows up to
+/// three tries.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetrySpec {
+    pub attempts: u32,
+    /// Conditions: `connect-failure`, `reset`, `per-try-timeout`, `5xx`, `gateway-error` (502,
+    /// 503, 504), an HTTP status such as `503`, or a gRPC status name such as `unavailable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<Vec<Token>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<BackoffSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetSpec>,
+    /// Largest request body kept to send again; a larger body is sent once, without retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_buffered_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BackoffSpec {
+    pub base: Dur,
+    pub max: Dur,
+}
+
+/// Retries may be at most `percent` of the requests of the last 10 seconds, plus
+/// `minPerSecond` so that low traffic can still retry.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BudgetSpec {
+    pub percent: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_per_second: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BreakerSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_rate_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_call: Option<SlowCallSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_for: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_open_requests: Option<u32>,
+    /// Outcomes counted as failures (same vocabulary as `retries.on`); default
+    /// `[5xx, connect-failure, reset, timeout]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_on: Option<Vec<Token>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SlowCallSpec {
+    pub over: Dur,
+    pub rate_percent: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BulkheadSpec {
+    pub max_concurrent: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<Dur>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimitSpec {
+    pub per_second: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_client: Option<PerClientSpec>,
+}
+
+/// A bucket per client, keyed by a request header or the source IP (exactly one).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PerClientSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<bool>,
+    pub per_second: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// Clients tracked at once; the least recently seen are forgotten beyond it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_clients: Option<u32>,
+}
+
+/// A list item written as a word or a number: `gateway-error`, `503`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Token(pub String);
+
+impl<'de> Deserialize<'de> for Token {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::String(s) => Ok(Token(s)),
+            serde_yaml::Value::Number(n) => Ok(Token(n.to_string())),
+            other => Err(serde::de::Error::custom(format!(
+                "expected a word or a number, found {other:?}"
+            ))),
+        }
     }
 }

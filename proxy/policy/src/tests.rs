@@ -224,3 +224,95 @@ fn documents_round_trip_through_yaml() {
     let again = parse_documents(&text, "again").unwrap();
     assert_eq!(again[0], s.documents[0]);
 }
+
+#[test]
+fn stage_blocks_compile_and_replace_defaults_whole() {
+    let text = r#"
+apiVersion: bulwark.dev/v1
+kind: ResiliencePolicy
+metadata: { name: p }
+spec:
+  target: { listener: web }
+  defaults:
+    retries: { attempts: 2, on: [reset, 503, unavailable] }
+    bulkhead: { maxConcurrent: 5 }
+    rateLimit: { perSecond: 100, perClient: { header: x-api-key, perSecond: 2 } }
+  routes:
+  - name: a
+    match: { pathPrefix: /a }
+    retries: { attempts: 1, backoff: { base: 10ms, max: 40ms }, budget: { percent: 50 } }
+    circuitBreaker: { consecutiveFailures: 3, openFor: 5s }
+"#;
+    let s = compile(text).unwrap();
+    let p = &s.policies[0];
+    let a = &p.routes[0];
+    let r = a.retries.as_ref().unwrap();
+    assert_eq!(r.attempts, 1);
+    assert_eq!(
+        r.on,
+        crate::stages::DEFAULT_RETRY_ON.to_vec(),
+        "a route's block replaces the defaults' whole"
+    );
+    assert_eq!(
+        (r.backoff_base, r.backoff_max),
+        (Duration::from_millis(10), Duration::from_millis(40))
+    );
+    assert_eq!((r.budget_percent, r.budget_min_per_second), (50.0, 10));
+    assert_eq!(a.bulkhead.as_ref().unwrap().max_concurrent, 5, "inherited");
+    let b = a.breaker.as_ref().unwrap();
+    assert_eq!(
+        (b.consecutive_failures, b.open_for, b.half_open_requests),
+        (Some(3), Duration::from_secs(5), 3)
+    );
+    let d = p.default_route.retries.as_ref().unwrap();
+    assert_eq!(
+        d.on,
+        vec![
+            crate::Condition::Reset,
+            crate::Condition::Status(503),
+            crate::Condition::Grpc(14)
+        ]
+    );
+    let rl = p.default_route.rate_limit.as_ref().unwrap();
+    assert_eq!((rl.route.per_second, rl.route.burst), (100.0, 100));
+    assert!(
+        matches!(&rl.per_client, Some((crate::ClientKey::Header(h), b, 10_000)) if h == "x-api-key" && b.burst == 2)
+    );
+    assert_eq!(s.route_count, 2);
+    assert_ne!(a.index, p.default_route.index);
+}
+
+#[test]
+fn stage_errors_name_their_fields() {
+    let text = r#"
+apiVersion: bulwark.dev/v1
+kind: ResiliencePolicy
+metadata: { name: p }
+spec:
+  target: { listener: web }
+  defaults:
+    retries: { attempts: 20, on: [flaky, timeout], backoff: { base: 100ms, max: 10ms }, budget: { percent: 120 } }
+    circuitBreaker: { window: 0s }
+    bulkhead: { maxConcurrent: 0, maxQueued: 3 }
+    rateLimit: { perSecond: 0, perClient: { perSecond: 1 } }
+"#;
+    let errs = compile(text).unwrap_err();
+    for want in [
+        "spec.defaults.retries.attempts: 20 is out of range 1..=10",
+        "spec.defaults.retries.on[0]: \"flaky\" is not a condition",
+        "spec.defaults.retries.on: \"timeout\" ends the whole request",
+        "spec.defaults.retries.backoff.max: must not be smaller than backoff.base",
+        "spec.defaults.retries.budget.percent: 120 is not a percentage",
+        "spec.defaults.circuitBreaker: sets no trip rule",
+        "spec.defaults.circuitBreaker.window: must be greater than zero",
+        "spec.defaults.bulkhead.maxConcurrent: 0 is out of range",
+        "spec.defaults.bulkhead.queueTimeout: required when maxQueued is set",
+        "spec.defaults.rateLimit.perSecond: 0 is out of range",
+        "spec.defaults.rateLimit.perClient: set exactly one of header and sourceIp",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.contains(want)),
+            "missing {want:?} in {errs:#?}"
+        );
+    }
+}

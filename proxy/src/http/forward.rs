@@ -1,33 +1,66 @@
-//! One HTTP request's life through the proxy, as named phases:
+//! One HTTP request's life through the proxy, as named phases in the order they run:
 //!
-//! 1. `select_route` — load the snapshot once, pick the policy for the destination and the
-//!    most specific route; the snapshot guard is dropped before any await.
-//! 2. `deadline` — the earliest of the request timeout (shortened by a smaller `grpc-timeout`),
-//!    the per-try timeout and the idle timeout, with the reason each one answers.
-//! 3. `attempt` — a pooled or new upstream connection; a request a stale pooled connection
-//!    refused without sending is tried once more on a fresh connection.
-//! 4. `respond` — the upstream response passes through unaltered but for hop-by-hop headers;
-//!    a refusal becomes the proxy's own answer (`respond.rs`); metrics are recorded.
+//! 1. `select_route` — load the installed snapshot once, pick the policy for the destination,
+//!    the most specific route and that route's stage state; no guard is held across an await.
+//! 2. rate limit — the route's (and the client's) token bucket; refused: 429 `rate-limited`.
+//! 3. circuit breaker — per (route, upstream target); open: 503 `circuit-open`, at once.
+//! 4. bulkhead — a slot of the route, held for the whole retry loop; full: 503 `bulkhead-full`.
+//! 5. overall timeout — `request` (or a shorter `grpc-timeout`) bounds everything below.
+//! 6. `retry_loop` — per try: a pooled or new connection, bounded by `perTry` and `idle`; a
+//!    failed try is retried as `retries` allows (see `stage::retry`).
+//! 7. respond — the upstream response passes through but for hop-by-hop headers; a refusal
+//!    becomes the proxy's own answer (`respond.rs`); the breaker and metrics record the result.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bulwark_policy::{RequestInfo, Route, Timeouts};
-use http::header::HOST;
-use http::{HeaderValue, Request, Response, StatusCode, Version};
+use bulwark_policy::{RequestInfo, RetryPolicy, Route, Timeouts};
+use http::header::{HeaderValue, HOST, RETRY_AFTER};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::body::ProxyBody;
+use super::replay::{Kept, UpstreamBody};
 use super::{headers, respond};
 use crate::metrics::RouteLabels;
 use crate::proxy::Proxy;
 use crate::reason::Reason;
+use crate::stage::registry::RouteState;
+use crate::stage::{ratelimit, retry, Outcome};
 use crate::target::ConnTarget;
 use crate::upstream::pool::{Conn, Proto};
+
+/// Why the proxy answers itself, and what it tells the client to wait.
+struct Refusal {
+    reason: Reason,
+    retry_after: Option<Duration>,
+}
+
+impl From<Reason> for Refusal {
+    fn from(reason: Reason) -> Refusal {
+        Refusal {
+            reason,
+            retry_after: None,
+        }
+    }
+}
+
+/// A failed try: how it failed, and the body if it was never sent.
+struct Failed {
+    outcome: Outcome,
+    reason: Reason,
+    unsent: Option<UpstreamBody>,
+}
+
+struct Selected {
+    route: Option<Arc<Route>>,
+    state: Option<Arc<RouteState>>,
+    connect_timeout: Duration,
+}
 
 pub async fn handle(
     proxy: Arc<Proxy>,
@@ -38,32 +71,33 @@ pub async fn handle(
     let grpc = respond::is_grpc(req.headers());
     headers::ensure_request_id(req.headers_mut());
 
-    let (route, connect_timeout) = select_route(&proxy, &conn, &req);
+    let selected = select_route(&proxy, &conn, &req);
     let labels = RouteLabels {
         direction: conn.direction.as_str(),
         listener: conn.label.to_string(),
-        policy: route
+        policy: selected
+            .route
             .as_ref()
             .map(|r| r.policy.to_string())
             .unwrap_or_default(),
-        route: route
+        route: selected
+            .route
             .as_ref()
             .map(|r| r.name.to_string())
             .unwrap_or_default(),
     };
-    let timeouts = route.as_ref().map(|r| r.timeouts).unwrap_or_default();
-    let (limit, limit_reason) = deadline(&timeouts, headers::grpc_timeout(req.headers()));
-
-    let exchange = forward(&proxy, &conn, req, connect_timeout, timeouts.idle);
-    let result = match limit {
-        Some(limit) => tokio::time::timeout(limit, exchange)
-            .await
-            .unwrap_or(Err(limit_reason)),
-        None => exchange.await,
-    };
-    let (resp, reason) = match result {
+    let (resp, reason) = match run_stages(&proxy, &conn, &selected, req).await {
         Ok(resp) => (resp, None),
-        Err(reason) => (respond::refuse(reason, grpc), Some(reason)),
+        Err(refusal) => {
+            let mut resp = respond::refuse(refusal.reason, grpc);
+            if let Some(after) = refusal.retry_after {
+                resp.headers_mut().insert(
+                    RETRY_AFTER,
+                    HeaderValue::from(ratelimit::retry_after_secs(after)),
+                );
+            }
+            (resp, Some(refusal.reason))
+        }
     };
     proxy
         .metrics
@@ -71,18 +105,20 @@ pub async fn handle(
     Ok(resp)
 }
 
-/// Phase 1. Returns the route (None when no policy selects this traffic) and the connect
-/// timeout in force.
-fn select_route(
-    proxy: &Proxy,
-    conn: &ConnTarget,
-    req: &Request<Incoming>,
-) -> (Option<Arc<Route>>, Duration) {
+/// Phase 1.
+fn select_route(proxy: &Proxy, conn: &ConnTarget, req: &Request<Incoming>) -> Selected {
     let host = request_host(req);
-    let snapshot = proxy.store.snapshot();
+    let installed = proxy.store.installed();
     let default_connect = proxy.store.config().upstream.connect_timeout.get();
-    let Some(policy) = snapshot.select(&conn.destination(host.as_deref())) else {
-        return (None, default_connect);
+    let Some(policy) = installed
+        .snapshot
+        .select(&conn.destination(host.as_deref()))
+    else {
+        return Selected {
+            route: None,
+            state: None,
+            connect_timeout: default_connect,
+        };
     };
     let info = RequestInfo {
         method: req.method(),
@@ -95,10 +131,11 @@ fn select_route(
         .iter()
         .find(|r| r.matcher.matches(&info))
         .unwrap_or(&policy.default_route);
-    (
-        Some(route.clone()),
-        policy.upstream.connect_timeout.unwrap_or(default_connect),
-    )
+    Selected {
+        state: installed.states.get(route.index).cloned(),
+        route: Some(route.clone()),
+        connect_timeout: policy.upstream.connect_timeout.unwrap_or(default_connect),
+    }
 }
 
 /// Authority host without port, lower case: from the URI (HTTP/2, absolute form) or `Host`.
@@ -107,40 +144,71 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
         Some(a) => a.host().to_string(),
         None => {
             let h = req.headers().get(HOST)?.to_str().ok()?;
-            let h = h.parse::<http::uri::Authority>().ok()?;
-            h.host().to_string()
+            h.parse::<http::uri::Authority>().ok()?.host().to_string()
         }
     };
-    let raw = raw.trim_start_matches('[').trim_end_matches(']');
-    Some(raw.to_ascii_lowercase())
+    Some(
+        raw.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase(),
+    )
 }
 
-/// Phase 2. The earliest bound on waiting for response headers and what it answers.
-/// Without retries one attempt is the whole exchange, so per-try and request bounds coincide
-/// in scope; the tighter one decides the reason.
-fn deadline(t: &Timeouts, grpc_timeout: Option<Duration>) -> (Option<Duration>, Reason) {
-    let request = match (t.request, grpc_timeout) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    [
-        (request, Reason::Timeout),
-        (t.per_try, Reason::PerTryTimeout),
-        (t.idle, Reason::Timeout),
-    ]
-    .into_iter()
-    .filter_map(|(d, r)| d.map(|d| (d, r)))
-    .min_by_key(|(d, _)| *d)
-    .map_or((None, Reason::Timeout), |(d, r)| (Some(d), r))
-}
-
-async fn forward(
+/// Phases 2 to 7.
+async fn run_stages(
     proxy: &Proxy,
     conn: &ConnTarget,
+    sel: &Selected,
     mut req: Request<Incoming>,
-    connect_timeout: Duration,
-    idle: Option<Duration>,
-) -> Result<Response<ProxyBody>, Reason> {
+) -> Result<Response<ProxyBody>, Refusal> {
+    let timeouts = sel.route.as_ref().map(|r| r.timeouts).unwrap_or_default();
+    let retries = sel.route.as_ref().and_then(|r| r.retries.as_ref());
+    let state = sel.state.as_deref();
+
+    if let Some(s) = state {
+        if let Some(rl) = &s.rate_limit {
+            if let Err(limited) = rl.check(req.headers(), conn.client.ip(), Instant::now()) {
+                let counter = if limited.per_client {
+                    &s.metrics.rate_limited_client
+                } else {
+                    &s.metrics.rate_limited_route
+                };
+                counter.inc();
+                return Err(Refusal {
+                    reason: Reason::RateLimited,
+                    retry_after: Some(limited.retry_after),
+                });
+            }
+        }
+    }
+
+    let target = state.map(|s| s.target(&conn.pool_key));
+    let permit = match target.as_ref().and_then(|t| t.breaker.as_ref()) {
+        Some(b) => Some(b.admit(Instant::now()).map_err(|_| Reason::CircuitOpen)?),
+        None => None,
+    };
+
+    let _slot = match state.and_then(|s| s.bulkhead.as_ref().map(|b| (s, b))) {
+        Some((s, b)) => {
+            s.metrics.bulkhead_queued.inc();
+            let acquired = b.acquire().await;
+            s.metrics.bulkhead_queued.dec();
+            match acquired {
+                Ok(slot) => Some(InFlight::new(slot, &s.metrics.bulkhead_in_flight)),
+                Err(_) => {
+                    s.metrics.bulkhead_rejected.inc();
+                    return Err(Reason::BulkheadFull.into());
+                }
+            }
+        }
+        None => None,
+    };
+    if let (Some(t), Some(_)) = (&target, retries) {
+        if let Some(b) = &t.budget {
+            b.deposit(Instant::now());
+        }
+    }
+
     let proto = if req.version() == Version::HTTP_2 {
         Proto::Http2
     } else {
@@ -156,8 +224,40 @@ async fn forward(
         *req.version_mut() = Version::HTTP_11;
     }
     let downstream_upgrade: Option<OnUpgrade> = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let request_limit = match (timeouts.request, headers::grpc_timeout(req.headers())) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
 
-    let mut resp = attempt(proxy, conn, proto, req, connect_timeout, upgrade).await?;
+    let started = Instant::now();
+    let tries = Tries {
+        proxy,
+        conn,
+        state,
+        retries: if upgrade { None } else { retries },
+        timeouts,
+        connect_timeout: sel.connect_timeout,
+        proto,
+        upgrade,
+    };
+    let result = match request_limit {
+        Some(limit) => tokio::time::timeout(limit, tries.run(req))
+            .await
+            .unwrap_or(Err(Failed {
+                outcome: Outcome::Timeout,
+                reason: Reason::Timeout,
+                unsent: None,
+            })),
+        None => tries.run(req).await,
+    };
+    let outcome = match &result {
+        Ok(resp) => response_outcome(resp),
+        Err(f) => f.outcome,
+    };
+    if let Some(p) = permit {
+        p.record(outcome, started.elapsed(), Instant::now());
+    }
+    let mut resp = result.map_err(|f| Refusal::from(f.reason))?;
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
@@ -174,107 +274,242 @@ async fn forward(
             }
         });
     }
-    Ok(resp.map(|b| ProxyBody::upstream(b, idle)))
+    Ok(resp.map(|b| ProxyBody::upstream(b, timeouts.idle)))
 }
 
-/// Phase 3. One attempt upstream, from connection to response headers.
-async fn attempt(
-    proxy: &Proxy,
-    conn: &ConnTarget,
-    proto: Proto,
-    mut req: Request<Incoming>,
-    connect_timeout: Duration,
-    upgrade: bool,
-) -> Result<Response<Incoming>, Reason> {
-    for fresh in [false, true] {
-        let pooled = if fresh {
-            None
-        } else {
-            proxy.pool.checkout(&conn.pool_key, proto)
-        };
-        let c = match pooled {
-            Some(c) => c,
-            None => {
-                let addrs = conn.addrs().await.map_err(|e| {
-                    tracing::debug!(upstream = %conn.authority(), error = %e, "resolution failed");
-                    Reason::UpstreamConnectFailure
-                })?;
-                proxy
-                    .pool
-                    .connect(&conn.pool_key, proto, &addrs, connect_timeout)
-                    .await
-                    .map_err(|e| {
-                        tracing::debug!(error = %e, "upstream connect failed");
-                        Reason::UpstreamConnectFailure
-                    })?
-            }
-        };
-        let sent = match c {
-            Conn::H1(mut s) => {
-                if fresh && s.ready().await.is_err() {
-                    return Err(Reason::UpstreamConnectFailure);
-                }
-                let r = s.try_send_request(req).await;
-                // An upgraded connection belongs to the tunnel; never pool it.
-                if r.is_ok() && !upgrade {
-                    proxy.pool.checkin(conn.pool_key.clone(), s);
-                }
-                r
-            }
-            Conn::H2(mut s) => {
-                if s.ready().await.is_err() && fresh {
-                    return Err(Reason::UpstreamConnectFailure);
-                }
-                s.try_send_request(req).await
-            }
-        };
-        match sent {
-            Ok(resp) => return Ok(resp),
-            Err(mut e) => match e.take_message() {
-                // Never written upstream: safe to send again on a new connection.
-                Some(unsent) if !fresh => {
-                    tracing::debug!(error = %e.error(), "pooled connection refused the request; retrying on a new one");
-                    req = unsent;
-                }
-                _ => {
-                    tracing::debug!(error = %e.error(), "upstream failed before response headers");
-                    return Err(Reason::UpstreamReset);
-                }
-            },
+/// A held bulkhead slot, counted in the in-flight gauge while held.
+struct InFlight {
+    _slot: crate::stage::bulkhead::Slot,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl InFlight {
+    fn new(
+        slot: crate::stage::bulkhead::Slot,
+        gauge: &prometheus_client::metrics::gauge::Gauge,
+    ) -> InFlight {
+        gauge.inc();
+        InFlight {
+            _slot: slot,
+            gauge: gauge.clone(),
         }
     }
-    Err(Reason::UpstreamReset)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
 
-    #[test]
-    fn deadline_picks_the_tightest_bound_and_its_reason() {
-        let s = Duration::from_secs;
-        let t = Timeouts {
-            request: Some(s(3)),
-            per_try: Some(s(1)),
-            idle: Some(s(60)),
+fn response_outcome(resp: &Response<Incoming>) -> Outcome {
+    let grpc = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    Outcome::Response {
+        status: resp.status().as_u16(),
+        grpc,
+    }
+}
+
+/// Phase 6: everything one request's tries share.
+struct Tries<'a> {
+    proxy: &'a Proxy,
+    conn: &'a ConnTarget,
+    state: Option<&'a RouteState>,
+    retries: Option<&'a RetryPolicy>,
+    timeouts: Timeouts,
+    connect_timeout: Duration,
+    proto: Proto,
+    upgrade: bool,
+}
+
+impl Tries<'_> {
+    async fn run(&self, req: Request<Incoming>) -> Result<Response<Incoming>, Failed> {
+        let (parts, body) = req.into_parts();
+        let (mut body, kept): (Option<UpstreamBody>, Option<Kept>) = match self.retries {
+            Some(r) => {
+                let (b, k) = UpstreamBody::tee(body, r.max_buffered_bytes);
+                (Some(b), Some(k))
+            }
+            None => (Some(UpstreamBody::Stream(body)), None),
         };
-        assert_eq!(deadline(&t, None), (Some(s(1)), Reason::PerTryTimeout));
-        assert_eq!(
-            deadline(&t, Some(Duration::from_millis(500))),
-            (Some(Duration::from_millis(500)), Reason::Timeout)
-        );
-        let only_idle = Timeouts {
-            idle: Some(s(2)),
-            ..Timeouts::default()
+        let max_retries = self.retries.map_or(0, |r| r.attempts);
+        let mut retry = 0;
+        loop {
+            let Some(this_body) = body.take().or_else(|| kept.as_ref().and_then(Kept::replay))
+            else {
+                unreachable!("a retry is only decided when a body is available");
+            };
+            let mut req = Request::new(this_body);
+            *req.method_mut() = parts.method.clone();
+            *req.uri_mut() = parts.uri.clone();
+            *req.version_mut() = parts.version;
+            *req.headers_mut() = parts.headers.clone();
+
+            let result = self.one_try(req).await;
+            let outcome = match &result {
+                Ok(resp) => response_outcome(resp),
+                Err(f) => f.outcome,
+            };
+            let Some(policy) = self.retries else {
+                return result;
+            };
+            if retry >= max_retries || !retry::should_retry(policy, outcome) {
+                return result;
+            }
+            let retry_after = result
+                .as_ref()
+                .ok()
+                .and_then(|r| retry::retry_after(r.headers()));
+            // The next try needs the body: the unsent one, or the whole kept copy.
+            let (unsent, result) = match result {
+                Err(Failed {
+                    unsent: Some(b),
+                    outcome,
+                    reason,
+                }) => (
+                    Some(b),
+                    Err(Failed {
+                        outcome,
+                        reason,
+                        unsent: None,
+                    }),
+                ),
+                r => (None, r),
+            };
+            if unsent.is_none() && kept.as_ref().and_then(Kept::replay).is_none() {
+                return result;
+            }
+            let budget = self.state.and_then(|s| {
+                s.target(&self.conn.pool_key)
+                    .budget
+                    .as_ref()
+                    .map(|b| b.withdraw(Instant::now()))
+            });
+            if budget == Some(false) {
+                if let Some(s) = self.state {
+                    s.metrics.retry_budget_exhausted.inc();
+                }
+                return result.map_err(|f| Failed {
+                    reason: Reason::RetryBudgetExhausted,
+                    ..f
+                });
+            }
+            tokio::time::sleep(retry::backoff::delay(
+                policy,
+                retry,
+                retry_after,
+                fastrand::f64(),
+            ))
+            .await;
+            if let Some(s) = self.state {
+                s.metrics.retries.inc();
+            }
+            body = unsent;
+            retry += 1;
+        }
+    }
+
+    /// One try, bounded by `perTry` and `idle` (for the response headers).
+    async fn one_try(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, Failed> {
+        let t = self.timeouts;
+        let bound = [
+            (t.per_try, Outcome::PerTryTimeout, Reason::PerTryTimeout),
+            (t.idle, Outcome::Timeout, Reason::Timeout),
+        ]
+        .into_iter()
+        .filter_map(|(d, o, r)| d.map(|d| (d, o, r)))
+        .min_by_key(|(d, _, _)| *d);
+        match bound {
+            Some((limit, outcome, reason)) => tokio::time::timeout(limit, self.send(req))
+                .await
+                .unwrap_or(Err(Failed {
+                    outcome,
+                    reason,
+                    unsent: None,
+                })),
+            None => self.send(req).await,
+        }
+    }
+
+    /// A pooled or new connection, then the request; a request a stale pooled connection
+    /// refused without sending goes once more on a fresh connection.
+    async fn send(&self, mut req: Request<UpstreamBody>) -> Result<Response<Incoming>, Failed> {
+        let (proxy, conn) = (self.proxy, self.conn);
+        let connect_failed = |req: Request<UpstreamBody>| Failed {
+            outcome: Outcome::ConnectFailure,
+            reason: Reason::UpstreamConnectFailure,
+            unsent: Some(req.into_body()),
         };
-        assert_eq!(deadline(&only_idle, None), (Some(s(2)), Reason::Timeout));
-        assert_eq!(
-            deadline(&Timeouts::default(), None),
-            (None, Reason::Timeout)
-        );
-        assert_eq!(
-            deadline(&Timeouts::default(), Some(s(4))),
-            (Some(s(4)), Reason::Timeout)
-        );
+        for fresh in [false, true] {
+            let pooled = if fresh {
+                None
+            } else {
+                proxy.pool.checkout(&conn.pool_key, self.proto)
+            };
+            let c = match pooled {
+                Some(c) => c,
+                None => {
+                    let addrs = match conn.addrs().await {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::debug!(upstream = %conn.authority(), error = %e, "resolution failed");
+                            return Err(connect_failed(req));
+                        }
+                    };
+                    match proxy
+                        .pool
+                        .connect(&conn.pool_key, self.proto, &addrs, self.connect_timeout)
+                        .await
+                    {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "upstream connect failed");
+                            return Err(connect_failed(req));
+                        }
+                    }
+                }
+            };
+            let sent = match c {
+                Conn::H1(mut s) => {
+                    if fresh && s.ready().await.is_err() {
+                        return Err(connect_failed(req));
+                    }
+                    let r = s.try_send_request(req).await;
+                    // An upgraded connection belongs to the tunnel; never pool it.
+                    if r.is_ok() && !self.upgrade {
+                        proxy.pool.checkin(conn.pool_key.clone(), s);
+                    }
+                    r
+                }
+                Conn::H2(mut s) => {
+                    if s.ready().await.is_err() && fresh {
+                        return Err(connect_failed(req));
+                    }
+                    s.try_send_request(req).await
+                }
+            };
+            match sent {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if !fresh => {
+                        tracing::debug!(error = %e.error(), "pooled connection refused the request; retrying on a new one");
+                        req = unsent;
+                    }
+                    unsent => {
+                        tracing::debug!(error = %e.error(), "upstream failed before response headers");
+                        return Err(Failed {
+                            outcome: Outcome::Reset,
+                            reason: Reason::UpstreamReset,
+                            unsent: unsent.map(Request::into_body),
+                        });
+                    }
+                },
+            }
+        }
+        unreachable!("the fresh-connection pass always returns")
     }
 }

@@ -4,5 +4,6 @@
 pub mod body;
 pub mod forward;
 pub mod headers;
+pub mod replay;
 pub mod respond;
 pub mod server;

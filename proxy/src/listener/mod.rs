@@ -155,8 +155,8 @@ async fn handle(
 async fn forward_tcp(down: detect::Prefixed<TcpStream>, target: &ConnTarget, proxy: &Proxy) {
     let config = proxy.store.config();
     let (connect_timeout, idle) = {
-        let snapshot = proxy.store.snapshot();
-        let policy = snapshot.select(&target.destination(None));
+        let installed = proxy.store.installed();
+        let policy = installed.snapshot.select(&target.destination(None));
         (
             policy
                 .and_then(|p| p.upstream.connect_timeout)

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use crate::http::replay::UpstreamBody;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
@@ -35,14 +35,14 @@ pub enum Proto {
 }
 
 pub enum Conn {
-    H1(http1::SendRequest<Incoming>),
-    H2(http2::SendRequest<Incoming>),
+    H1(http1::SendRequest<UpstreamBody>),
+    H2(http2::SendRequest<UpstreamBody>),
 }
 
 #[derive(Default)]
 struct Entry {
-    h1: Vec<(http1::SendRequest<Incoming>, Instant)>,
-    h2: Option<http2::SendRequest<Incoming>>,
+    h1: Vec<(http1::SendRequest<UpstreamBody>, Instant)>,
+    h2: Option<http2::SendRequest<UpstreamBody>>,
 }
 
 pub struct Pool {
@@ -86,7 +86,7 @@ impl Pool {
 
     /// Returns an HTTP/1.1 connection once its response headers arrived; it becomes
     /// eligible again when hyper marks it ready (response body finished).
-    pub fn checkin(&self, key: PoolKey, conn: http1::SendRequest<Incoming>) {
+    pub fn checkin(&self, key: PoolKey, conn: http1::SendRequest<UpstreamBody>) {
         if conn.is_closed() {
             return;
         }

@@ -8,6 +8,7 @@ mod grpc;
 mod http1;
 mod http2;
 mod reload;
+mod stages;
 mod tcp;
 mod timeouts;
 mod transparent;

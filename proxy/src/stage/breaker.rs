@@ -1,0 +1,297 @@
+//! Circuit breaker, as users of Resilience4j and Envoy read it:
+//!
+//! - **Closed**: requests pass. The breaker opens when `consecutiveFailures` failures arrive in
+//!   a row, or when, over the sliding `window` with at least `minimumRequests` requests, the
+//!   failure rate reaches `failureRatePercent` or the slow-call rate (slower than
+//!   `slowCall.over`) reaches `slowCall.ratePercent`.
+//! - **Open**: requests are refused at once (`circuit-open`) for `openFor`.
+//! - **HalfOpen**: up to `halfOpenRequests` trial requests pass; if all succeed the breaker
+//!   closes, and the first failure re-opens it. Other requests are refused meanwhile.
+//!
+//! Which outcomes are failures is `failureOn`. The window is kept in ten slices, so rates are
+//! measured over the last `window` to within one slice. A trial abandoned before it finished
+//! (the client went away) gives its slot back.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bulwark_policy::BreakerPolicy;
+use tokio::time::Instant;
+
+use super::Outcome;
+
+const SLICES: usize = 10;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum State {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half-open",
+        }
+    }
+}
+
+/// Refused because the breaker is open (or half-open with every trial slot taken).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CircuitOpen;
+
+/// Told to whoever watches transitions (metrics, logs).
+pub type OnTransition = Box<dyn Fn(State, State) + Send + Sync>;
+
+#[derive(Clone, Copy, Default, Debug)]
+struct Slice {
+    epoch: u64,
+    total: u32,
+    failures: u32,
+    slow: u32,
+}
+
+enum Phase {
+    Closed,
+    Open { until: Instant },
+    HalfOpen { admitted: u32, succeeded: u32 },
+}
+
+struct Inner {
+    phase: Phase,
+    consecutive: u32,
+    slices: [Slice; SLICES],
+}
+
+pub struct Breaker {
+    policy: BreakerPolicy,
+    start: Instant,
+    slice_len: Duration,
+    inner: Mutex<Inner>,
+    on_transition: OnTransition,
+}
+
+/// What `/breakers` shows.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct View {
+    pub state: &'static str,
+    pub requests_in_window: u32,
+    pub failures_in_window: u32,
+    pub slow_in_window: u32,
+    pub consecutive_failures: u32,
+    /// Seconds until half-open, when open.
+    pub half_open_in_seconds: Option<f64>,
+}
+
+/// Admission to call the upstream; record its outcome with `record`.
+pub struct Permit {
+    breaker: Arc<Breaker>,
+    trial: bool,
+    done: bool,
+}
+
+impl Breaker {
+    pub fn new(policy: BreakerPolicy, now: Instant, on_transition: OnTransition) -> Arc<Breaker> {
+        let slice_len = (policy.window / SLICES as u32).max(Duration::from_millis(1));
+        Arc::new(Breaker {
+            policy,
+            start: now,
+            slice_len,
+            inner: Mutex::new(Inner {
+                phase: Phase::Closed,
+                consecutive: 0,
+                slices: [Slice::default(); SLICES],
+            }),
+            on_transition,
+        })
+    }
+
+    pub fn admit(self: &Arc<Self>, now: Instant) -> Result<Permit, CircuitOpen> {
+        let mut transition = None;
+        let result = {
+            let mut inner = self.inner.lock().expect("breaker lock");
+            if let Phase::Open { until } = inner.phase {
+                if now >= until {
+                    inner.phase = Phase::HalfOpen {
+                        admitted: 0,
+                        succeeded: 0,
+                    };
+                    transition = Some((State::Open, State::HalfOpen));
+                }
+            }
+            match &mut inner.phase {
+                Phase::Closed => Ok(false),
+                Phase::Open { .. } => Err(CircuitOpen),
+                Phase::HalfOpen { admitted, .. } if *admitted < self.policy.half_open_requests => {
+                    *admitted += 1;
+                    Ok(true)
+                }
+                Phase::HalfOpen { .. } => Err(CircuitOpen),
+            }
+        };
+        if let Some((from, to)) = transition {
+            (self.on_transition)(from, to);
+        }
+        result.map(|trial| Permit {
+            breaker: self.clone(),
+            trial,
+            done: false,
+        })
+    }
+
+    fn on_outcome(&self, trial: bool, outcome: Outcome, elapsed: Duration, now: Instant) {
+        let failure = outcome.matches_any(&self.policy.failure_on);
+        let slow = self
+            .policy
+            .slow_call
+            .is_some_and(|(over, _)| elapsed > over);
+        let mut transition = None;
+        {
+            let mut inner = self.inner.lock().expect("breaker lock");
+            match (&mut inner.phase, trial) {
+                (Phase::HalfOpen { succeeded, .. }, true) => {
+                    if failure || slow {
+                        transition = Some(self.open(&mut inner, now, State::HalfOpen));
+                    } else {
+                        *succeeded += 1;
+                        if *succeeded >= self.policy.half_open_requests {
+                            inner.phase = Phase::Closed;
+                            inner.consecutive = 0;
+                            inner.slices = [Slice::default(); SLICES];
+                            transition = Some((State::HalfOpen, State::Closed));
+                        }
+                    }
+                }
+                (Phase::Closed, false) => {
+                    inner.consecutive = if failure { inner.consecutive + 1 } else { 0 };
+                    let epoch = (now.saturating_duration_since(self.start).as_nanos()
+                        / self.slice_len.as_nanos()) as u64;
+                    let slice = &mut inner.slices[(epoch % SLICES as u64) as usize];
+                    if slice.epoch != epoch {
+                        *slice = Slice {
+                            epoch,
+                            ..Slice::default()
+                        };
+                    }
+                    slice.total += 1;
+                    slice.failures += u32::from(failure);
+                    slice.slow += u32::from(slow);
+                    if self.should_trip(&inner, epoch) {
+                        transition = Some(self.open(&mut inner, now, State::Closed));
+                    }
+                }
+                // The state changed while this request was in flight; its outcome belongs to
+                // a phase that is over.
+                _ => {}
+            }
+        }
+        if let Some((from, to)) = transition {
+            (self.on_transition)(from, to);
+        }
+    }
+
+    fn should_trip(&self, inner: &Inner, epoch: u64) -> bool {
+        if self
+            .policy
+            .consecutive_failures
+            .is_some_and(|n| inner.consecutive >= n)
+        {
+            return true;
+        }
+        let (total, failures, slow) = window_counts(inner, epoch);
+        if total < self.policy.minimum_requests || total == 0 {
+            return false;
+        }
+        let rate = |n: u32| f64::from(n) * 100.0 / f64::from(total);
+        self.policy
+            .failure_rate_percent
+            .is_some_and(|p| rate(failures) >= p)
+            || self.policy.slow_call.is_some_and(|(_, p)| rate(slow) >= p)
+    }
+
+    fn open(&self, inner: &mut Inner, now: Instant, from: State) -> (State, State) {
+        inner.phase = Phase::Open {
+            until: now + self.policy.open_for,
+        };
+        inner.consecutive = 0;
+        inner.slices = [Slice::default(); SLICES];
+        (from, State::Open)
+    }
+
+    fn release_trial(&self) {
+        let mut inner = self.inner.lock().expect("breaker lock");
+        if let Phase::HalfOpen { admitted, .. } = &mut inner.phase {
+            *admitted = admitted.saturating_sub(1);
+        }
+    }
+
+    pub fn state(&self, now: Instant) -> State {
+        match self.inner.lock().expect("breaker lock").phase {
+            Phase::Closed => State::Closed,
+            // Reported as it will behave: an expired open period admits a trial next.
+            Phase::Open { until } if now >= until => State::HalfOpen,
+            Phase::Open { .. } => State::Open,
+            Phase::HalfOpen { .. } => State::HalfOpen,
+        }
+    }
+
+    /// The phase as last transitioned (what the state gauges count).
+    pub fn phase(&self) -> State {
+        match self.inner.lock().expect("breaker lock").phase {
+            Phase::Closed => State::Closed,
+            Phase::Open { .. } => State::Open,
+            Phase::HalfOpen { .. } => State::HalfOpen,
+        }
+    }
+
+    pub fn view(&self, now: Instant) -> View {
+        let state = self.state(now);
+        let inner = self.inner.lock().expect("breaker lock");
+        let epoch = (now.saturating_duration_since(self.start).as_nanos()
+            / self.slice_len.as_nanos()) as u64;
+        let (total, failures, slow) = window_counts(&inner, epoch);
+        let half_open_in_seconds = match inner.phase {
+            Phase::Open { until } if until > now => Some((until - now).as_secs_f64()),
+            _ => None,
+        };
+        View {
+            state: state.as_str(),
+            requests_in_window: total,
+            failures_in_window: failures,
+            slow_in_window: slow,
+            consecutive_failures: inner.consecutive,
+            half_open_in_seconds,
+        }
+    }
+}
+
+fn window_counts(inner: &Inner, epoch: u64) -> (u32, u32, u32) {
+    inner
+        .slices
+        .iter()
+        .filter(|s| s.total > 0 && s.epoch + SLICES as u64 > epoch)
+        .fold((0, 0, 0), |(t, f, s), x| {
+            (t + x.total, f + x.failures, s + x.slow)
+        })
+}
+
+impl Permit {
+    pub fn record(mut self, outcome: Outcome, elapsed: Duration, now: Instant) {
+        self.done = true;
+        self.breaker.on_outcome(self.trial, outcome, elapsed, now);
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if self.trial && !self.done {
+            self.breaker.release_trial();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,260 @@
+//! Rate limiting with token buckets. A route's bucket holds `burst` tokens and refills at
+//! `perSecond`; each request takes one or is refused with 429 and a `Retry-After` saying when
+//! a token will be there. With `perClient`, each client (a header's value or the source IP) also
+//! has its own bucket, so one noisy client exhausts only its own share. Per-client buckets are
+//! bounded: a bucket that has refilled completely is identical to a new one and is forgotten;
+//! beyond `maxClients`, the least recently seen client is forgotten.
+
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bulwark_policy::stages::Bucket;
+use bulwark_policy::{ClientKey, RateLimitPolicy};
+use dashmap::DashMap;
+use http::HeaderMap;
+use tokio::time::Instant;
+
+/// Longest client key kept; longer header values are cut (they still key a bucket of their own
+/// prefix, which errs on the side of limiting).
+const MAX_KEY_BYTES: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimited {
+    pub retry_after: Duration,
+    /// True when the client's own bucket refused, false for the route's.
+    pub per_client: bool,
+}
+
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    pub fn new(b: &Bucket, now: Instant) -> TokenBucket {
+        TokenBucket {
+            rate: b.per_second,
+            burst: f64::from(b.burst),
+            state: Mutex::new((f64::from(b.burst), now)),
+        }
+    }
+
+    /// Takes one token, or says how long until one is available.
+    pub fn take(&self, now: Instant) -> Result<(), Duration> {
+        let mut s = self.state.lock().expect("bucket lock");
+        let (tokens, last) = *s;
+        let tokens = (tokens + now.saturating_duration_since(last).as_secs_f64() * self.rate)
+            .min(self.burst);
+        if tokens >= 1.0 {
+            *s = (tokens - 1.0, now);
+            Ok(())
+        } else {
+            *s = (tokens, now);
+            Err(Duration::from_secs_f64((1.0 - tokens) / self.rate))
+        }
+    }
+
+    /// True when the bucket would be full at `now`: forgetting it changes nothing.
+    fn is_full(&self, now: Instant) -> bool {
+        let (tokens, last) = *self.state.lock().expect("bucket lock");
+        tokens + now.saturating_duration_since(last).as_secs_f64() * self.rate >= self.burst
+    }
+
+    fn last_seen(&self) -> Instant {
+        self.state.lock().expect("bucket lock").1
+    }
+}
+
+struct PerClient {
+    key: ClientKey,
+    bucket: Bucket,
+    max_clients: usize,
+    buckets: DashMap<String, TokenBucket>,
+}
+
+pub struct RateLimiter {
+    route: TokenBucket,
+    per_client: Option<PerClient>,
+}
+
+impl RateLimiter {
+    pub fn new(p: &RateLimitPolicy, now: Instant) -> RateLimiter {
+        RateLimiter {
+            route: TokenBucket::new(&p.route, now),
+            per_client: p.per_client.as_ref().map(|(key, bucket, max)| PerClient {
+                key: key.clone(),
+                bucket: bucket.clone(),
+                max_clients: *max as usize,
+                buckets: DashMap::new(),
+            }),
+        }
+    }
+
+    /// The client's bucket is checked first, so a noisy client's refused requests do not drain
+    /// the route's bucket that quiet clients share.
+    pub fn check(
+        &self,
+        headers: &HeaderMap,
+        client: IpAddr,
+        now: Instant,
+    ) -> Result<(), RateLimited> {
+        if let Some(pc) = &self.per_client {
+            let key = match &pc.key {
+                ClientKey::Header(h) => headers.get(h).map(|v| {
+                    let b = v.as_bytes();
+                    String::from_utf8_lossy(&b[..b.len().min(MAX_KEY_BYTES)]).into_owned()
+                }),
+                ClientKey::SourceIp => Some(client.to_canonical().to_string()),
+            };
+            // A request without the key header is limited by the route bucket alone.
+            if let Some(key) = key {
+                pc.take(key, now).map_err(|retry_after| RateLimited {
+                    retry_after,
+                    per_client: true,
+                })?;
+            }
+        }
+        self.route.take(now).map_err(|retry_after| RateLimited {
+            retry_after,
+            per_client: false,
+        })
+    }
+
+    pub fn tracked_clients(&self) -> usize {
+        self.per_client.as_ref().map_or(0, |pc| pc.buckets.len())
+    }
+}
+
+impl PerClient {
+    fn take(&self, key: String, now: Instant) -> Result<(), Duration> {
+        if let Some(b) = self.buckets.get(&key) {
+            return b.take(now);
+        }
+        if self.buckets.len() >= self.max_clients {
+            self.make_room(now);
+        }
+        let b = TokenBucket::new(&self.bucket, now);
+        let r = b.take(now);
+        self.buckets.insert(key, b);
+        r
+    }
+
+    fn make_room(&self, now: Instant) {
+        self.buckets.retain(|_, b| !b.is_full(now));
+        while self.buckets.len() >= self.max_clients {
+            let oldest = self
+                .buckets
+                .iter()
+                .min_by_key(|e| e.value().last_seen())
+                .map(|e| e.key().clone());
+            match oldest {
+                Some(k) => {
+                    self.buckets.remove(&k);
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+/// Seconds for `Retry-After`: whole seconds, at least 1.
+pub fn retry_after_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0).max(u64::from(d.is_zero()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulwark_policy::stages::Bucket;
+
+    fn policy(rate: f64, burst: u32, per_client: Option<(f64, u32, u32)>) -> RateLimitPolicy {
+        RateLimitPolicy {
+            route: Bucket {
+                per_second: rate,
+                burst,
+            },
+            per_client: per_client.map(|(r, b, max)| {
+                (
+                    ClientKey::Header(http::HeaderName::from_static("x-key")),
+                    Bucket {
+                        per_second: r,
+                        burst: b,
+                    },
+                    max,
+                )
+            }),
+        }
+    }
+
+    fn with_key(k: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-key", k.parse().unwrap());
+        h
+    }
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[tokio::test(start_paused = true)]
+    async fn burst_then_refill_at_the_rate() {
+        let now = Instant::now();
+        let rl = RateLimiter::new(&policy(10.0, 3, None), now);
+        for _ in 0..3 {
+            assert!(rl.check(&HeaderMap::new(), IP, now).is_ok());
+        }
+        let refused = rl.check(&HeaderMap::new(), IP, now).unwrap_err();
+        assert_eq!(refused.retry_after, Duration::from_millis(100));
+        assert!(!refused.per_client);
+        assert!(rl
+            .check(&HeaderMap::new(), IP, now + Duration::from_millis(99))
+            .is_err());
+        assert!(rl
+            .check(&HeaderMap::new(), IP, now + Duration::from_millis(200))
+            .is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_noisy_client_does_not_starve_a_quiet_one() {
+        let now = Instant::now();
+        let rl = RateLimiter::new(&policy(1000.0, 1000, Some((1.0, 2, 100))), now);
+        assert!(rl.check(&with_key("noisy"), IP, now).is_ok());
+        assert!(rl.check(&with_key("noisy"), IP, now).is_ok());
+        for _ in 0..50 {
+            let e = rl.check(&with_key("noisy"), IP, now).unwrap_err();
+            assert!(e.per_client);
+        }
+        assert!(rl.check(&with_key("quiet"), IP, now).is_ok());
+        assert!(
+            rl.check(&HeaderMap::new(), IP, now).is_ok(),
+            "no key: route bucket only"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tracked_clients_are_bounded() {
+        let now = Instant::now();
+        let rl = RateLimiter::new(&policy(1e6, 1_000_000, Some((1.0, 5, 10))), now);
+        for i in 0..100 {
+            let _ = rl.check(
+                &with_key(&format!("c{i}")),
+                IP,
+                now + Duration::from_millis(i),
+            );
+        }
+        assert!(rl.tracked_clients() <= 10, "{}", rl.tracked_clients());
+        // Refilled buckets are forgotten first when room is needed.
+        let later = now + Duration::from_secs(60);
+        let _ = rl.check(&with_key("fresh"), IP, later);
+        assert_eq!(rl.tracked_clients(), 1);
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_secs(Duration::from_millis(100)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+    }
+}
