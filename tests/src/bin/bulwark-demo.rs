@@ -3,6 +3,7 @@
 //! ports), drives traffic at each route, prints what each policy did (from the proxy's own
 //! metrics), then edits the policy live to show hot reload, and a bad edit being refused.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -227,6 +228,8 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
+    stages(addr, health_addr, &up).await?;
+
     println!(
         "\nHot reload: raise the receipts timeout from 500ms to 2s by editing the policy file."
     );
@@ -288,6 +291,101 @@ async fn main() -> anyhow::Result<()> {
         .status()?;
     let status = child.wait()?;
     println!("\nSIGTERM: bulwark-proxy drained and exited ({status}).");
+    Ok(())
+}
+
+/// Each resilience stage acting on its own route of the example policy.
+async fn stages(addr: SocketAddr, health: SocketAddr, up: &Upstream) -> anyhow::Result<()> {
+    let get = |path: &'static str, headers: &'static [(&'static str, &'static str)]| async move {
+        let r = client::get(addr, path, headers).await?;
+        anyhow::Ok((
+            r.status.as_u16(),
+            r.reason().map(str::to_string),
+            r.headers.get("retry-after").cloned(),
+        ))
+    };
+    let show = |(status, reason, _): &(u16, Option<String>, Option<http::HeaderValue>)| match reason
+    {
+        Some(r) => format!("{status} {r}"),
+        None => format!("{status}"),
+    };
+
+    println!("\nRetries (route inventory): the upstream fails one request in three.");
+    let before = up.requests();
+    let mut ok = 0;
+    for _ in 0..9 {
+        ok += u32::from(get("/inventory", &[("x-fail-every", "3")]).await?.0 == 200);
+    }
+    let m = client::get(health, "/metrics", &[]).await?.text();
+    println!(
+        "  {ok}/9 answered 200; the upstream saw {} requests ({} retries)",
+        up.requests() - before,
+        metric_sum(&m, "bulwark_retries_total", &[("route", "inventory")])
+    );
+
+    println!("\nCircuit breaker (route ledger): the upstream starts failing.");
+    let mut line = Vec::new();
+    for _ in 0..3 {
+        line.push(show(&get("/ledger", &[("x-status", "500")]).await?));
+    }
+    let before = up.requests();
+    for _ in 0..3 {
+        line.push(show(&get("/ledger", &[]).await?));
+    }
+    println!("  6 requests: {}", line.join(", "));
+    println!(
+        "  while open the upstream saw {} requests; waiting 2s (openFor)...",
+        up.requests() - before
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    println!(
+        "  the upstream recovered: trial -> {}, next -> {}",
+        show(&get("/ledger", &[]).await?),
+        show(&get("/ledger", &[]).await?)
+    );
+    let m = client::get(health, "/metrics", &[]).await?.text();
+    let t = |from, to| {
+        metric_sum(
+            &m,
+            "bulwark_breaker_transitions_total",
+            &[("route", "ledger"), ("from", from), ("to", to)],
+        )
+    };
+    println!(
+        "  transitions: closed->open {}, open->half-open {}, half-open->closed {}",
+        t("closed", "open"),
+        t("open", "half-open"),
+        t("half-open", "closed")
+    );
+
+    println!("\nBulkhead (route reports): 3 slow requests at once, 2 slots.");
+    let calls: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(get("/reports", &[("x-delay", "500ms")])))
+        .collect();
+    let mut answers = Vec::new();
+    for c in calls {
+        answers.push(show(&c.await??));
+    }
+    answers.sort();
+    println!("  {}", answers.join(", "));
+
+    println!("\nRate limit (route search): API key \"noisy\" sends 6 requests, \"quiet\" sends 2.");
+    let mut noisy = Vec::new();
+    for _ in 0..6 {
+        let r = get("/search", &[("x-api-key", "noisy")]).await?;
+        let after =
+            r.2.as_ref()
+                .and_then(|v| v.to_str().ok())
+                .map(|v| format!(" (Retry-After: {v})"))
+                .unwrap_or_default();
+        noisy.push(format!("{}{after}", show(&r)));
+    }
+    println!("  noisy: {}", noisy.join(", "));
+    let quiet = [
+        show(&get("/search", &[("x-api-key", "quiet")]).await?),
+        show(&get("/search", &[("x-api-key", "quiet")]).await?),
+    ];
+    println!("  quiet: {}", quiet.join(", "));
     Ok(())
 }
 
