@@ -24,8 +24,9 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::store::Store;
 use crate::target::ExplicitUpstream;
+use crate::upstream::balance::Clusters;
 use crate::upstream::pool::Pool;
-use crate::upstream::resolve::{HostPort, Resolver};
+use crate::upstream::resolve::Resolver;
 
 /// How often the config file and policy directory are checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -43,11 +44,17 @@ pub async fn run(config_path: PathBuf, log: Arc<dyn LogControl>) -> anyhow::Resu
     metrics.config_reload(true, 1);
     let store = Arc::new(Store::new(loaded.config, loaded.snapshot, metrics.clone()));
     let background = CancellationToken::new();
-    let pool = Pool::new(config.upstream.pool_idle_timeout.get(), metrics.clone());
-    pool.spawn_sweeper(background.child_token());
+    let pool = Pool::new(metrics.clone());
+    pool.spawn_sweeper(Duration::from_secs(1), background.child_token());
+    let ejections = metrics.clone();
+    let clusters = Clusters::new(Arc::new(move |endpoint| {
+        tracing::info!(%endpoint, "outlier detection ejected an endpoint");
+        ejections.ejection();
+    }));
     let proxy = Arc::new(Proxy {
         store: store.clone(),
         pool,
+        clusters,
         metrics: metrics.clone(),
     });
 
@@ -323,8 +330,8 @@ fn explicit_upstream(
     l: &ListenerConfig,
     resolver_stop: &CancellationToken,
 ) -> Arc<ExplicitUpstream> {
-    let target = HostPort::parse(&l.upstream).expect("validated at load");
-    let resolver = Arc::new(Resolver::new(target));
+    let targets = l.upstream.parse().expect("validated at load");
+    let resolver = Arc::new(Resolver::new(targets));
     resolver.spawn_refresh(l.dns_refresh.get(), resolver_stop.clone());
     Arc::new(ExplicitUpstream {
         listener: l.name.as_str().into(),

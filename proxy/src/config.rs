@@ -134,14 +134,46 @@ pub enum ListenerProtocol {
 pub struct ListenerConfig {
     pub name: String,
     pub listen: SocketAddr,
-    /// `host:port`; a host name is re-resolved every `dnsRefresh`.
-    pub upstream: String,
+    /// `host:port`, or a list of them (the endpoints to balance over); a host name is
+    /// re-resolved every `dnsRefresh`.
+    pub upstream: UpstreamList,
     #[serde(default)]
     pub protocol: ListenerProtocol,
     #[serde(default)]
     pub direction: Direction,
     #[serde(default = "default_dns_refresh")]
     pub dns_refresh: Dur,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum UpstreamList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl UpstreamList {
+    pub fn items(&self) -> Vec<&str> {
+        match self {
+            UpstreamList::One(s) => vec![s.as_str()],
+            UpstreamList::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// Parsed targets, or the first error.
+    pub fn parse(&self) -> Result<Vec<HostPort>, String> {
+        let items = self.items();
+        if items.is_empty() {
+            return Err("an empty list has no endpoint".into());
+        }
+        items.into_iter().map(HostPort::parse).collect()
+    }
+}
+
+impl std::fmt::Display for UpstreamList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.items().join(","))
+    }
 }
 
 fn default_dns_refresh() -> Dur {
@@ -261,7 +293,7 @@ fn check_listeners(c: &ProxyConfig, file: &str) -> Vec<String> {
                 l.name
             ));
         }
-        if let Err(e) = HostPort::parse(&l.upstream) {
+        if let Err(e) = l.upstream.parse() {
             errors.push(format!("{at}.upstream: {e}"));
         }
         if !addrs.insert(l.listen) {

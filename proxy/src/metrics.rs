@@ -145,6 +145,7 @@ pub struct Metrics {
     retries: Family<StageLabels, Counter>,
     retry_budget_exhausted: Family<StageLabels, Counter>,
     rate_limited: Family<ScopeLabels, Counter>,
+    ejections: Counter,
 }
 
 impl Default for Metrics {
@@ -249,7 +250,14 @@ impl Metrics {
             "Requests refused by a rate limit, by bucket (route or client)",
             rate_limited.clone(),
         );
+        let ejections = Counter::default();
+        registry.register(
+            "outlier_ejections",
+            "Upstream endpoints ejected by outlier detection",
+            ejections.clone(),
+        );
         Metrics {
+            ejections,
             breaker_state,
             breaker_transitions,
             bulkhead_in_flight,
@@ -338,6 +346,10 @@ impl Metrics {
         if applied {
             self.config_generation.set(generation as i64);
         }
+    }
+
+    pub fn ejection(&self) {
+        self.ejections.inc();
     }
 
     pub fn stage(&self, policy: &str, route: &str) -> StageMetrics {

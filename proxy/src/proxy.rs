@@ -4,10 +4,12 @@ use std::sync::Arc;
 
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::upstream::balance::Clusters;
 use crate::upstream::pool::Pool;
 
 pub struct Proxy {
     pub store: Arc<Store>,
     pub pool: Arc<Pool>,
+    pub clusters: Clusters,
     pub metrics: Arc<Metrics>,
 }

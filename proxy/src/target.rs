@@ -7,8 +7,25 @@ use std::sync::Arc;
 use bulwark_policy::{Destination, Direction};
 
 use crate::config::ListenerProtocol;
-use crate::upstream::pool::PoolKey;
 use crate::upstream::resolve::Resolver;
+
+/// An upstream endpoint set: what breakers, retry budgets and load balancers are kept per.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TargetKey {
+    /// Transparent traffic: the original destination.
+    Addr(SocketAddr),
+    /// Explicit listener: its upstreams, whichever addresses they resolve to.
+    Listener(Arc<str>),
+}
+
+impl std::fmt::Display for TargetKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetKey::Addr(a) => write!(f, "{a}"),
+            TargetKey::Listener(l) => f.write_str(l),
+        }
+    }
+}
 
 /// What an explicit listener forwards to, replaced as a whole when a reload changes it while
 /// the listener keeps its socket.
@@ -30,7 +47,7 @@ pub struct ConnTarget {
     pub label: Arc<str>,
     pub upstream: Upstream,
     pub client: SocketAddr,
-    pub pool_key: PoolKey,
+    pub target_key: TargetKey,
 }
 
 impl ConnTarget {
@@ -40,18 +57,28 @@ impl ConnTarget {
         upstream: Upstream,
         client: SocketAddr,
     ) -> ConnTarget {
-        let pool_key = match &upstream {
-            Upstream::Explicit(e) => {
-                PoolKey::Listener(format!("{}={}", e.listener, e.resolver.target).into())
-            }
-            Upstream::OriginalDst(a) => PoolKey::Addr(*a),
+        let target_key = match &upstream {
+            Upstream::Explicit(e) => TargetKey::Listener(
+                format!(
+                    "{}={}",
+                    e.listener,
+                    e.resolver
+                        .targets
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+                .into(),
+            ),
+            Upstream::OriginalDst(a) => TargetKey::Addr(*a),
         };
         ConnTarget {
             direction,
             label,
             upstream,
             client,
-            pool_key,
+            target_key,
         }
     }
 
@@ -61,13 +88,13 @@ impl ConnTarget {
             Upstream::Explicit(e) => Destination {
                 direction: self.direction,
                 listener: Some(&e.listener),
-                hosts: [host, Some(&e.resolver.target.host)],
+                hosts: [host, Some(&e.resolver.primary().host)],
                 addr: e
                     .resolver
-                    .target
+                    .primary()
                     .ip()
-                    .map(|ip| SocketAddr::new(ip, e.resolver.target.port)),
-                port: e.resolver.target.port,
+                    .map(|ip| SocketAddr::new(ip, e.resolver.primary().port)),
+                port: e.resolver.primary().port,
             },
             Upstream::OriginalDst(a) => Destination {
                 direction: self.direction,
@@ -89,7 +116,7 @@ impl ConnTarget {
     /// The authority to send as `Host` when an HTTP/1.0 client sent none.
     pub fn authority(&self) -> String {
         match &self.upstream {
-            Upstream::Explicit(e) => e.resolver.target.to_string(),
+            Upstream::Explicit(e) => e.resolver.primary().to_string(),
             Upstream::OriginalDst(a) => a.to_string(),
         }
     }

@@ -23,6 +23,7 @@ pub struct ProxyBuilder {
     listeners: Vec<(String, String, String)>,
     policies: String,
     extra: String,
+    prefix: Vec<String>,
 }
 
 impl Default for ProxyBuilder {
@@ -37,14 +38,13 @@ impl ProxyBuilder {
             listeners: Vec::new(),
             policies: String::new(),
             extra: String::new(),
+            prefix: Vec::new(),
         }
     }
 
     /// An explicit listener on a free port forwarding to `upstream` (`host:port`).
-    pub fn listener(mut self, name: &str, upstream: impl ToString) -> Self {
-        self.listeners
-            .push((name.into(), upstream.to_string(), "auto".into()));
-        self
+    pub fn listener(self, name: &str, upstream: impl ToString) -> Self {
+        self.listener_with_protocol(name, upstream, "auto")
     }
 
     pub fn listener_with_protocol(
@@ -53,8 +53,25 @@ impl ProxyBuilder {
         upstream: impl ToString,
         protocol: &str,
     ) -> Self {
+        self.listeners.push((
+            name.into(),
+            format!("\"{}\"", upstream.to_string()),
+            protocol.into(),
+        ));
+        self
+    }
+
+    /// An explicit listener balancing over several upstream endpoints.
+    pub fn listener_many(mut self, name: &str, upstreams: &[std::net::SocketAddr]) -> Self {
+        let list: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
         self.listeners
-            .push((name.into(), upstream.to_string(), protocol.into()));
+            .push((name.into(), format!("[{}]", list.join(", ")), "auto".into()));
+        self
+    }
+
+    /// Runs the proxy under this command (which must exec its remaining arguments).
+    pub fn command_prefix(mut self, prefix: &[&str]) -> Self {
+        self.prefix = prefix.iter().map(|s| s.to_string()).collect();
         self
     }
 
@@ -85,7 +102,7 @@ impl ProxyBuilder {
         }
         for (name, upstream, protocol) in &self.listeners {
             let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-            let _ = writeln!(yaml, "- {{ name: {name}, listen: \"{listen}\", upstream: \"{upstream}\", protocol: {protocol} }}");
+            let _ = writeln!(yaml, "- {{ name: {name}, listen: \"{listen}\", upstream: {upstream}, protocol: {protocol}, dnsRefresh: 200ms }}");
             listeners.insert(name.clone(), listen);
         }
         std::fs::create_dir_all(dir.path().join("policies")).expect("policy dir");
@@ -95,7 +112,16 @@ impl ProxyBuilder {
         std::fs::write(&config_path, yaml).expect("write config");
         let log_path = dir.path().join("proxy.log");
         let log = std::fs::File::create(&log_path).expect("log file");
-        let child = Command::new(crate::workspace_bin("bulwark-proxy"))
+        let bin = crate::workspace_bin("bulwark-proxy");
+        let mut command = match self.prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(&config_path)
             .env("BULWARK_LOG", "info,bulwark_proxy=debug")

@@ -48,6 +48,10 @@ pub struct Echo {
 
 #[derive(Default)]
 pub struct Stats {
+    /// When non-zero, every request is answered with this status (set with `set_status`).
+    pub forced_status: std::sync::atomic::AtomicU16,
+    /// When non-zero, every request waits this many milliseconds first (set with `set_delay`).
+    pub forced_delay_ms: std::sync::atomic::AtomicU64,
     pub requests: AtomicUsize,
     pub in_flight: AtomicUsize,
     pub max_in_flight: AtomicUsize,
@@ -72,6 +76,18 @@ impl Upstream {
         let s = stats.clone();
         let task = tokio::spawn(async move { serve(listener, s).await });
         Upstream { addr, stats, task }
+    }
+
+    /// From now on answer every request with `status` (0: behave as the request asks again).
+    pub fn set_status(&self, status: u16) {
+        self.stats.forced_status.store(status, Ordering::SeqCst);
+    }
+
+    /// From now on make every request wait `delay` before it is answered (zero: no wait).
+    pub fn set_delay(&self, delay: Duration) {
+        self.stats
+            .forced_delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn requests(&self) -> usize {
@@ -142,8 +158,12 @@ async fn answer(
     stats: Arc<Stats>,
 ) -> Result<Response<Body>, std::io::Error> {
     let nth = stats.requests.fetch_add(1, Ordering::SeqCst) + 1;
-    let _guard = InFlight::enter(stats);
+    let _guard = InFlight::enter(stats.clone());
     let h = req.headers().clone();
+    let forced_delay = stats.forced_delay_ms.load(Ordering::SeqCst);
+    if forced_delay > 0 {
+        tokio::time::sleep(Duration::from_millis(forced_delay)).await;
+    }
     if let Some(d) = header(&h, "x-delay") {
         tokio::time::sleep(parse_ms(d)).await;
     }
@@ -171,7 +191,9 @@ async fn answer(
         return Ok(resp);
     }
     let every = header(&h, "x-fail-every").and_then(|s| s.parse::<usize>().ok());
+    let forced = stats.forced_status.load(Ordering::SeqCst);
     let status = match every {
+        _ if forced != 0 => forced,
         Some(n) if n > 0 && nth % n == 1 % n => 503,
         _ => header(&h, "x-status")
             .and_then(|s| s.parse::<u16>().ok())

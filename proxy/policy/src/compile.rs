@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use crate::error::{Errors, ValidationError};
 use crate::route::{HeaderMatch, HostPattern, PathMatch, RouteMatch};
-use crate::spec::{self, Direction, MatchSpec, ResiliencePolicy, RouteSettings, TimeoutSpec};
+use crate::spec::{
+    self, Direction, LoadBalancer, MatchSpec, ResiliencePolicy, RouteSettings, TimeoutSpec,
+};
 use crate::stages::{self, BreakerPolicy, BulkheadPolicy, RateLimitPolicy, RetryPolicy};
 use crate::validate::{self, Cidr};
 
@@ -50,9 +52,21 @@ struct Settings {
     rate_limit: Option<RateLimitPolicy>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct UpstreamPolicy {
     pub connect_timeout: Option<Duration>,
+    pub max_connections: Option<u32>,
+    pub idle_timeout: Option<Duration>,
+    pub max_lifetime: Option<Duration>,
+    pub outlier: Option<OutlierPolicy>,
+    pub load_balancer: LoadBalancer,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutlierPolicy {
+    pub consecutive_5xx: u32,
+    pub base_ejection: Duration,
+    pub max_ejection_percent: f64,
 }
 
 #[derive(Debug)]
@@ -222,13 +236,7 @@ fn compile_policy(
         &doc.spec.defaults,
         &Settings::default(),
     );
-    let upstream = UpstreamPolicy {
-        connect_timeout: validate::timeout(
-            errs,
-            "spec.upstream.connectTimeout",
-            doc.spec.upstream.connect_timeout.map(|d| d.get()),
-        ),
-    };
+    let upstream = compile_upstream(errs, &doc.spec.upstream);
 
     validate::count(
         errs,
@@ -281,6 +289,63 @@ fn compile_policy(
         routes,
         upstream,
     })
+}
+
+fn compile_upstream(errs: &mut Errors<'_>, u: &spec::UpstreamSpec) -> UpstreamPolicy {
+    let pool = u.pool.clone().unwrap_or_default();
+    if let Some(n) = pool.max_connections {
+        if n == 0 || n > 1_000_000 {
+            errs.push(
+                "spec.upstream.pool.maxConnections",
+                format!("{n} is out of range 1..=1000000"),
+            );
+        }
+    }
+    let outlier = u.outlier_detection.as_ref().map(|o| {
+        if o.consecutive_5xx == 0 || o.consecutive_5xx > 10_000 {
+            errs.push(
+                "spec.upstream.outlierDetection.consecutive5xx",
+                format!("{} is out of range 1..=10000", o.consecutive_5xx),
+            );
+        }
+        let max = o.max_ejection_percent.unwrap_or(10.0);
+        if !(0.0..=100.0).contains(&max) {
+            errs.push(
+                "spec.upstream.outlierDetection.maxEjectionPercent",
+                format!("{max} is not a percentage in [0, 100]"),
+            );
+        }
+        OutlierPolicy {
+            consecutive_5xx: o.consecutive_5xx,
+            base_ejection: validate::timeout(
+                errs,
+                "spec.upstream.outlierDetection.baseEjection",
+                Some(o.base_ejection.get()),
+            )
+            .unwrap_or_default(),
+            max_ejection_percent: max,
+        }
+    });
+    UpstreamPolicy {
+        connect_timeout: validate::timeout(
+            errs,
+            "spec.upstream.connectTimeout",
+            u.connect_timeout.map(|d| d.get()),
+        ),
+        max_connections: pool.max_connections,
+        idle_timeout: validate::timeout(
+            errs,
+            "spec.upstream.pool.idleTimeout",
+            pool.idle_timeout.map(|d| d.get()),
+        ),
+        max_lifetime: validate::timeout(
+            errs,
+            "spec.upstream.pool.maxLifetime",
+            pool.max_lifetime.map(|d| d.get()),
+        ),
+        outlier,
+        load_balancer: u.load_balancer.unwrap_or_default(),
+    }
 }
 
 fn make_route(

@@ -13,12 +13,13 @@ pub mod stages;
 pub mod validate;
 
 pub use compile::{
-    CompiledPolicy, Destination, Route, Snapshot, Timeouts, UpstreamPolicy, DEFAULT_ROUTE,
+    CompiledPolicy, Destination, OutlierPolicy, Route, Snapshot, Timeouts, UpstreamPolicy,
+    DEFAULT_ROUTE,
 };
 pub use document::parse_documents;
 pub use error::ValidationError;
 pub use route::RequestInfo;
-pub use spec::{Direction, ResiliencePolicy};
+pub use spec::{Direction, LoadBalancer, ResiliencePolicy};
 pub use stages::{
     BreakerPolicy, BulkheadPolicy, ClientKey, Condition, RateLimitPolicy, RetryPolicy,
 };

@@ -200,12 +200,51 @@ pub struct TimeoutSpec {
 pub struct UpstreamSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancer>,
 }
 
 impl UpstreamSpec {
     fn is_empty(&self) -> bool {
-        self.connect_timeout.is_none()
+        *self == UpstreamSpec::default()
     }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PoolSpec {
+    /// Connections open at once to each upstream endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Dur>,
+    /// Connections are not reused past this age, so a moved upstream is followed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lifetime: Option<Dur>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutlierSpec {
+    /// Consecutive 5xx responses, connect failures or resets that eject an endpoint.
+    #[serde(rename = "consecutive5xx")]
+    pub consecutive_5xx: u32,
+    pub base_ejection: Dur,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadBalancer {
+    /// Two endpoints drawn at random; the one with fewer requests in flight wins.
+    #[default]
+    LeastRequest,
+    RoundRobin,
 }
 
 /// Retries of a failed attempt. `attempts` counts retries, not tries: `attempts: 2` allows up to

@@ -15,7 +15,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bulwark_policy::{RequestInfo, RetryPolicy, Route, Timeouts};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use bulwark_policy::{RequestInfo, RetryPolicy, Route, Timeouts, UpstreamPolicy};
 use http::header::{HeaderValue, HOST, RETRY_AFTER};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -32,7 +35,8 @@ use crate::reason::Reason;
 use crate::stage::registry::RouteState;
 use crate::stage::{ratelimit, retry, Outcome};
 use crate::target::ConnTarget;
-use crate::upstream::pool::{Conn, Proto};
+use crate::upstream::balance::Cluster;
+use crate::upstream::pool::{Conn, Limits, Proto};
 
 /// Why the proxy answers itself, and what it tells the client to wait.
 struct Refusal {
@@ -60,6 +64,7 @@ struct Selected {
     route: Option<Arc<Route>>,
     state: Option<Arc<RouteState>>,
     connect_timeout: Duration,
+    upstream: UpstreamPolicy,
 }
 
 pub async fn handle(
@@ -118,6 +123,7 @@ fn select_route(proxy: &Proxy, conn: &ConnTarget, req: &Request<Incoming>) -> Se
             route: None,
             state: None,
             connect_timeout: default_connect,
+            upstream: UpstreamPolicy::default(),
         };
     };
     let info = RequestInfo {
@@ -135,6 +141,7 @@ fn select_route(proxy: &Proxy, conn: &ConnTarget, req: &Request<Incoming>) -> Se
         state: installed.states.get(route.index).cloned(),
         route: Some(route.clone()),
         connect_timeout: policy.upstream.connect_timeout.unwrap_or(default_connect),
+        upstream: policy.upstream.clone(),
     }
 }
 
@@ -182,7 +189,7 @@ async fn run_stages(
         }
     }
 
-    let target = state.map(|s| s.target(&conn.pool_key));
+    let target = state.map(|s| s.target(&conn.target_key));
     let permit = match target.as_ref().and_then(|t| t.breaker.as_ref()) {
         Some(b) => Some(b.admit(Instant::now()).map_err(|_| Reason::CircuitOpen)?),
         None => None,
@@ -230,6 +237,20 @@ async fn run_stages(
     };
 
     let started = Instant::now();
+    let defaults = &proxy.store.config().upstream;
+    let limits = Limits {
+        max_connections: sel.upstream.max_connections,
+        idle_timeout: sel
+            .upstream
+            .idle_timeout
+            .unwrap_or(defaults.pool_idle_timeout.get()),
+        max_lifetime: sel.upstream.max_lifetime,
+    };
+    let cluster = proxy.clusters.get(
+        &conn.target_key,
+        sel.upstream.load_balancer,
+        sel.upstream.outlier.as_ref(),
+    );
     let tries = Tries {
         proxy,
         conn,
@@ -237,6 +258,9 @@ async fn run_stages(
         retries: if upgrade { None } else { retries },
         timeouts,
         connect_timeout: sel.connect_timeout,
+        limits,
+        cluster,
+        tried: Mutex::new(Vec::new()),
         proto,
         upgrade,
     };
@@ -322,6 +346,10 @@ struct Tries<'a> {
     retries: Option<&'a RetryPolicy>,
     timeouts: Timeouts,
     connect_timeout: Duration,
+    limits: Limits,
+    cluster: Arc<Cluster>,
+    /// Endpoints this request already tried; a retry prefers another.
+    tried: Mutex<Vec<SocketAddr>>,
     proto: Proto,
     upgrade: bool,
 }
@@ -384,7 +412,7 @@ impl Tries<'_> {
                 return result;
             }
             let budget = self.state.and_then(|s| {
-                s.target(&self.conn.pool_key)
+                s.target(&self.conn.target_key)
                     .budget
                     .as_ref()
                     .map(|b| b.withdraw(Instant::now()))
@@ -435,59 +463,72 @@ impl Tries<'_> {
         }
     }
 
-    /// A pooled or new connection, then the request; a request a stale pooled connection
-    /// refused without sending goes once more on a fresh connection.
-    async fn send(&self, mut req: Request<UpstreamBody>) -> Result<Response<Incoming>, Failed> {
-        let (proxy, conn) = (self.proxy, self.conn);
-        let connect_failed = |req: Request<UpstreamBody>| Failed {
-            outcome: Outcome::ConnectFailure,
-            reason: Reason::UpstreamConnectFailure,
-            unsent: Some(req.into_body()),
+    /// Picks an endpoint and sends to it, telling outlier detection how it went.
+    async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, Failed> {
+        let conn = self.conn;
+        let set = match conn.addrs().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(upstream = %conn.authority(), error = %e, "resolution failed");
+                return Err(not_sent(req, Reason::UpstreamConnectFailure));
+            }
         };
+        let avoid = self.tried.lock().expect("tried lock").clone();
+        let Some(endpoint) = self.cluster.pick(&set, &avoid, Instant::now()) else {
+            return Err(not_sent(req, Reason::NoHealthyUpstream));
+        };
+        self.tried.lock().expect("tried lock").push(endpoint);
+        let _in_flight = self.cluster.begin(endpoint);
+        let result = self.send_to(endpoint, req).await;
+        let outcome = match &result {
+            Ok(resp) => response_outcome(resp),
+            Err(f) => f.outcome,
+        };
+        self.cluster.report(endpoint, outcome, &set, Instant::now());
+        result
+    }
+
+    /// A pooled or new connection to `endpoint`, then the request; a request a stale pooled
+    /// connection refused without sending goes once more on a fresh connection.
+    async fn send_to(
+        &self,
+        endpoint: SocketAddr,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, Failed> {
+        let pool = &self.proxy.pool;
         for fresh in [false, true] {
-            let pooled = if fresh {
-                None
+            let got = if fresh {
+                pool.fresh(endpoint, self.proto, self.limits, self.connect_timeout)
+                    .await
             } else {
-                proxy.pool.checkout(&conn.pool_key, self.proto)
+                pool.get(endpoint, self.proto, self.limits, self.connect_timeout)
+                    .await
             };
-            let c = match pooled {
-                Some(c) => c,
-                None => {
-                    let addrs = match conn.addrs().await {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::debug!(upstream = %conn.authority(), error = %e, "resolution failed");
-                            return Err(connect_failed(req));
-                        }
-                    };
-                    match proxy
-                        .pool
-                        .connect(&conn.pool_key, self.proto, &addrs, self.connect_timeout)
-                        .await
-                    {
-                        Ok(c) => c,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "upstream connect failed");
-                            return Err(connect_failed(req));
-                        }
-                    }
+            let (c, created) = match got {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(%endpoint, error = %e, "no upstream connection");
+                    return Err(not_sent(req, Reason::UpstreamConnectFailure));
                 }
             };
             let sent = match c {
                 Conn::H1(mut s) => {
-                    if fresh && s.ready().await.is_err() {
-                        return Err(connect_failed(req));
+                    if s.ready().await.is_err() {
+                        if fresh {
+                            return Err(not_sent(req, Reason::UpstreamConnectFailure));
+                        }
+                        continue;
                     }
                     let r = s.try_send_request(req).await;
                     // An upgraded connection belongs to the tunnel; never pool it.
                     if r.is_ok() && !self.upgrade {
-                        proxy.pool.checkin(conn.pool_key.clone(), s);
+                        pool.checkin(endpoint, s, created, self.limits);
                     }
                     r
                 }
                 Conn::H2(mut s) => {
                     if s.ready().await.is_err() && fresh {
-                        return Err(connect_failed(req));
+                        return Err(not_sent(req, Reason::UpstreamConnectFailure));
                     }
                     s.try_send_request(req).await
                 }
@@ -511,5 +552,14 @@ impl Tries<'_> {
             }
         }
         unreachable!("the fresh-connection pass always returns")
+    }
+}
+
+/// A try that never reached the upstream: its body can go on the next try.
+fn not_sent(req: Request<UpstreamBody>, reason: Reason) -> Failed {
+    Failed {
+        outcome: Outcome::ConnectFailure,
+        reason,
+        unsent: Some(req.into_body()),
     }
 }

@@ -92,7 +92,7 @@ async fn handle(
             let skip = config
                 .detection
                 .server_first_ports
-                .contains(&u.resolver.target.port);
+                .contains(&u.resolver.primary().port);
             let forced = match u.protocol {
                 ListenerProtocol::Auto if skip => Some(Protocol::Opaque),
                 ListenerProtocol::Auto => None,

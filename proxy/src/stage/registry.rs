@@ -21,7 +21,7 @@ use super::bulkhead::Bulkhead;
 use super::ratelimit::RateLimiter;
 use super::retry::budget::RetryBudget;
 use crate::metrics::{Metrics, StageMetrics};
-use crate::upstream::pool::PoolKey;
+use crate::target::TargetKey;
 
 /// Bound on distinct upstream targets tracked per route; beyond it targets share one state.
 const MAX_TARGETS: usize = 4096;
@@ -65,7 +65,7 @@ pub struct RouteState {
     config: StageConfig,
     pub rate_limit: Option<RateLimiter>,
     pub bulkhead: Option<Bulkhead>,
-    targets: DashMap<PoolKey, Arc<TargetState>>,
+    targets: DashMap<TargetKey, Arc<TargetState>>,
     overflow: std::sync::OnceLock<Arc<TargetState>>,
     pub metrics: StageMetrics,
 }
@@ -86,7 +86,7 @@ impl RouteState {
     }
 
     /// The breaker and budget for requests of this route to `target`.
-    pub fn target(&self, target: &PoolKey) -> Arc<TargetState> {
+    pub fn target(&self, target: &TargetKey) -> Arc<TargetState> {
         if let Some(t) = self.targets.get(target) {
             return t.clone();
         }
@@ -123,17 +123,10 @@ impl RouteState {
         let mut out: Vec<(String, Arc<Breaker>)> = self
             .targets
             .iter()
-            .filter_map(|e| e.value().breaker.clone().map(|b| (target_name(e.key()), b)))
+            .filter_map(|e| e.value().breaker.clone().map(|b| (e.key().to_string(), b)))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
-    }
-}
-
-fn target_name(k: &PoolKey) -> String {
-    match k {
-        PoolKey::Addr(a) => a.to_string(),
-        PoolKey::Listener(l) => l.to_string(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! that misbehave on command. One test binary, a module per scenario family.
 
 mod admin;
+mod balance;
 mod cli;
 mod drain;
 mod grpc;
