@@ -11,7 +11,11 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::pb::echo_server::{Echo, EchoServer};
 use crate::pb::{EchoReply, EchoRequest};
 
-pub struct EchoService;
+/// Answers `flaky` with UNAVAILABLE on every other call (counted across the server).
+#[derive(Default)]
+pub struct EchoService {
+    pub calls: std::sync::atomic::AtomicUsize,
+}
 
 type ReplyStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<EchoReply, Status>> + Send>>;
 
@@ -20,8 +24,12 @@ impl Echo for EchoService {
     async fn unary(&self, req: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
         let r = req.into_inner();
         tokio::time::sleep(Duration::from_millis(r.delay_ms)).await;
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if r.message == "fail" {
             return Err(Status::internal("asked to fail"));
+        }
+        if r.message == "flaky" && n % 2 == 0 {
+            return Err(Status::unavailable("flaky: try again"));
         }
         Ok(Response::new(EchoReply { message: r.message }))
     }
@@ -55,6 +63,7 @@ impl Echo for EchoService {
 
 pub struct GrpcUpstream {
     pub addr: SocketAddr,
+    pub service: std::sync::Arc<EchoService>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -64,13 +73,20 @@ impl GrpcUpstream {
             .await
             .expect("bind grpc upstream");
         let addr = listener.local_addr().expect("addr");
+        let service = std::sync::Arc::new(EchoService::default());
+        let shared = service.clone();
         let task = tokio::spawn(async move {
+            let service = shared;
             let _ = tonic::transport::Server::builder()
-                .add_service(EchoServer::new(EchoService))
+                .add_service(EchoServer::from_arc(service))
                 .serve_with_incoming(TcpListenerStream::new(listener))
                 .await;
         });
-        GrpcUpstream { addr, task }
+        GrpcUpstream {
+            addr,
+            service,
+            task,
+        }
     }
 }
 

@@ -124,3 +124,43 @@ async fn unreachable_upstream_answers_unavailable() {
         "upstream-connect-failure"
     );
 }
+
+#[tokio::test]
+async fn retries_on_a_grpc_status_hide_a_flaky_server() {
+    let up = GrpcUpstream::start().await;
+    let policy = crate::web_policy("  defaults:\n    retries: { attempts: 1, on: [unavailable], backoff: { base: 1ms, max: 2ms } }\n");
+    let proxy = ProxyBuilder::new()
+        .listener("web", up.addr)
+        .policies(&policy)
+        .start()
+        .await;
+    let mut c = client(proxy.listener("web")).await;
+    for _ in 0..6 {
+        let r = c
+            .unary(EchoRequest {
+                message: "flaky".into(),
+                delay_ms: 0,
+            })
+            .await
+            .expect("the retry hides UNAVAILABLE");
+        assert_eq!(r.into_inner().message, "flaky");
+    }
+    assert_eq!(
+        up.service.calls.load(std::sync::atomic::Ordering::SeqCst),
+        12,
+        "every call needed its retry"
+    );
+    // An error not listed in retries.on is passed through, not retried.
+    let err = c
+        .unary(EchoRequest {
+            message: "fail".into(),
+            delay_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Internal);
+    assert_eq!(
+        up.service.calls.load(std::sync::atomic::Ordering::SeqCst),
+        13
+    );
+}
