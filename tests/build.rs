@@ -3,7 +3,5 @@ fn main() {
     let protoc = protoc_bin_vendored::protoc_bin_path().expect("vendored protoc");
     std::env::set_var("PROTOC", protoc);
     println!("cargo:rerun-if-changed=proto/echo.proto");
-    tonic_prost_build::configure()
-        .compile_protos(&["proto/echo.proto"], &["proto"])
-        .expect("compile echo.proto");
+    tonic_prost_build::configure().compile_protos(&["proto/echo.proto"], &["proto"]).expect("compile echo.proto");
 }

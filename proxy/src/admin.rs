@@ -38,17 +38,21 @@ pub fn handler(store: Arc<Store>, log: Arc<dyn LogControl>) -> Handler {
             };
             match serde_yaml::to_string(&view) {
                 Ok(y) => endpoint::typed(StatusCode::OK, "application/yaml", y),
-                Err(e) => endpoint::text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("cannot render config: {e}\n"),
-                ),
+                Err(e) => endpoint::text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render config: {e}\n")),
             }
         }
+        (&Method::GET, "/faults") => json(&faults(&store)),
+        (&Method::POST | &Method::PUT, "/faults") => set_fault(&store, &req),
+        (&Method::DELETE, "/faults") => match query(&req, "policy").zip(query(&req, "route")) {
+            Some((policy, route)) => match store.clear_fault(&policy, &route) {
+                Ok(generation) => json(&serde_json::json!({ "cleared": true, "generation": generation })),
+                Err(e) => endpoint::text(StatusCode::NOT_FOUND, format!("{e}\n")),
+            },
+            None => endpoint::text(StatusCode::BAD_REQUEST, "DELETE /faults?policy=NAMESPACE/NAME&route=ROUTE\n"),
+        },
         (&Method::GET, "/breakers") => json(&breakers(&store)),
         (&Method::GET, "/bulkheads") => json(&bulkheads(&store)),
-        (&Method::GET, "/logging") => {
-            endpoint::text(StatusCode::OK, format!("{}\n", log.current()))
-        }
+        (&Method::GET, "/logging") => endpoint::text(StatusCode::OK, format!("{}\n", log.current())),
         (&Method::POST | &Method::PUT, "/logging") => {
             let level = req
                 .uri()
@@ -61,20 +65,14 @@ pub fn handler(store: Arc<Store>, log: Arc<dyn LogControl>) -> Handler {
                 Err(e) => endpoint::text(StatusCode::BAD_REQUEST, format!("{e}\n")),
             }
         }
-        _ => endpoint::text(
-            StatusCode::NOT_FOUND,
-            "endpoints: GET /config, GET|POST /logging?level=FILTER\n",
-        ),
+        _ => endpoint::text(StatusCode::NOT_FOUND, "endpoints: GET /config, GET|POST /logging?level=FILTER\n"),
     })
 }
 
 fn json<T: Serialize>(v: &T) -> http::Response<http_body_util::Full<bytes::Bytes>> {
     match serde_json::to_string_pretty(v) {
         Ok(body) => endpoint::typed(StatusCode::OK, "application/json", body + "\n"),
-        Err(e) => endpoint::text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot render: {e}\n"),
-        ),
+        Err(e) => endpoint::text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render: {e}\n")),
     }
 }
 
@@ -125,6 +123,64 @@ fn bulkheads(store: &Store) -> Vec<BulkheadRow> {
                 in_flight: b.in_flight(),
                 queued: b.queued(),
             })
+        })
+        .collect()
+}
+
+fn query(req: &http::Request<bytes::Bytes>, key: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.replace("%2F", "/").replace("%2f", "/"))
+    })
+}
+
+/// POST /faults?policy=NS/NAME&route=ROUTE with a `faults` block (YAML or JSON) as the body.
+fn set_fault(store: &Store, req: &http::Request<bytes::Bytes>) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    let (Some(policy), Some(route)) = (query(req, "policy"), query(req, "route")) else {
+        return endpoint::text(
+            StatusCode::BAD_REQUEST,
+            "POST /faults?policy=NAMESPACE/NAME&route=ROUTE with the faults as the body\n",
+        );
+    };
+    let text = String::from_utf8_lossy(req.body());
+    let spec: Result<bulwark_policy::spec::FaultSpec, String> =
+        serde_yaml::from_str::<serde_yaml::Value>(&text).map_err(|e| e.to_string()).and_then(|v| {
+            serde_path_to_error::deserialize(v).map_err(|e| {
+                let path = e.path().to_string();
+                format!("{path}: {}", e.into_inner())
+            })
+        });
+    match spec.and_then(|spec| store.set_fault(&policy, &route, spec)) {
+        Ok(generation) => json(&serde_json::json!({ "set": true, "generation": generation })),
+        Err(e) => endpoint::text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    }
+}
+
+#[derive(Serialize)]
+struct FaultRow {
+    policy: String,
+    route: String,
+    /// `runtime` (set on this port) or `policy` (from the configuration file).
+    source: &'static str,
+    active: bool,
+    expires_in_seconds: Option<f64>,
+    faults: bulwark_policy::spec::FaultSpec,
+}
+
+fn faults(store: &Store) -> Vec<FaultRow> {
+    let now = tokio::time::Instant::now();
+    store
+        .installed()
+        .faults
+        .iter()
+        .flatten()
+        .map(|f| FaultRow {
+            policy: f.policy.to_string(),
+            route: f.route.to_string(),
+            source: if f.runtime { "runtime" } else { "policy" },
+            active: f.active(now),
+            expires_in_seconds: f.deadline.map(|d| d.saturating_duration_since(now).as_secs_f64()),
+            faults: f.faults.spec.clone(),
         })
         .collect()
 }

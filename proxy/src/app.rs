@@ -32,16 +32,11 @@ use crate::upstream::resolve::Resolver;
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 pub async fn run(config_path: PathBuf, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
-    let loaded = config::load(&config_path, "1").map_err(|errors| {
-        anyhow::anyhow!(
-            "{} is invalid:\n  {}",
-            config_path.display(),
-            errors.join("\n  ")
-        )
-    })?;
+    let loaded = config::load(&config_path, "1")
+        .map_err(|errors| anyhow::anyhow!("{} is invalid:\n  {}", config_path.display(), errors.join("\n  ")))?;
     let config = loaded.config.clone();
     let metrics = Arc::new(Metrics::new());
-    metrics.config_reload(true, 1);
+    metrics.set_generation(1);
     let store = Arc::new(Store::new(loaded.config, loaded.snapshot, metrics.clone()));
     let background = CancellationToken::new();
     let pool = Pool::new(metrics.clone());
@@ -51,12 +46,7 @@ pub async fn run(config_path: PathBuf, log: Arc<dyn LogControl>) -> anyhow::Resu
         tracing::info!(%endpoint, "outlier detection ejected an endpoint");
         ejections.ejection();
     }));
-    let proxy = Arc::new(Proxy {
-        store: store.clone(),
-        pool,
-        clusters,
-        metrics: metrics.clone(),
-    });
+    let proxy = Arc::new(Proxy { store: store.clone(), pool, clusters, metrics: metrics.clone() });
 
     let life = Lifecycle {
         stop_accept: CancellationToken::new(),
@@ -71,31 +61,20 @@ pub async fn run(config_path: PathBuf, log: Arc<dyn LogControl>) -> anyhow::Resu
         background.child_token(),
     ));
     let admin = bind(config.admin, "admin").await?;
-    tokio::spawn(crate::endpoint::serve(
-        admin,
-        crate::admin::handler(store.clone(), log),
-        background.child_token(),
-    ));
+    tokio::spawn(crate::endpoint::serve(admin, crate::admin::handler(store.clone(), log), background.child_token()));
 
-    for (addr, direction) in [
-        (config.transparent.outbound, Direction::Outbound),
-        (config.transparent.inbound, Direction::Inbound),
-    ] {
+    for (addr, direction) in
+        [(config.transparent.outbound, Direction::Outbound), (config.transparent.inbound, Direction::Inbound)]
+    {
         let Some(addr) = addr else { continue };
         let socket = bind(addr, direction.as_str()).await?;
-        let l = Arc::new(Listener {
-            label: direction.as_str().into(),
-            kind: Kind::Transparent(direction),
-        });
+        let l = Arc::new(Listener { label: direction.as_str().into(), kind: Kind::Transparent(direction) });
         tokio::spawn(listener::run(socket, l, proxy.clone(), life.clone()));
         tracing::info!(%addr, direction = direction.as_str(), "transparent listener ready");
     }
 
     let mut explicit = ExplicitListeners::default();
-    explicit
-        .reconcile(&config.listeners, &proxy, &life)
-        .await
-        .map_err(|e| anyhow::anyhow!(e.join("; ")))?;
+    explicit.reconcile(&config.listeners, &proxy, &life).await.map_err(|e| anyhow::anyhow!(e.join("; ")))?;
 
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -129,9 +108,7 @@ pub async fn run(config_path: PathBuf, log: Arc<dyn LogControl>) -> anyhow::Resu
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} ({what})"))
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
 /// SIGTERM: fail readiness, stop accepting (new connections are refused), let connections
@@ -142,32 +119,21 @@ async fn drain(store: &Store, life: &Lifecycle, deadline: Duration) {
     life.stop_accept.cancel();
     life.drain.cancel();
     life.tracker.close();
-    if tokio::time::timeout(deadline, life.tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            open = life.tracker.len(),
-            "drain deadline reached; closing remaining connections"
-        );
+    if tokio::time::timeout(deadline, life.tracker.wait()).await.is_err() {
+        tracing::warn!(open = life.tracker.len(), "drain deadline reached; closing remaining connections");
     } else {
         tracing::info!("drained");
     }
 }
 
 /// Re-reads the config; applies it whole or not at all.
-async fn reload(
-    path: &Path,
-    proxy: &Arc<Proxy>,
-    explicit: &mut ExplicitListeners,
-    life: &Lifecycle,
-) {
+async fn reload(path: &Path, proxy: &Arc<Proxy>, explicit: &mut ExplicitListeners, life: &Lifecycle) {
     let next = proxy.store.generation() + 1;
     let loaded = match config::load(path, &next.to_string()) {
         Ok(l) => l,
         Err(errors) => {
             tracing::error!(config = %path.display(), errors = %errors.join("\n  "), "reload rejected; the configuration in force is kept");
-            proxy.metrics.config_reload(false, 0);
+            proxy.metrics.config_reload(false);
             return;
         }
     };
@@ -175,34 +141,20 @@ async fn reload(
     for (what, old, new) in [
         ("admin", Some(current.admin), Some(loaded.config.admin)),
         ("health", Some(current.health), Some(loaded.config.health)),
-        (
-            "transparent.outbound",
-            current.transparent.outbound,
-            loaded.config.transparent.outbound,
-        ),
-        (
-            "transparent.inbound",
-            current.transparent.inbound,
-            loaded.config.transparent.inbound,
-        ),
+        ("transparent.outbound", current.transparent.outbound, loaded.config.transparent.outbound),
+        ("transparent.inbound", current.transparent.inbound, loaded.config.transparent.inbound),
     ] {
         if old != new {
-            tracing::warn!(
-                field = what,
-                "changed address takes effect at the next restart"
-            );
+            tracing::warn!(field = what, "changed address takes effect at the next restart");
         }
     }
-    if let Err(errors) = explicit
-        .reconcile(&loaded.config.listeners, proxy, life)
-        .await
-    {
+    if let Err(errors) = explicit.reconcile(&loaded.config.listeners, proxy, life).await {
         tracing::error!(errors = %errors.join("; "), "reload rejected; the configuration in force is kept");
-        proxy.metrics.config_reload(false, 0);
+        proxy.metrics.config_reload(false);
         return;
     }
     let generation = proxy.store.replace(loaded.config, loaded.snapshot);
-    proxy.metrics.config_reload(true, generation);
+    proxy.metrics.config_reload(true);
     tracing::info!(generation, "configuration reloaded");
 }
 
@@ -212,11 +164,7 @@ fn fingerprint(path: &Path, config: &ProxyConfig) -> u64 {
     let mut h = DefaultHasher::new();
     std::fs::read(path).ok().hash(&mut h);
     if let Some(dir) = &config.policy_dir {
-        let dir = if dir.is_relative() {
-            path.parent().unwrap_or(Path::new(".")).join(dir)
-        } else {
-            dir.clone()
-        };
+        let dir = if dir.is_relative() { path.parent().unwrap_or(Path::new(".")).join(dir) } else { dir.clone() };
         for f in config::policy_files(&dir).unwrap_or_default() {
             f.hash(&mut h);
             std::fs::read(&f).ok().hash(&mut h);
@@ -252,31 +200,22 @@ impl ExplicitListeners {
         let mut fresh = Vec::new();
         let mut errors = Vec::new();
         for l in wanted {
-            let keep = self
-                .running
-                .get(&l.name)
-                .is_some_and(|r| r.listen == l.listen);
+            let keep = self.running.get(&l.name).is_some_and(|r| r.listen == l.listen);
             if keep {
                 continue;
             }
             match TcpListener::bind(l.listen).await {
                 Ok(s) => fresh.push((l.clone(), s)),
-                Err(e) => errors.push(format!(
-                    "listener {}: cannot listen on {}: {e}",
-                    l.name, l.listen
-                )),
+                Err(e) => errors.push(format!("listener {}: cannot listen on {}: {e}", l.name, l.listen)),
             }
         }
         if !errors.is_empty() {
             return Err(errors);
         }
         // Stop listeners that are gone or moved.
-        let names: HashMap<&str, &ListenerConfig> =
-            wanted.iter().map(|l| (l.name.as_str(), l)).collect();
+        let names: HashMap<&str, &ListenerConfig> = wanted.iter().map(|l| (l.name.as_str(), l)).collect();
         self.running.retain(|name, r| {
-            let keep = names
-                .get(name.as_str())
-                .is_some_and(|l| l.listen == r.listen);
+            let keep = names.get(name.as_str()).is_some_and(|l| l.listen == r.listen);
             if !keep {
                 r.stop.cancel();
                 r.resolver_stop.cancel();
@@ -301,35 +240,17 @@ impl ExplicitListeners {
             let upstream = Arc::new(ArcSwap::new(explicit_upstream(&l, &resolver_stop)));
             let stop = life.stop_accept.child_token();
             let listen = socket.local_addr().unwrap_or(l.listen);
-            let lifecycle = Lifecycle {
-                stop_accept: stop.clone(),
-                ..life.clone()
-            };
-            let listener = Arc::new(Listener {
-                label: l.name.as_str().into(),
-                kind: Kind::Explicit(upstream.clone()),
-            });
+            let lifecycle = Lifecycle { stop_accept: stop.clone(), ..life.clone() };
+            let listener = Arc::new(Listener { label: l.name.as_str().into(), kind: Kind::Explicit(upstream.clone()) });
             tokio::spawn(listener::run(socket, listener, proxy.clone(), lifecycle));
             tracing::info!(listener = %l.name, %listen, upstream = %l.upstream, "explicit listener ready");
-            self.running.insert(
-                l.name.clone(),
-                Running {
-                    listen: l.listen,
-                    config: l,
-                    upstream,
-                    stop,
-                    resolver_stop,
-                },
-            );
+            self.running.insert(l.name.clone(), Running { listen: l.listen, config: l, upstream, stop, resolver_stop });
         }
         Ok(())
     }
 }
 
-fn explicit_upstream(
-    l: &ListenerConfig,
-    resolver_stop: &CancellationToken,
-) -> Arc<ExplicitUpstream> {
+fn explicit_upstream(l: &ListenerConfig, resolver_stop: &CancellationToken) -> Arc<ExplicitUpstream> {
     let targets = l.upstream.parse().expect("validated at load");
     let resolver = Arc::new(Resolver::new(targets));
     resolver.spawn_refresh(l.dns_refresh.get(), resolver_stop.clone());

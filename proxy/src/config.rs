@@ -63,10 +63,7 @@ pub struct Detection {
 
 impl Default for Detection {
     fn default() -> Self {
-        Detection {
-            timeout: Dur(Duration::from_secs(1)),
-            server_first_ports: DEFAULT_SERVER_FIRST_PORTS.to_vec(),
-        }
+        Detection { timeout: Dur(Duration::from_secs(1)), server_first_ports: DEFAULT_SERVER_FIRST_PORTS.to_vec() }
     }
 }
 
@@ -90,10 +87,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_connections_per_listener: 10_000,
-            header_read_timeout: Dur(Duration::from_secs(10)),
-        }
+        Limits { max_connections_per_listener: 10_000, header_read_timeout: Dur(Duration::from_secs(10)) }
     }
 }
 
@@ -190,11 +184,9 @@ pub struct Loaded {
 /// Reads and validates `path`. Errors are complete: every problem in the file and in its
 /// policies, each with its location.
 pub fn load(path: &Path, version: &str) -> Result<Loaded, Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
+    let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
     let file = path.display().to_string();
-    let value: serde_yaml::Value =
-        serde_yaml::from_str(&text).map_err(|e| vec![format!("{file}: {e}")])?;
+    let value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| vec![format!("{file}: {e}")])?;
     let config: ProxyConfig = serde_path_to_error::deserialize(value).map_err(|e| {
         let at = e.path().to_string();
         vec![format!("{file}: {at}: {}", e.into_inner())]
@@ -210,21 +202,15 @@ pub fn load(path: &Path, version: &str) -> Result<Loaded, Vec<String>> {
         }
     }
     if let Some(dir) = &config.policy_dir {
-        let dir = if dir.is_relative() {
-            path.parent().unwrap_or(Path::new(".")).join(dir)
-        } else {
-            dir.clone()
-        };
+        let dir = if dir.is_relative() { path.parent().unwrap_or(Path::new(".")).join(dir) } else { dir.clone() };
         match policy_files(&dir) {
             Ok(files) => {
                 for f in files {
                     match std::fs::read_to_string(&f) {
-                        Ok(t) => {
-                            match bulwark_policy::parse_documents(&t, &f.display().to_string()) {
-                                Ok(mut d) => docs.append(&mut d),
-                                Err(mut e) => policy_errors.append(&mut e),
-                            }
-                        }
+                        Ok(t) => match bulwark_policy::parse_documents(&t, &f.display().to_string()) {
+                            Ok(mut d) => docs.append(&mut d),
+                            Err(mut e) => policy_errors.append(&mut e),
+                        },
                         Err(e) => errors.push(format!("{}: cannot read: {e}", f.display())),
                     }
                 }
@@ -264,52 +250,30 @@ fn check_listeners(c: &ProxyConfig, file: &str) -> Vec<String> {
     let mut errors = Vec::new();
     let mut names = std::collections::HashSet::new();
     let mut addrs = std::collections::HashSet::new();
-    for own in [
-        Some(c.admin),
-        Some(c.health),
-        c.transparent.outbound,
-        c.transparent.inbound,
-    ]
-    .into_iter()
-    .flatten()
-    {
+    for own in [Some(c.admin), Some(c.health), c.transparent.outbound, c.transparent.inbound].into_iter().flatten() {
         addrs.insert(own);
     }
     for (i, l) in c.listeners.iter().enumerate() {
         let at = format!("{file}: listeners[{i}]");
         if l.name.is_empty()
-            || !l
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            || !l.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         {
-            errors.push(format!(
-                "{at}.name: {:?} must be non-empty letters, digits, '-', '_' or '.'",
-                l.name
-            ));
+            errors.push(format!("{at}.name: {:?} must be non-empty letters, digits, '-', '_' or '.'", l.name));
         } else if !names.insert(l.name.clone()) {
-            errors.push(format!(
-                "{at}.name: {:?} is used by another listener",
-                l.name
-            ));
+            errors.push(format!("{at}.name: {:?} is used by another listener", l.name));
         }
         if let Err(e) = l.upstream.parse() {
             errors.push(format!("{at}.upstream: {e}"));
         }
         if !addrs.insert(l.listen) {
-            errors.push(format!(
-                "{at}.listen: {} is already used by another listener or port of the proxy",
-                l.listen
-            ));
+            errors.push(format!("{at}.listen: {} is already used by another listener or port of the proxy", l.listen));
         }
         if l.dns_refresh.get() < Duration::from_millis(100) {
             errors.push(format!("{at}.dnsRefresh: must be at least 100ms"));
         }
     }
     if c.limits.max_connections_per_listener == 0 {
-        errors.push(format!(
-            "{file}: limits.maxConnectionsPerListener: must be at least 1"
-        ));
+        errors.push(format!("{file}: limits.maxConnectionsPerListener: must be at least 1"));
     }
     for (name, d) in [
         ("detection.timeout", c.detection.timeout),
@@ -359,38 +323,18 @@ mod tests {
         let cfg = write(&d, "proxy.yaml", "listeners:\n- {name: web, listen: 127.0.0.1:7000, upstream: nowhere}\n- {name: web, listen: 127.0.0.1:7000, upstream: a:1}\npolicies:\n- apiVersion: bulwark.dev/v1\n  kind: ResiliencePolicy\n  metadata: {name: b}\n  spec: {target: {service: b.local}, defaults: {timeout: {request: 0s}}}\n");
         let errs = load(&cfg, "1").unwrap_err();
         let all = errs.join("\n");
-        assert!(
-            all.contains("listeners[0].upstream: \"nowhere\" must be host:port"),
-            "{all}"
-        );
-        assert!(
-            all.contains("listeners[1].name: \"web\" is used by another listener"),
-            "{all}"
-        );
-        assert!(
-            all.contains("listeners[1].listen: 127.0.0.1:7000 is already used"),
-            "{all}"
-        );
-        assert!(
-            all.contains(
-                "policy default/b: spec.defaults.timeout.request: must be greater than zero"
-            ),
-            "{all}"
-        );
+        assert!(all.contains("listeners[0].upstream: \"nowhere\" must be host:port"), "{all}");
+        assert!(all.contains("listeners[1].name: \"web\" is used by another listener"), "{all}");
+        assert!(all.contains("listeners[1].listen: 127.0.0.1:7000 is already used"), "{all}");
+        assert!(all.contains("policy default/b: spec.defaults.timeout.request: must be greater than zero"), "{all}");
     }
 
     #[test]
     fn unknown_bootstrap_field_is_named() {
         let d = tempdir("unknown");
-        let cfg = write(
-            &d,
-            "proxy.yaml",
-            "listeners:\n- {name: web, listen: 127.0.0.1:0, upstream: a:1, upstrem: b}\n",
-        );
+        let cfg =
+            write(&d, "proxy.yaml", "listeners:\n- {name: web, listen: 127.0.0.1:0, upstream: a:1, upstrem: b}\n");
         let errs = load(&cfg, "1").unwrap_err();
-        assert!(
-            errs[0].contains("listeners[0].upstrem: unknown field `upstrem`"),
-            "{errs:?}"
-        );
+        assert!(errs[0].contains("listeners[0].upstrem: unknown field `upstrem`"), "{errs:?}");
     }
 }

@@ -11,12 +11,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context as _};
 
-const CHAINS: [&str; 4] = [
-    "BULWARK_INBOUND",
-    "BULWARK_IN_REDIRECT",
-    "BULWARK_OUTPUT",
-    "BULWARK_REDIRECT",
-];
+const CHAINS: [&str; 4] = ["BULWARK_INBOUND", "BULWARK_IN_REDIRECT", "BULWARK_OUTPUT", "BULWARK_REDIRECT"];
 /// The proxy's own ports, never redirected inbound.
 const OWN_PORTS: [u16; 4] = [15000, 15001, 15006, 15020];
 
@@ -53,26 +48,14 @@ pub struct Options {
 
 /// One iptables invocation, written as its command line (no argument contains a space).
 fn rule(line: impl AsRef<str>) -> Vec<String> {
-    line.as_ref()
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
+    line.as_ref().split_whitespace().map(str::to_string).collect()
 }
 
 /// The commands (arguments to iptables/ip6tables) that write the redirect.
 pub fn rules(o: &Options, family: Family) -> anyhow::Result<Vec<Vec<String>>> {
-    let mut r: Vec<Vec<String>> = CHAINS
-        .iter()
-        .map(|c| rule(format!("-t nat -N {c}")))
-        .collect();
-    r.push(rule(format!(
-        "-t nat -A BULWARK_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}",
-        o.inbound_port
-    )));
-    r.push(rule(format!(
-        "-t nat -A BULWARK_REDIRECT -p tcp -j REDIRECT --to-ports {}",
-        o.outbound_port
-    )));
+    let mut r: Vec<Vec<String>> = CHAINS.iter().map(|c| rule(format!("-t nat -N {c}"))).collect();
+    r.push(rule(format!("-t nat -A BULWARK_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}", o.inbound_port)));
+    r.push(rule(format!("-t nat -A BULWARK_REDIRECT -p tcp -j REDIRECT --to-ports {}", o.outbound_port)));
 
     // Inbound.
     r.push(rule("-t nat -A PREROUTING -p tcp -j BULWARK_INBOUND"));
@@ -85,19 +68,13 @@ pub fn rules(o: &Options, family: Family) -> anyhow::Result<Vec<Vec<String>>> {
     excluded.sort_unstable();
     excluded.dedup();
     for p in excluded {
-        r.push(rule(format!(
-            "-t nat -A BULWARK_INBOUND -p tcp --dport {p} -j RETURN"
-        )));
+        r.push(rule(format!("-t nat -A BULWARK_INBOUND -p tcp --dport {p} -j RETURN")));
     }
     if o.inbound_ports.is_empty() {
-        r.push(rule(
-            "-t nat -A BULWARK_INBOUND -p tcp -j BULWARK_IN_REDIRECT",
-        ));
+        r.push(rule("-t nat -A BULWARK_INBOUND -p tcp -j BULWARK_IN_REDIRECT"));
     }
     for p in &o.inbound_ports {
-        r.push(rule(format!(
-            "-t nat -A BULWARK_INBOUND -p tcp --dport {p} -j BULWARK_IN_REDIRECT"
-        )));
+        r.push(rule(format!("-t nat -A BULWARK_INBOUND -p tcp --dport {p} -j BULWARK_IN_REDIRECT")));
     }
     if o.inbound_only {
         return Ok(r);
@@ -105,36 +82,24 @@ pub fn rules(o: &Options, family: Family) -> anyhow::Result<Vec<Vec<String>>> {
 
     // Outbound.
     r.push(rule("-t nat -A OUTPUT -p tcp -j BULWARK_OUTPUT"));
-    r.push(rule(format!(
-        "-t nat -A BULWARK_OUTPUT -m owner --uid-owner {} -j RETURN",
-        o.proxy_uid
-    )));
+    r.push(rule(format!("-t nat -A BULWARK_OUTPUT -m owner --uid-owner {} -j RETURN", o.proxy_uid)));
     if let Some(gid) = o.proxy_gid {
-        r.push(rule(format!(
-            "-t nat -A BULWARK_OUTPUT -m owner --gid-owner {gid} -j RETURN"
-        )));
+        r.push(rule(format!("-t nat -A BULWARK_OUTPUT -m owner --gid-owner {gid} -j RETURN")));
     }
     r.push(rule("-t nat -A BULWARK_OUTPUT -o lo -j RETURN"));
     let loopback = match family {
         Family::V4 => "127.0.0.0/8",
         Family::V6 => "::1/128",
     };
-    r.push(rule(format!(
-        "-t nat -A BULWARK_OUTPUT -d {loopback} -j RETURN"
-    )));
+    r.push(rule(format!("-t nat -A BULWARK_OUTPUT -d {loopback} -j RETURN")));
     for p in &o.exclude_outbound_ports {
-        r.push(rule(format!(
-            "-t nat -A BULWARK_OUTPUT -p tcp --dport {p} -j RETURN"
-        )));
+        r.push(rule(format!("-t nat -A BULWARK_OUTPUT -p tcp --dport {p} -j RETURN")));
     }
     for c in &o.exclude_outbound_cidrs {
-        let cidr = bulwark_policy::validate::Cidr::parse(c)
-            .map_err(anyhow::Error::msg)
-            .context("--exclude-outbound-cidrs")?;
+        let cidr =
+            bulwark_policy::validate::Cidr::parse(c).map_err(anyhow::Error::msg).context("--exclude-outbound-cidrs")?;
         if cidr.addr.is_ipv4() == (family == Family::V4) {
-            r.push(rule(format!(
-                "-t nat -A BULWARK_OUTPUT -d {cidr} -j RETURN"
-            )));
+            r.push(rule(format!("-t nat -A BULWARK_OUTPUT -d {cidr} -j RETURN")));
         }
     }
     r.push(rule("-t nat -A BULWARK_OUTPUT -p tcp -j BULWARK_REDIRECT"));
@@ -143,10 +108,8 @@ pub fn rules(o: &Options, family: Family) -> anyhow::Result<Vec<Vec<String>>> {
 
 /// Removes the jumps into our chains, then the chains. Each step may find nothing to remove.
 fn cleanup_rules() -> Vec<Vec<String>> {
-    let mut r = vec![
-        rule("-t nat -D PREROUTING -p tcp -j BULWARK_INBOUND"),
-        rule("-t nat -D OUTPUT -p tcp -j BULWARK_OUTPUT"),
-    ];
+    let mut r =
+        vec![rule("-t nat -D PREROUTING -p tcp -j BULWARK_INBOUND"), rule("-t nat -D OUTPUT -p tcp -j BULWARK_OUTPUT")];
     r.extend(CHAINS.iter().map(|c| rule(format!("-t nat -F {c}"))));
     r.extend(CHAINS.iter().map(|c| rule(format!("-t nat -X {c}"))));
     r
@@ -176,10 +139,7 @@ fn cleanup(family: Family) -> anyhow::Result<()> {
 
 pub fn families(ipv6: &str) -> anyhow::Result<Vec<Family>> {
     let v6_present = std::path::Path::new("/proc/net/if_inet6").exists()
-        && Command::new("ip6tables")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
+        && Command::new("ip6tables").arg("--version").output().is_ok_and(|o| o.status.success());
     Ok(match ipv6 {
         "auto" if v6_present => vec![Family::V4, Family::V6],
         "auto" | "off" => vec![Family::V4],
@@ -192,11 +152,7 @@ pub fn families(ipv6: &str) -> anyhow::Result<Vec<Family>> {
 /// commands instead.
 pub fn apply(o: &Options, families: &[Family], remove: bool, dry_run: bool) -> anyhow::Result<()> {
     for &family in families {
-        let cmds = if remove {
-            cleanup_rules()
-        } else {
-            rules(o, family)?
-        };
+        let cmds = if remove { cleanup_rules() } else { rules(o, family)? };
         if dry_run {
             for c in cmds {
                 println!("{} {}", family.command(), c.join(" "));
@@ -214,19 +170,10 @@ pub fn apply(o: &Options, families: &[Family], remove: bool, dry_run: bool) -> a
                 let err = String::from_utf8_lossy(&out.stderr);
                 // Leave nothing half-written behind.
                 let _ = cleanup(family);
-                bail!(
-                    "{} {} failed: {}",
-                    family.command(),
-                    args.join(" "),
-                    err.trim()
-                );
+                bail!("{} {} failed: {}", family.command(), args.join(" "), err.trim());
             }
         }
-        println!(
-            "{}: bulwark redirect written ({} rules)",
-            family.command(),
-            cmds.len()
-        );
+        println!("{}: bulwark redirect written ({} rules)", family.command(), cmds.len());
     }
     Ok(())
 }
@@ -256,24 +203,12 @@ mod tests {
     #[test]
     fn skips_the_proxy_uid_before_redirecting_outbound() {
         let r = text(&rules(&opts(), Family::V4).unwrap());
-        let uid = r
-            .iter()
-            .position(|l| l.contains("--uid-owner 1337 -j RETURN"))
-            .unwrap();
-        let lo = r
-            .iter()
-            .position(|l| l.contains("-o lo -j RETURN"))
-            .unwrap();
-        let redirect = r
-            .iter()
-            .position(|l| l.ends_with("-j BULWARK_REDIRECT"))
-            .unwrap();
+        let uid = r.iter().position(|l| l.contains("--uid-owner 1337 -j RETURN")).unwrap();
+        let lo = r.iter().position(|l| l.contains("-o lo -j RETURN")).unwrap();
+        let redirect = r.iter().position(|l| l.ends_with("-j BULWARK_REDIRECT")).unwrap();
         assert!(uid < redirect && lo < redirect);
         assert!(r.contains(&"-t nat -A BULWARK_OUTPUT -d 10.96.0.0/12 -j RETURN".to_string()));
-        assert!(
-            !r.iter().any(|l| l.contains("fd00::/8")),
-            "v6 CIDR stays out of v4 rules"
-        );
+        assert!(!r.iter().any(|l| l.contains("fd00::/8")), "v6 CIDR stays out of v4 rules");
         assert!(r.contains(&"-t nat -A BULWARK_OUTPUT -p tcp --dport 5432 -j RETURN".to_string()));
     }
 
@@ -281,12 +216,7 @@ mod tests {
     fn never_redirects_the_proxys_own_ports_inbound() {
         let r = text(&rules(&opts(), Family::V4).unwrap());
         for p in [15000, 15001, 15006, 15020, 22] {
-            assert!(
-                r.contains(&format!(
-                    "-t nat -A BULWARK_INBOUND -p tcp --dport {p} -j RETURN"
-                )),
-                "{p}"
-            );
+            assert!(r.contains(&format!("-t nat -A BULWARK_INBOUND -p tcp --dport {p} -j RETURN")), "{p}");
         }
         assert!(r.contains(&"-t nat -A BULWARK_INBOUND -p tcp -j BULWARK_IN_REDIRECT".to_string()));
     }
@@ -300,23 +230,9 @@ mod tests {
 
     #[test]
     fn inbound_only_writes_no_output_jump_and_bad_cidr_is_refused() {
-        let r = text(
-            &rules(
-                &Options {
-                    inbound_only: true,
-                    ..opts()
-                },
-                Family::V4,
-            )
-            .unwrap(),
-        );
-        assert!(!r
-            .iter()
-            .any(|l| l.contains("-A OUTPUT") || l.contains("-A BULWARK_OUTPUT")));
-        let bad = Options {
-            exclude_outbound_cidrs: vec!["10.0.0.0/99".into()],
-            ..opts()
-        };
+        let r = text(&rules(&Options { inbound_only: true, ..opts() }, Family::V4).unwrap());
+        assert!(!r.iter().any(|l| l.contains("-A OUTPUT") || l.contains("-A BULWARK_OUTPUT")));
+        let bad = Options { exclude_outbound_cidrs: vec!["10.0.0.0/99".into()], ..opts() };
         assert!(rules(&bad, Family::V4).is_err());
     }
 }

@@ -13,11 +13,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
 #[derive(Parser)]
-#[command(
-    name = "bulwark-proxy",
-    version,
-    about = "Bulwark sidecar proxy: resilience policy for every connection"
-)]
+#[command(name = "bulwark-proxy", version, about = "Bulwark sidecar proxy: resilience policy for every connection")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -88,8 +84,7 @@ impl LogControl for ReloadableFilter {
         self.0.with_current(|f| f.to_string()).unwrap_or_default()
     }
     fn set(&self, filter: &str) -> Result<(), String> {
-        let f = EnvFilter::try_new(filter)
-            .map_err(|e| format!("invalid log filter {filter:?}: {e}"))?;
+        let f = EnvFilter::try_new(filter).map_err(|e| format!("invalid log filter {filter:?}: {e}"))?;
         self.0.reload(f).map_err(|e| e.to_string())
     }
 }
@@ -97,11 +92,7 @@ impl LogControl for ReloadableFilter {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run {
-            config,
-            workers,
-            log,
-        } => {
+        Command::Run { config, workers, log } => {
             let filter = EnvFilter::try_new(&log).unwrap_or_else(|e| {
                 eprintln!("invalid --log {log:?} ({e}); using info");
                 EnvFilter::new("info")
@@ -167,8 +158,7 @@ fn main() -> ExitCode {
                 exclude_outbound_cidrs: a.exclude_outbound_cidrs,
                 inbound_only: a.inbound_only,
             };
-            let result =
-                init::families(&a.ipv6).and_then(|f| init::apply(&opts, &f, a.cleanup, a.dry_run));
+            let result = init::families(&a.ipv6).and_then(|f| init::apply(&opts, &f, a.cleanup, a.dry_run));
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

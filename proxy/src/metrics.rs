@@ -15,10 +15,8 @@ use prometheus_client::registry::Registry;
 use crate::reason::Reason;
 
 /// 0.5 ms to 30 s: sidecar overhead lives at the bottom, timeouts at the top.
-const LATENCY_BUCKETS: [f64; 16] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
-    30.0,
-];
+const LATENCY_BUCKETS: [f64; 16] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -146,6 +144,15 @@ pub struct Metrics {
     retry_budget_exhausted: Family<StageLabels, Counter>,
     rate_limited: Family<ScopeLabels, Counter>,
     ejections: Counter,
+    faults_injected: Family<FaultLabels, Counter>,
+    faults_expired: Family<StageLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FaultLabels {
+    policy: String,
+    route: String,
+    kind: &'static str,
 }
 
 impl Default for Metrics {
@@ -163,8 +170,7 @@ impl Metrics {
             "HTTP requests completed, by route, status class and refusal reason",
             requests.clone(),
         );
-        let latency: HistogramFamily =
-            Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS));
+        let latency: HistogramFamily = Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS));
         registry.register(
             "request_duration_seconds",
             "Time from request arrival to response headers sent, by route",
@@ -195,15 +201,11 @@ impl Metrics {
             upstream_connections.clone(),
         );
         let config_reloads = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "config_reloads",
-            "Configuration reloads, applied or rejected",
-            config_reloads.clone(),
-        );
+        registry.register("config_reloads", "Configuration reloads, applied or rejected", config_reloads.clone());
         let config_generation = Gauge::<i64, AtomicI64>::default();
         registry.register(
             "config_generation",
-            "Generation of the policy snapshot in force (1 at start, +1 per applied reload)",
+            "Generation of the policy snapshot in force (1 at start, +1 per applied reload or runtime fault change)",
             config_generation.clone(),
         );
         let breaker_state = Family::<BreakerStateLabels, Gauge>::default();
@@ -213,23 +215,11 @@ impl Metrics {
             breaker_state.clone(),
         );
         let breaker_transitions = Family::<TransitionLabels, Counter>::default();
-        registry.register(
-            "breaker_transitions",
-            "Circuit breaker state changes",
-            breaker_transitions.clone(),
-        );
+        registry.register("breaker_transitions", "Circuit breaker state changes", breaker_transitions.clone());
         let bulkhead_in_flight = Family::<StageLabels, Gauge>::default();
-        registry.register(
-            "bulkhead_in_flight",
-            "Requests holding a bulkhead slot",
-            bulkhead_in_flight.clone(),
-        );
+        registry.register("bulkhead_in_flight", "Requests holding a bulkhead slot", bulkhead_in_flight.clone());
         let bulkhead_queued = Family::<StageLabels, Gauge>::default();
-        registry.register(
-            "bulkhead_queued",
-            "Requests waiting for a bulkhead slot",
-            bulkhead_queued.clone(),
-        );
+        registry.register("bulkhead_queued", "Requests waiting for a bulkhead slot", bulkhead_queued.clone());
         let bulkhead_rejected = Family::<StageLabels, Counter>::default();
         registry.register(
             "bulkhead_rejected",
@@ -251,12 +241,22 @@ impl Metrics {
             rate_limited.clone(),
         );
         let ejections = Counter::default();
+        registry.register("outlier_ejections", "Upstream endpoints ejected by outlier detection", ejections.clone());
+        let faults_injected = Family::<FaultLabels, Counter>::default();
         registry.register(
-            "outlier_ejections",
-            "Upstream endpoints ejected by outlier detection",
-            ejections.clone(),
+            "faults_injected",
+            "Faults injected, by kind (abort, delay, response-delay, bandwidth, tcp-*)",
+            faults_injected.clone(),
+        );
+        let faults_expired = Family::<StageLabels, Counter>::default();
+        registry.register(
+            "faults_expired",
+            "Faults the proxy dropped by itself when they expired",
+            faults_expired.clone(),
         );
         Metrics {
+            faults_injected,
+            faults_expired,
             ejections,
             breaker_state,
             breaker_transitions,
@@ -278,13 +278,7 @@ impl Metrics {
         }
     }
 
-    pub fn request(
-        &self,
-        route: &RouteLabels,
-        status: u16,
-        reason: Option<Reason>,
-        elapsed: Duration,
-    ) {
+    pub fn request(&self, route: &RouteLabels, status: u16, reason: Option<Reason>, elapsed: Duration) {
         let status_class = match status {
             100..=199 => "1xx",
             200..=299 => "2xx",
@@ -302,50 +296,51 @@ impl Metrics {
                 reason,
             })
             .inc();
-        self.latency
-            .get_or_create(route)
-            .observe(elapsed.as_secs_f64());
+        self.latency.get_or_create(route).observe(elapsed.as_secs_f64());
     }
 
     pub fn connection_opened(&self, listener: &str, protocol: &'static str) {
-        self.connections
-            .get_or_create(&ConnLabels {
-                listener: listener.into(),
-                protocol,
-            })
-            .inc();
+        self.connections.get_or_create(&ConnLabels { listener: listener.into(), protocol }).inc();
     }
 
     pub fn connections_active(&self, listener: &str) -> Gauge {
-        self.connections_active
-            .get_or_create(&ListenerLabels {
-                listener: listener.into(),
-            })
-            .clone()
+        self.connections_active.get_or_create(&ListenerLabels { listener: listener.into() }).clone()
     }
 
     pub fn connection_rejected(&self, listener: &str) {
-        self.connections_rejected
-            .get_or_create(&ListenerLabels {
-                listener: listener.into(),
-            })
-            .inc();
+        self.connections_rejected.get_or_create(&ListenerLabels { listener: listener.into() }).inc();
     }
 
     pub fn upstream_connection(&self, result: &'static str) {
-        self.upstream_connections
-            .get_or_create(&ResultLabels { result })
-            .inc();
+        self.upstream_connections.get_or_create(&ResultLabels { result }).inc();
     }
 
-    pub fn config_reload(&self, applied: bool, generation: u64) {
+    pub fn config_reload(&self, applied: bool) {
         let result = if applied { "applied" } else { "rejected" };
-        self.config_reloads
-            .get_or_create(&ResultLabels { result })
-            .inc();
-        if applied {
-            self.config_generation.set(generation as i64);
+        self.config_reloads.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn set_generation(&self, generation: u64) {
+        self.config_generation.set(generation as i64);
+    }
+
+    /// Counter handles for one route's faults.
+    pub fn faults(&self, policy: &str, route: &str) -> crate::stage::fault::FaultMetrics {
+        let kind = |kind| self.fault_counter(policy, route, kind);
+        crate::stage::fault::FaultMetrics {
+            abort: kind("abort"),
+            delay: kind("delay"),
+            response_delay: kind("response-delay"),
+            bandwidth: kind("bandwidth"),
+            expired: self
+                .faults_expired
+                .get_or_create(&StageLabels { policy: policy.into(), route: route.into() })
+                .clone(),
         }
+    }
+
+    pub fn fault_counter(&self, policy: &str, route: &str, kind: &'static str) -> Counter {
+        self.faults_injected.get_or_create(&FaultLabels { policy: policy.into(), route: route.into(), kind }).clone()
     }
 
     pub fn ejection(&self) {
@@ -353,10 +348,7 @@ impl Metrics {
     }
 
     pub fn stage(&self, policy: &str, route: &str) -> StageMetrics {
-        let labels = StageLabels {
-            policy: policy.to_string(),
-            route: route.to_string(),
-        };
+        let labels = StageLabels { policy: policy.to_string(), route: route.to_string() };
         let state = |state| {
             self.breaker_state
                 .get_or_create(&BreakerStateLabels {
@@ -368,11 +360,7 @@ impl Metrics {
         };
         let scope = |scope| {
             self.rate_limited
-                .get_or_create(&ScopeLabels {
-                    policy: labels.policy.clone(),
-                    route: labels.route.clone(),
-                    scope,
-                })
+                .get_or_create(&ScopeLabels { policy: labels.policy.clone(), route: labels.route.clone(), scope })
                 .clone()
         };
         StageMetrics {
@@ -393,8 +381,7 @@ impl Metrics {
 
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }

@@ -1,15 +1,23 @@
 //! What the data path reads: the policy snapshot in force (an `ArcSwap`, loaded once per
-//! request or connection without a lock) and the bootstrap settings. Reloads swap both
-//! atomically; a request keeps the snapshot it started with.
+//! request or connection without a lock), the runtime state of its routes, and the bootstrap
+//! settings. Everything is swapped in together; a request keeps what it loaded.
+//!
+//! Faults set at runtime (admin `/faults`) are an overlay on the file's policies: setting or
+//! clearing one compiles a new snapshot from the file's policies plus the overlay, validated
+//! like any other, so a toggle never disturbs other settings, and a file reload keeps the
+//! overlay (entries whose policy or route disappeared are dropped, with a log line).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use bulwark_policy::Snapshot;
+use bulwark_policy::spec::FaultSpec;
+use bulwark_policy::{ResiliencePolicy, Snapshot, DEFAULT_ROUTE};
 
 use crate::config::ProxyConfig;
 use crate::metrics::Metrics;
+use crate::stage::fault::FaultState;
 use crate::stage::registry::{self, RouteState};
 
 /// A snapshot and the runtime state of its routes, swapped in together so that
@@ -17,23 +25,36 @@ use crate::stage::registry::{self, RouteState};
 pub struct Installed {
     pub snapshot: Snapshot,
     pub states: Vec<Arc<RouteState>>,
+    pub faults: Vec<Option<Arc<FaultState>>>,
+}
+
+/// (policy `namespace/name`, route name) → faults set at runtime.
+type Overlay = BTreeMap<(String, String), FaultSpec>;
+
+struct Sources {
+    /// The policies as the configuration file has them.
+    base: Vec<ResiliencePolicy>,
+    overlay: Overlay,
 }
 
 pub struct Store {
     installed: ArcSwap<Installed>,
-    metrics: Arc<Metrics>,
     config: ArcSwap<ProxyConfig>,
+    sources: Mutex<Sources>,
+    metrics: Arc<Metrics>,
     generation: AtomicU64,
     draining: AtomicBool,
 }
 
 impl Store {
     pub fn new(config: ProxyConfig, snapshot: Snapshot, metrics: Arc<Metrics>) -> Store {
-        let states = registry::build(&snapshot, &[], &metrics);
+        let sources = Sources { base: snapshot.documents.clone(), overlay: Overlay::new() };
+        let installed = install(snapshot, None, &sources.overlay, &metrics);
         Store {
-            installed: ArcSwap::from_pointee(Installed { snapshot, states }),
-            metrics,
+            installed: ArcSwap::from_pointee(installed),
             config: ArcSwap::from_pointee(config),
+            sources: Mutex::new(sources),
+            metrics,
             generation: AtomicU64::new(1),
             draining: AtomicBool::new(false),
         }
@@ -47,13 +68,68 @@ impl Store {
         self.config.load_full()
     }
 
-    /// Puts a new config and snapshot in force; returns the new generation.
+    /// Puts a new config and the file's new policies in force (with the runtime overlay on
+    /// top); returns the new generation.
     pub fn replace(&self, config: ProxyConfig, snapshot: Snapshot) -> u64 {
-        let states = registry::build(&snapshot, &self.installed.load().states, &self.metrics);
+        let mut guard = self.sources.lock().expect("store lock");
+        let sources = &mut *guard;
+        sources.base = snapshot.documents.clone();
+        let version = snapshot.version.clone();
+        let snapshot = if sources.overlay.is_empty() {
+            snapshot
+        } else {
+            let base = &sources.base;
+            sources.overlay.retain(|(policy, route), _| {
+                let found = route_exists(base, policy, route);
+                if !found {
+                    tracing::warn!(%policy, %route, "runtime fault dropped: its policy or route is gone");
+                }
+                found
+            });
+            match compile(&sources.base, &sources.overlay, &version) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(errors = %e, "runtime faults no longer fit the new policies and were dropped");
+                    sources.overlay.clear();
+                    snapshot
+                }
+            }
+        };
         self.config.store(Arc::new(config));
-        self.installed
-            .store(Arc::new(Installed { snapshot, states }));
-        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+        self.install_locked(sources, snapshot)
+    }
+
+    /// Sets faults on a route at runtime, replacing any set before; returns the generation.
+    pub fn set_fault(&self, policy: &str, route: &str, spec: FaultSpec) -> Result<u64, String> {
+        let mut sources = self.sources.lock().expect("store lock");
+        if !route_exists(&sources.base, policy, route) {
+            return Err(format!("no route {route:?} in policy {policy:?}"));
+        }
+        let mut overlay = sources.overlay.clone();
+        overlay.insert((policy.to_string(), route.to_string()), spec);
+        let snapshot = compile(&sources.base, &overlay, &(self.generation() + 1).to_string())?;
+        sources.overlay = overlay;
+        Ok(self.install_locked(&sources, snapshot))
+    }
+
+    /// Removes runtime faults from a route; what the file says applies again.
+    pub fn clear_fault(&self, policy: &str, route: &str) -> Result<u64, String> {
+        let mut sources = self.sources.lock().expect("store lock");
+        let mut overlay = sources.overlay.clone();
+        if overlay.remove(&(policy.to_string(), route.to_string())).is_none() {
+            return Err(format!("no runtime fault on route {route:?} of policy {policy:?}"));
+        }
+        let snapshot = compile(&sources.base, &overlay, &(self.generation() + 1).to_string())?;
+        sources.overlay = overlay;
+        Ok(self.install_locked(&sources, snapshot))
+    }
+
+    fn install_locked(&self, sources: &Sources, snapshot: Snapshot) -> u64 {
+        let old = self.installed.load_full();
+        self.installed.store(Arc::new(install(snapshot, Some(&old), &sources.overlay, &self.metrics)));
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.metrics.set_generation(generation);
+        generation
     }
 
     pub fn generation(&self) -> u64 {
@@ -69,4 +145,52 @@ impl Store {
     pub fn is_ready(&self) -> bool {
         !self.draining.load(Ordering::Acquire)
     }
+}
+
+fn route_exists(docs: &[ResiliencePolicy], policy: &str, route: &str) -> bool {
+    docs.iter().any(|d| d.id() == policy && (route == DEFAULT_ROUTE || d.spec.routes.iter().any(|r| r.name == route)))
+}
+
+/// The file's policies with the overlay's faults written into their routes, compiled.
+fn compile(base: &[ResiliencePolicy], overlay: &Overlay, version: &str) -> Result<Snapshot, String> {
+    let mut docs = base.to_vec();
+    for ((policy, route), spec) in overlay {
+        let Some(doc) = docs.iter_mut().find(|d| d.id() == *policy) else { continue };
+        if route == DEFAULT_ROUTE {
+            doc.spec.defaults.faults = Some(spec.clone());
+        } else if let Some(r) = doc.spec.routes.iter_mut().find(|r| r.name == *route) {
+            r.faults = Some(spec.clone());
+        }
+    }
+    Snapshot::compile(version, docs)
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+}
+
+fn install(snapshot: Snapshot, old: Option<&Installed>, overlay: &Overlay, metrics: &Metrics) -> Installed {
+    let states = registry::build(&snapshot, old.map_or(&[][..], |o| &o.states[..]), metrics);
+    let mut faults = vec![None; snapshot.route_count];
+    for p in &snapshot.policies {
+        for r in p.routes.iter().chain(std::iter::once(&p.default_route)) {
+            let Some(f) = &r.faults else { continue };
+            // Unchanged faults keep their state, so a `for` expiry is not restarted.
+            let kept = old.and_then(|o| {
+                o.faults
+                    .iter()
+                    .flatten()
+                    .find(|s| s.policy == r.policy && s.route == r.name && *s.faults == **f)
+                    .cloned()
+            });
+            let runtime = overlay.contains_key(&(r.policy.to_string(), r.name.to_string()));
+            faults[r.index] = Some(kept.unwrap_or_else(|| {
+                FaultState::new(
+                    r.policy.clone(),
+                    r.name.clone(),
+                    f.clone(),
+                    runtime,
+                    metrics.faults(&r.policy, &r.name),
+                )
+            }));
+        }
+    }
+    Installed { snapshot, states, faults }
 }

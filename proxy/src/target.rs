@@ -51,35 +51,19 @@ pub struct ConnTarget {
 }
 
 impl ConnTarget {
-    pub fn new(
-        direction: Direction,
-        label: Arc<str>,
-        upstream: Upstream,
-        client: SocketAddr,
-    ) -> ConnTarget {
+    pub fn new(direction: Direction, label: Arc<str>, upstream: Upstream, client: SocketAddr) -> ConnTarget {
         let target_key = match &upstream {
             Upstream::Explicit(e) => TargetKey::Listener(
                 format!(
                     "{}={}",
                     e.listener,
-                    e.resolver
-                        .targets
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",")
+                    e.resolver.targets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
                 )
                 .into(),
             ),
             Upstream::OriginalDst(a) => TargetKey::Addr(*a),
         };
-        ConnTarget {
-            direction,
-            label,
-            upstream,
-            client,
-            target_key,
-        }
+        ConnTarget { direction, label, upstream, client, target_key }
     }
 
     /// Policy selection input; `host` is the request's host when there is one.
@@ -89,11 +73,7 @@ impl ConnTarget {
                 direction: self.direction,
                 listener: Some(&e.listener),
                 hosts: [host, Some(&e.resolver.primary().host)],
-                addr: e
-                    .resolver
-                    .primary()
-                    .ip()
-                    .map(|ip| SocketAddr::new(ip, e.resolver.primary().port)),
+                addr: e.resolver.primary().ip().map(|ip| SocketAddr::new(ip, e.resolver.primary().port)),
                 port: e.resolver.primary().port,
             },
             Upstream::OriginalDst(a) => Destination {

@@ -2,7 +2,13 @@
 //! EOF from one side is passed on as a write shutdown to the other while the reverse
 //! direction keeps flowing). A connection silent in both directions for the idle timeout is
 //! closed.
+//!
+//! Injected TCP faults (a policy's `tcpFaults`) act on what is read from either side: each
+//! chunk is held `delay` (plus its time at `bandwidth` bytes per second) before it is passed
+//! on, and after `resetAfter` bytes in all the connection ends with an error, which the caller
+//! turns into a reset.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,23 +21,16 @@ use tokio::time::Instant;
 
 /// Forwards until both directions end or the pair is idle for `idle`. Returns bytes copied
 /// (downstream→upstream, upstream→downstream) or the error that ended it.
-pub async fn forward<D, U>(down: D, up: U, idle: Duration) -> io::Result<(u64, u64)>
+pub async fn forward<D, U>(down: &mut D, up: &mut U, idle: Duration, faults: Faults) -> io::Result<(u64, u64)>
 where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let start = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
-    let mut down = Activity {
-        inner: down,
-        start,
-        last: last.clone(),
-    };
-    let mut up = Activity {
-        inner: up,
-        start,
-        last: last.clone(),
-    };
+    let total = Arc::new(AtomicU64::new(0));
+    let mut down = Activity { inner: Faulty::new(down, faults, total.clone()), start, last: last.clone() };
+    let mut up = Activity { inner: Faulty::new(up, faults, total), start, last: last.clone() };
     let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
     tokio::pin!(copy);
     loop {
@@ -48,6 +47,106 @@ where
     }
 }
 
+/// The TCP faults drawn for one connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Faults {
+    pub delay: Option<Duration>,
+    pub bandwidth: Option<u64>,
+    pub reset_after: Option<u64>,
+}
+
+/// Applies `Faults` to what is read from one side. `total` counts bytes of both sides.
+struct Faulty<S> {
+    inner: S,
+    faults: Faults,
+    total: Arc<AtomicU64>,
+    held: bytes::Bytes,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    waiting: bool,
+    /// This side passed the last allowed byte: after what it holds, it resets.
+    exhausted: bool,
+}
+
+impl<S> Faulty<S> {
+    fn new(inner: S, faults: Faults, total: Arc<AtomicU64>) -> Faulty<S> {
+        Faulty {
+            inner,
+            faults,
+            total,
+            held: bytes::Bytes::new(),
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            waiting: false,
+            exhausted: false,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Faulty<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let f = self.faults;
+        if f == Faults::default() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        loop {
+            if self.waiting {
+                std::task::ready!(self.timer.as_mut().poll(cx));
+                self.waiting = false;
+            }
+            if !self.held.is_empty() {
+                let n = self.held.len().min(buf.remaining());
+                let chunk = self.held.split_to(n);
+                buf.put_slice(&chunk);
+                return Poll::Ready(Ok(()));
+            }
+            if self.exhausted {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, "injected reset")));
+            }
+            let mut tmp = [0u8; 16 * 1024];
+            let mut read = ReadBuf::new(&mut tmp);
+            std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
+            let mut data = read.filled();
+            if data.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(limit) = f.reset_after {
+                // Only the bytes that may still pass are counted and passed on.
+                let mut take = 0;
+                let _ = self.total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                    take = (limit.saturating_sub(t) as usize).min(data.len());
+                    Some(t + take as u64)
+                });
+                if take < data.len() || self.total.load(Ordering::Acquire) >= limit {
+                    self.exhausted = true;
+                }
+                data = &data[..take];
+                if data.is_empty() {
+                    continue;
+                }
+            }
+            let pause = f.delay.unwrap_or_default()
+                + f.bandwidth.map_or(Duration::ZERO, |b| Duration::from_secs_f64(data.len() as f64 / b as f64));
+            self.held = bytes::Bytes::copy_from_slice(data);
+            if !pause.is_zero() {
+                let deadline = Instant::now() + pause;
+                self.timer.as_mut().reset(deadline);
+                self.waiting = true;
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Faulty<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Records the time of the last byte read, for the idle timer.
 struct Activity<S> {
     inner: S,
@@ -56,11 +155,7 @@ struct Activity<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -72,11 +167,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -96,7 +187,10 @@ mod tests {
     async fn copies_both_ways_and_passes_half_close_on() {
         let (mut client, down) = tokio::io::duplex(1024);
         let (up, mut server) = tokio::io::duplex(1024);
-        let task = tokio::spawn(forward(down, up, Duration::from_secs(30)));
+        let task = tokio::spawn(async move {
+            let (mut down, mut up) = (down, up);
+            forward(&mut down, &mut up, Duration::from_secs(30), Faults::default()).await
+        });
         client.write_all(b"ping").await.unwrap();
         client.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -112,11 +206,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn idle_pair_is_closed_after_the_idle_timeout() {
-        let (_client, down) = tokio::io::duplex(64);
-        let (up, _server) = tokio::io::duplex(64);
+    async fn injected_delay_bandwidth_and_reset_after_bytes() {
+        let (mut client, mut down) = tokio::io::duplex(1 << 16);
+        let (mut up, mut server) = tokio::io::duplex(1 << 16);
+        let faults = Faults { delay: Some(Duration::from_millis(100)), bandwidth: Some(1000), reset_after: Some(1500) };
+        let task = tokio::spawn(async move { forward(&mut down, &mut up, Duration::from_secs(30), faults).await });
         let start = Instant::now();
-        let err = forward(down, up, Duration::from_secs(5)).await.unwrap_err();
+        client.write_all(&[7u8; 1000]).await.unwrap();
+        let mut got = vec![0u8; 1000];
+        server.read_exact(&mut got).await.unwrap();
+        // 100 ms per chunk plus 1000 bytes at 1000 B/s.
+        assert_eq!(start.elapsed(), Duration::from_millis(1100));
+        client.write_all(&[7u8; 1000]).await.unwrap();
+        let mut rest = vec![0u8; 500];
+        server.read_exact(&mut rest).await.unwrap();
+        let err = task.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "reset after exactly 1500 bytes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_pair_is_closed_after_the_idle_timeout() {
+        let (_client, mut down) = tokio::io::duplex(64);
+        let (mut up, _server) = tokio::io::duplex(64);
+        let start = Instant::now();
+        let err = forward(&mut down, &mut up, Duration::from_secs(5), Faults::default()).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(start.elapsed() >= Duration::from_secs(5));
     }

@@ -26,15 +26,12 @@ impl Reply {
     }
 
     pub fn reason(&self) -> Option<&str> {
-        self.headers
-            .get("x-bulwark-reason")
-            .and_then(|v| v.to_str().ok())
+        self.headers.get("x-bulwark-reason").and_then(|v| v.to_str().ok())
     }
 
     /// The upstream's JSON echo of the request it received.
     pub fn echo(&self) -> crate::upstream::Echo {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not an echo ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not an echo ({e}): {}", self.text()))
     }
 }
 
@@ -53,8 +50,7 @@ pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> anyh
 /// One request on a new HTTP/1.1 connection. Adds `Host` when missing.
 pub async fn send(addr: SocketAddr, mut req: Request<Full<Bytes>>) -> anyhow::Result<Reply> {
     if !req.headers().contains_key(http::header::HOST) {
-        req.headers_mut()
-            .insert(http::header::HOST, addr.to_string().parse()?);
+        req.headers_mut().insert(http::header::HOST, addr.to_string().parse()?);
     }
     let mut send = connect_h1(addr).await?;
     collect(send.send_request(req).await?).await
@@ -71,21 +67,14 @@ pub async fn connect_h1(addr: SocketAddr) -> anyhow::Result<http1::SendRequest<F
 /// An h2c connection (prior knowledge); the task ends when the connection closes.
 pub async fn connect_h2(
     addr: SocketAddr,
-) -> anyhow::Result<(
-    http2::SendRequest<Full<Bytes>>,
-    tokio::task::JoinHandle<Result<(), hyper::Error>>,
-)> {
+) -> anyhow::Result<(http2::SendRequest<Full<Bytes>>, tokio::task::JoinHandle<Result<(), hyper::Error>>)> {
     let stream = TcpStream::connect(addr).await?;
     let (send, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
     Ok((send, tokio::spawn(conn)))
 }
 
 /// One request over a new h2c connection (prior knowledge).
-pub async fn get_h2(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> anyhow::Result<Reply> {
+pub async fn get_h2(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
     let (mut send, _conn) = connect_h2(addr).await?;
     let mut req = request(Method::GET, &format!("http://{addr}{path}"), headers);
     *req.version_mut() = Version::HTTP_2;
@@ -109,8 +98,7 @@ async fn collect(resp: http::Response<hyper::body::Incoming>) -> anyhow::Result<
 pub async fn wait_ok(addr: SocketAddr, path: &str, within: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     while tokio::time::Instant::now() < deadline {
-        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), get(addr, path, &[])).await
-        {
+        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), get(addr, path, &[])).await {
             if r.status == StatusCode::OK {
                 return true;
             }

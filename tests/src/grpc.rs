@@ -36,28 +36,17 @@ impl Echo for EchoService {
 
     type BidiStream = ReplyStream;
 
-    async fn bidi(
-        &self,
-        req: Request<Streaming<EchoRequest>>,
-    ) -> Result<Response<ReplyStream>, Status> {
+    async fn bidi(&self, req: Request<Streaming<EchoRequest>>) -> Result<Response<ReplyStream>, Status> {
         let mut inbound = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         tokio::spawn(async move {
             while let Ok(Some(m)) = inbound.message().await {
-                if tx
-                    .send(Ok(EchoReply {
-                        message: format!("echo: {}", m.message),
-                    }))
-                    .await
-                    .is_err()
-                {
+                if tx.send(Ok(EchoReply { message: format!("echo: {}", m.message) })).await.is_err() {
                     return;
                 }
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }
 
@@ -69,9 +58,7 @@ pub struct GrpcUpstream {
 
 impl GrpcUpstream {
     pub async fn start() -> GrpcUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind grpc upstream");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc upstream");
         let addr = listener.local_addr().expect("addr");
         let service = std::sync::Arc::new(EchoService::default());
         let shared = service.clone();
@@ -82,11 +69,7 @@ impl GrpcUpstream {
                 .serve_with_incoming(TcpListenerStream::new(listener))
                 .await;
         });
-        GrpcUpstream {
-            addr,
-            service,
-            task,
-        }
+        GrpcUpstream { addr, service, task }
     }
 }
 

@@ -25,17 +25,16 @@ pub fn target_dir() -> std::path::PathBuf {
 
 /// A binary of this workspace, built by `cargo build --workspace --bins` (what `make test` runs first).
 pub fn workspace_bin(name: &str) -> std::path::PathBuf {
-    let var = format!(
-        "BULWARK_{}_BIN",
-        name.trim_start_matches("bulwark-")
-            .replace('-', "_")
-            .to_uppercase()
-    );
+    let var = format!("BULWARK_{}_BIN", name.trim_start_matches("bulwark-").replace('-', "_").to_uppercase());
     if let Ok(p) = std::env::var(&var) {
         return p.into();
     }
     let p = target_dir().join(name);
-    assert!(p.exists(), "{} not found; build it first with `cargo build --workspace --bins` (make test does), or set {var}", p.display());
+    assert!(
+        p.exists(),
+        "{} not found; build it first with `cargo build --workspace --bins` (make test does), or set {var}",
+        p.display()
+    );
     p
 }
 

@@ -8,11 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Why namespaced tests cannot run here, or None when they can.
 pub fn skip_reason() -> Option<String> {
-    let uid = Command::new("id")
-        .arg("-u")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let uid = Command::new("id").arg("-u").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     if uid.as_deref() != Some("0") {
         return Some("not running as root (network namespaces and iptables need root)".into());
     }
@@ -23,16 +19,11 @@ pub fn skip_reason() -> Option<String> {
             .status()
             .is_ok_and(|s| s.success());
         if !found {
-            return Some(format!(
-                "`{tool}` is not installed (make test installs iptables and iproute2 when root)"
-            ));
+            return Some(format!("`{tool}` is not installed (make test installs iptables and iproute2 when root)"));
         }
     }
     let probe = format!("bwprobe{}", std::process::id());
-    let ok = Command::new("ip")
-        .args(["netns", "add", &probe])
-        .status()
-        .is_ok_and(|s| s.success());
+    let ok = Command::new("ip").args(["netns", "add", &probe]).status().is_ok_and(|s| s.success());
     let _ = Command::new("ip").args(["netns", "del", &probe]).status();
     if !ok {
         return Some("cannot create network namespaces here (ip netns add failed)".into());
@@ -69,9 +60,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
@@ -110,25 +99,10 @@ impl PodAndRemote {
         let net = 10 + (std::process::id() % 200) as u8;
         let sub = n as u8;
         let (pod_ip, remote_ip) = (format!("10.{net}.{sub}.1"), format!("10.{net}.{sub}.2"));
-        let (pod_ip6, remote_ip6) = (
-            format!("fd00:b:{net:x}:{sub:x}::1"),
-            format!("fd00:b:{net:x}:{sub:x}::2"),
-        );
-        for (ns, dev, ip4, ip6) in [
-            (&pod, &a, &pod_ip, &pod_ip6),
-            (&remote, &b, &remote_ip, &remote_ip6),
-        ] {
+        let (pod_ip6, remote_ip6) = (format!("fd00:b:{net:x}:{sub:x}::1"), format!("fd00:b:{net:x}:{sub:x}::2"));
+        for (ns, dev, ip4, ip6) in [(&pod, &a, &pod_ip, &pod_ip6), (&remote, &b, &remote_ip, &remote_ip6)] {
             ns.run(&["ip", "addr", "add", &format!("{ip4}/24"), "dev", dev]);
-            ns.run(&[
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                &format!("{ip6}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]);
+            ns.run(&["ip", "-6", "addr", "add", &format!("{ip6}/64"), "dev", dev, "nodad"]);
             ns.run(&["ip", "link", "set", dev, "up"]);
         }
         PodAndRemote {

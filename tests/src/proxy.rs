@@ -12,11 +12,7 @@ use crate::TempDir;
 
 /// A free port on 127.0.0.1 at the time of the call.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 pub struct ProxyBuilder {
@@ -34,12 +30,7 @@ impl Default for ProxyBuilder {
 
 impl ProxyBuilder {
     pub fn new() -> ProxyBuilder {
-        ProxyBuilder {
-            listeners: Vec::new(),
-            policies: String::new(),
-            extra: String::new(),
-            prefix: Vec::new(),
-        }
+        ProxyBuilder { listeners: Vec::new(), policies: String::new(), extra: String::new(), prefix: Vec::new() }
     }
 
     /// An explicit listener on a free port forwarding to `upstream` (`host:port`).
@@ -47,25 +38,15 @@ impl ProxyBuilder {
         self.listener_with_protocol(name, upstream, "auto")
     }
 
-    pub fn listener_with_protocol(
-        mut self,
-        name: &str,
-        upstream: impl ToString,
-        protocol: &str,
-    ) -> Self {
-        self.listeners.push((
-            name.into(),
-            format!("\"{}\"", upstream.to_string()),
-            protocol.into(),
-        ));
+    pub fn listener_with_protocol(mut self, name: &str, upstream: impl ToString, protocol: &str) -> Self {
+        self.listeners.push((name.into(), format!("\"{}\"", upstream.to_string()), protocol.into()));
         self
     }
 
     /// An explicit listener balancing over several upstream endpoints.
     pub fn listener_many(mut self, name: &str, upstreams: &[std::net::SocketAddr]) -> Self {
         let list: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
-        self.listeners
-            .push((name.into(), format!("[{}]", list.join(", ")), "auto".into()));
+        self.listeners.push((name.into(), format!("[{}]", list.join(", ")), "auto".into()));
         self
     }
 
@@ -93,10 +74,7 @@ impl ProxyBuilder {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let mut listeners = HashMap::new();
-        let mut yaml = format!(
-            "admin: {admin}\nhealth: {health}\npolicyDir: policies\n{}",
-            self.extra
-        );
+        let mut yaml = format!("admin: {admin}\nhealth: {health}\npolicyDir: policies\n{}", self.extra);
         if !self.listeners.is_empty() {
             yaml.push_str("listeners:\n");
         }
@@ -106,8 +84,7 @@ impl ProxyBuilder {
             listeners.insert(name.clone(), listen);
         }
         std::fs::create_dir_all(dir.path().join("policies")).expect("policy dir");
-        std::fs::write(dir.path().join("policies/policies.yaml"), &self.policies)
-            .expect("write policies");
+        std::fs::write(dir.path().join("policies/policies.yaml"), &self.policies).expect("write policies");
         let config_path = dir.path().join("proxy.yaml");
         std::fs::write(&config_path, yaml).expect("write config");
         let log_path = dir.path().join("proxy.log");
@@ -129,21 +106,10 @@ impl ProxyBuilder {
             .stderr(log)
             .spawn()
             .expect("spawn bulwark-proxy");
-        let mut p = ProxyProcess {
-            child,
-            dir,
-            config_path,
-            admin,
-            health,
-            listeners,
-            log_path,
-        };
+        let mut p = ProxyProcess { child, dir, config_path, admin, health, listeners, log_path };
         if !crate::client::wait_ok(health, "/ready", Duration::from_secs(15)).await {
             let status = p.child.try_wait().ok().flatten();
-            panic!(
-                "bulwark-proxy did not become ready (exit: {status:?}); log:\n{}",
-                p.logs()
-            );
+            panic!("bulwark-proxy did not become ready (exit: {status:?}); log:\n{}", p.logs());
         }
         p
     }
@@ -161,10 +127,7 @@ pub struct ProxyProcess {
 
 impl ProxyProcess {
     pub fn listener(&self, name: &str) -> SocketAddr {
-        *self
-            .listeners
-            .get(name)
-            .unwrap_or_else(|| panic!("no listener {name}"))
+        *self.listeners.get(name).unwrap_or_else(|| panic!("no listener {name}"))
     }
 
     pub fn logs(&self) -> String {
@@ -172,11 +135,7 @@ impl ProxyProcess {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args(["-s", sig, &self.child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success();
+        let ok = Command::new("kill").args(["-s", sig, &self.child.id().to_string()]).status().expect("kill").success();
         assert!(ok, "kill -s {sig} failed");
     }
 
@@ -193,10 +152,7 @@ impl ProxyProcess {
     }
 
     pub async fn metrics(&self) -> String {
-        crate::client::get(self.health, "/metrics", &[])
-            .await
-            .expect("scrape")
-            .text()
+        crate::client::get(self.health, "/metrics", &[]).await.expect("scrape").text()
     }
 
     /// Sum of the samples of `name` whose labels contain every `key="value"` in `labels`.
@@ -217,11 +173,7 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         // An empty f64 sum is -0.0; +0.0 keeps "0" printing as "0".
         .sum::<f64>()

@@ -25,9 +25,7 @@ impl TcpServer {
     }
 
     async fn start(greet: bool) -> TcpServer {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind tcp server");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind tcp server");
         let addr = listener.local_addr().expect("addr");
         let task = tokio::spawn(async move {
             loop {

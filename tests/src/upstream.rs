@@ -11,6 +11,7 @@
 //! | `x-stream: 5` | send the body in 5 chunks, `x-stream-interval` apart (default 50ms) |
 //! | `x-stall-after: 2` | send 2 chunks, then go silent forever |
 //! | `x-trailer: 1` | end the body with a `x-upstream-trailer: yes` trailer |
+//! | `x-body-bytes: 20000` | answer with a body of that many bytes instead of the echo |
 //! | `x-upgrade: 1` | accept an `Upgrade` with 101 and echo bytes on the upgraded stream |
 //!
 //! Otherwise it answers 200 with a JSON echo of what it received (method, URI, version,
@@ -85,9 +86,7 @@ impl Upstream {
 
     /// From now on make every request wait `delay` before it is answered (zero: no wait).
     pub fn set_delay(&self, delay: Duration) {
-        self.stats
-            .forced_delay_ms
-            .store(delay.as_millis() as u64, Ordering::SeqCst);
+        self.stats.forced_delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn requests(&self) -> usize {
@@ -153,10 +152,7 @@ impl Drop for InFlight {
     }
 }
 
-async fn answer(
-    mut req: Request<Incoming>,
-    stats: Arc<Stats>,
-) -> Result<Response<Body>, std::io::Error> {
+async fn answer(mut req: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Body>, std::io::Error> {
     let nth = stats.requests.fetch_add(1, Ordering::SeqCst) + 1;
     let _guard = InFlight::enter(stats.clone());
     let h = req.headers().clone();
@@ -195,54 +191,31 @@ async fn answer(
     let status = match every {
         _ if forced != 0 => forced,
         Some(n) if n > 0 && nth % n == 1 % n => 503,
-        _ => header(&h, "x-status")
-            .and_then(|s| s.parse::<u16>().ok())
-            .unwrap_or(200),
+        _ => header(&h, "x-status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(200),
     };
     let method = req.method().to_string();
     let uri = req.uri().to_string();
     let version = format!("{:?}", req.version());
-    let body_len = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes().len())
-        .unwrap_or(0);
+    let body_len = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
     let echo = Echo {
         method,
         uri,
         version,
-        headers: h
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers: h.iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect(),
         body_len,
     };
     let json = Bytes::from(serde_json::to_vec(&echo).expect("json"));
-    let mut builder = Response::builder()
-        .status(status)
-        .header("content-type", "application/json");
+    let mut builder = Response::builder().status(status).header("content-type", "application/json");
     let chunks = header(&h, "x-stream").and_then(|s| s.parse::<usize>().ok());
     let stall = header(&h, "x-stall-after").and_then(|s| s.parse::<usize>().ok());
     let trailer = header(&h, "x-trailer").is_some();
     let body = if chunks.is_some() || stall.is_some() || trailer {
-        let interval = header(&h, "x-stream-interval")
-            .map(parse_ms)
-            .unwrap_or(Duration::from_millis(50));
+        let interval = header(&h, "x-stream-interval").map(parse_ms).unwrap_or(Duration::from_millis(50));
         let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
         let n = stall.or(chunks).unwrap_or(1);
         tokio::spawn(async move {
             for i in 0..n {
-                if tx
-                    .send(Ok(Frame::data(Bytes::from(format!("chunk {i}\n")))))
-                    .await
-                    .is_err()
-                {
+                if tx.send(Ok(Frame::data(Bytes::from(format!("chunk {i}\n"))))).await.is_err() {
                     return;
                 }
                 tokio::time::sleep(interval).await;
@@ -261,6 +234,8 @@ async fn answer(
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         builder = builder.header("x-upstream-streaming", "1");
         StreamBody::new(stream).boxed()
+    } else if let Some(n) = header(&h, "x-body-bytes").and_then(|s| s.parse::<usize>().ok()) {
+        Full::new(Bytes::from(vec![b'b'; n])).map_err(|never| match never {}).boxed()
     } else {
         Full::new(json).map_err(|never| match never {}).boxed()
     };
@@ -268,7 +243,5 @@ async fn answer(
 }
 
 fn empty() -> Body {
-    Full::new(Bytes::new())
-        .map_err(|never: Infallible| match never {})
-        .boxed()
+    Full::new(Bytes::new()).map_err(|never: Infallible| match never {}).boxed()
 }

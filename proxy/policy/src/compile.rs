@@ -8,10 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Errors, ValidationError};
+use crate::faults::{self, FaultPolicy, TcpFaultPolicy};
 use crate::route::{HeaderMatch, HostPattern, PathMatch, RouteMatch};
-use crate::spec::{
-    self, Direction, LoadBalancer, MatchSpec, ResiliencePolicy, RouteSettings, TimeoutSpec,
-};
+use crate::spec::{self, Direction, LoadBalancer, MatchSpec, ResiliencePolicy, RouteSettings, TimeoutSpec};
 use crate::stages::{self, BreakerPolicy, BulkheadPolicy, RateLimitPolicy, RetryPolicy};
 use crate::validate::{self, Cidr};
 
@@ -40,6 +39,7 @@ pub struct Route {
     pub breaker: Option<BreakerPolicy>,
     pub bulkhead: Option<BulkheadPolicy>,
     pub rate_limit: Option<RateLimitPolicy>,
+    pub faults: Option<Arc<FaultPolicy>>,
 }
 
 /// A route's settings after merging `defaults`: timeouts field by field, the other blocks whole.
@@ -50,6 +50,7 @@ struct Settings {
     breaker: Option<BreakerPolicy>,
     bulkhead: Option<BulkheadPolicy>,
     rate_limit: Option<RateLimitPolicy>,
+    faults: Option<Arc<FaultPolicy>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -87,6 +88,7 @@ pub struct CompiledPolicy {
     /// Used when no route matches.
     pub default_route: Arc<Route>,
     pub upstream: UpstreamPolicy,
+    pub tcp_faults: Option<TcpFaultPolicy>,
 }
 
 /// Where a connection or request is going, as far as policy selection cares.
@@ -124,32 +126,19 @@ impl Snapshot {
             out.push(ValidationError {
                 policy: "(snapshot)".into(),
                 path: String::new(),
-                message: format!(
-                    "{} policies; the limit is {}",
-                    docs.len(),
-                    validate::MAX_POLICIES
-                ),
+                message: format!("{} policies; the limit is {}", docs.len(), validate::MAX_POLICIES),
             });
             return Err(out);
         }
         // Deterministic precedence between equally specific policies: namespace, then name.
-        docs.sort_by(|a, b| {
-            (&a.metadata.namespace, &a.metadata.name)
-                .cmp(&(&b.metadata.namespace, &b.metadata.name))
-        });
+        docs.sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
         let mut seen = HashSet::new();
         let mut policies = Vec::with_capacity(docs.len());
         let mut route_count = 0;
         for doc in &docs {
-            let mut errs = Errors {
-                policy: doc.id(),
-                out: &mut out,
-            };
+            let mut errs = Errors { policy: doc.id(), out: &mut out };
             if !seen.insert(doc.id()) {
-                errs.push(
-                    "metadata.name",
-                    "another policy with the same namespace and name is in the same set",
-                );
+                errs.push("metadata.name", "another policy with the same namespace and name is in the same set");
                 continue;
             }
             if let Some(p) = compile_policy(doc, &mut errs, &mut route_count) {
@@ -157,12 +146,7 @@ impl Snapshot {
             }
         }
         if out.is_empty() {
-            Ok(Snapshot {
-                version: version.into(),
-                policies,
-                documents: docs,
-                route_count,
-            })
+            Ok(Snapshot { version: version.into(), policies, documents: docs, route_count })
         } else {
             Err(out)
         }
@@ -174,23 +158,14 @@ impl Snapshot {
         let mut best: Option<(u8, &Arc<CompiledPolicy>)> = None;
         for p in &self.policies {
             let t = &p.target;
-            if t.direction != dest.direction
-                || !(t.ports.is_empty() || t.ports.contains(&dest.port))
-            {
+            if t.direction != dest.direction || !(t.ports.is_empty() || t.ports.contains(&dest.port)) {
                 continue;
             }
             let rank = if t.listener.is_some() && t.listener.as_deref() == dest.listener {
                 0
-            } else if t
-                .service
-                .as_ref()
-                .is_some_and(|s| dest.hosts.iter().flatten().any(|h| s.matches(h)))
-            {
+            } else if t.service.as_ref().is_some_and(|s| dest.hosts.iter().flatten().any(|h| s.matches(h))) {
                 1
-            } else if dest
-                .addr
-                .is_some_and(|a| t.addresses.iter().any(|c| c.contains(a.ip())))
-            {
+            } else if dest.addr.is_some_and(|a| t.addresses.iter().any(|c| c.contains(a.ip()))) {
                 2
             } else {
                 continue;
@@ -203,71 +178,39 @@ impl Snapshot {
     }
 }
 
-fn compile_policy(
-    doc: &ResiliencePolicy,
-    errs: &mut Errors<'_>,
-    next_index: &mut usize,
-) -> Option<CompiledPolicy> {
+fn compile_policy(doc: &ResiliencePolicy, errs: &mut Errors<'_>, next_index: &mut usize) -> Option<CompiledPolicy> {
     let before = errs.out.len();
     if doc.api_version != spec::API_VERSION {
-        errs.push(
-            "apiVersion",
-            format!(
-                "{:?} is not supported; use {:?}",
-                doc.api_version,
-                spec::API_VERSION
-            ),
-        );
+        errs.push("apiVersion", format!("{:?} is not supported; use {:?}", doc.api_version, spec::API_VERSION));
     }
     if doc.kind != spec::KIND {
-        errs.push(
-            "kind",
-            format!("{:?} is not supported; use {:?}", doc.kind, spec::KIND),
-        );
+        errs.push("kind", format!("{:?} is not supported; use {:?}", doc.kind, spec::KIND));
     }
     validate::name(errs, "metadata.name", &doc.metadata.name);
     validate::name(errs, "metadata.namespace", &doc.metadata.namespace);
     let id: Arc<str> = doc.id().into();
 
     let target = compile_target(&doc.spec.target, errs);
-    let defaults = compile_settings(
-        errs,
-        "spec.defaults",
-        &doc.spec.defaults,
-        &Settings::default(),
-    );
+    let defaults = compile_settings(errs, "spec.defaults", &doc.spec.defaults, &Settings::default());
     let upstream = compile_upstream(errs, &doc.spec.upstream);
+    let tcp_faults = doc.spec.tcp_faults.as_ref().map(|t| faults::compile_tcp(errs, "spec.tcpFaults", t));
 
-    validate::count(
-        errs,
-        "spec.routes",
-        doc.spec.routes.len(),
-        validate::MAX_ROUTES,
-    );
+    validate::count(errs, "spec.routes", doc.spec.routes.len(), validate::MAX_ROUTES);
     let mut names = HashSet::new();
     let mut routes: Vec<Arc<Route>> = Vec::new();
     for (i, r) in doc.spec.routes.iter().enumerate() {
         let base = format!("spec.routes[{i}]");
         if validate::name(errs, &format!("{base}.name"), &r.name) {
             if r.name == DEFAULT_ROUTE {
-                errs.push(
-                    format!("{base}.name"),
-                    "\"default\" is reserved for requests that match no route",
-                );
+                errs.push(format!("{base}.name"), "\"default\" is reserved for requests that match no route");
             } else if !names.insert(r.name.as_str()) {
-                errs.push(
-                    format!("{base}.name"),
-                    format!("route {:?} is defined twice", r.name),
-                );
+                errs.push(format!("{base}.name"), format!("route {:?} is defined twice", r.name));
             }
         }
         if let Some(earlier) = doc.spec.routes[..i].iter().find(|e| e.matches == r.matches) {
             errs.push(
                 format!("{base}.match"),
-                format!(
-                    "can never match: route {:?} has the same match and comes first",
-                    earlier.name
-                ),
+                format!("can never match: route {:?} has the same match and comes first", earlier.name),
             );
         }
         let matcher = compile_match(errs, &format!("{base}.match"), &r.matches);
@@ -288,6 +231,7 @@ fn compile_policy(
         target: target?,
         routes,
         upstream,
+        tcp_faults,
     })
 }
 
@@ -295,10 +239,7 @@ fn compile_upstream(errs: &mut Errors<'_>, u: &spec::UpstreamSpec) -> UpstreamPo
     let pool = u.pool.clone().unwrap_or_default();
     if let Some(n) = pool.max_connections {
         if n == 0 || n > 1_000_000 {
-            errs.push(
-                "spec.upstream.pool.maxConnections",
-                format!("{n} is out of range 1..=1000000"),
-            );
+            errs.push("spec.upstream.pool.maxConnections", format!("{n} is out of range 1..=1000000"));
         }
     }
     let outlier = u.outlier_detection.as_ref().map(|o| {
@@ -327,34 +268,16 @@ fn compile_upstream(errs: &mut Errors<'_>, u: &spec::UpstreamSpec) -> UpstreamPo
         }
     });
     UpstreamPolicy {
-        connect_timeout: validate::timeout(
-            errs,
-            "spec.upstream.connectTimeout",
-            u.connect_timeout.map(|d| d.get()),
-        ),
+        connect_timeout: validate::timeout(errs, "spec.upstream.connectTimeout", u.connect_timeout.map(|d| d.get())),
         max_connections: pool.max_connections,
-        idle_timeout: validate::timeout(
-            errs,
-            "spec.upstream.pool.idleTimeout",
-            pool.idle_timeout.map(|d| d.get()),
-        ),
-        max_lifetime: validate::timeout(
-            errs,
-            "spec.upstream.pool.maxLifetime",
-            pool.max_lifetime.map(|d| d.get()),
-        ),
+        idle_timeout: validate::timeout(errs, "spec.upstream.pool.idleTimeout", pool.idle_timeout.map(|d| d.get())),
+        max_lifetime: validate::timeout(errs, "spec.upstream.pool.maxLifetime", pool.max_lifetime.map(|d| d.get())),
         outlier,
         load_balancer: u.load_balancer.unwrap_or_default(),
     }
 }
 
-fn make_route(
-    name: &str,
-    policy: &Arc<str>,
-    next_index: &mut usize,
-    matcher: RouteMatch,
-    s: Settings,
-) -> Arc<Route> {
+fn make_route(name: &str, policy: &Arc<str>, next_index: &mut usize, matcher: RouteMatch, s: Settings) -> Arc<Route> {
     let index = *next_index;
     *next_index += 1;
     Arc::new(Route {
@@ -367,22 +290,13 @@ fn make_route(
         breaker: s.breaker,
         bulkhead: s.bulkhead,
         rate_limit: s.rate_limit,
+        faults: s.faults,
     })
 }
 
 /// `spec` over `base`: timeouts merge field by field; any other block given replaces the base's.
-fn compile_settings(
-    errs: &mut Errors<'_>,
-    path: &str,
-    spec: &RouteSettings,
-    base: &Settings,
-) -> Settings {
-    let timeouts = compile_timeouts(
-        errs,
-        &format!("{path}.timeout"),
-        spec.timeout.as_ref(),
-        base.timeouts,
-    );
+fn compile_settings(errs: &mut Errors<'_>, path: &str, spec: &RouteSettings, base: &Settings) -> Settings {
+    let timeouts = compile_timeouts(errs, &format!("{path}.timeout"), spec.timeout.as_ref(), base.timeouts);
     Settings {
         timeouts,
         retries: match &spec.retries {
@@ -401,16 +315,26 @@ fn compile_settings(
             Some(r) => Some(stages::rate_limit(errs, &format!("{path}.rateLimit"), r)),
             None => base.rate_limit.clone(),
         },
+        faults: match &spec.faults {
+            Some(f) => {
+                let fp = format!("{path}.faults");
+                let headers = MatchSpec {
+                    headers: f.matches.as_ref().map(|m| m.headers.clone()).unwrap_or_default(),
+                    ..MatchSpec::default()
+                };
+                let headers =
+                    compile_match(errs, &format!("{fp}.match"), &headers).map(|m| m.headers).unwrap_or_default();
+                Some(Arc::new(faults::compile(errs, &fp, f, headers)))
+            }
+            None => base.faults.clone(),
+        },
     }
 }
 
 fn compile_target(t: &spec::TargetSpec, errs: &mut Errors<'_>) -> Option<Target> {
     let before = errs.out.len();
     if t.service.is_none() && t.listener.is_none() && t.addresses.is_empty() {
-        errs.push(
-            "spec.target",
-            "selects no traffic: set service, listener or addresses",
-        );
+        errs.push("spec.target", "selects no traffic: set service, listener or addresses");
     }
     if let Some(s) = &t.service {
         validate::host(errs, "spec.target.service", s);
@@ -418,21 +342,12 @@ fn compile_target(t: &spec::TargetSpec, errs: &mut Errors<'_>) -> Option<Target>
     if let Some(l) = &t.listener {
         validate::name(errs, "spec.target.listener", l);
     }
-    validate::count(
-        errs,
-        "spec.target.addresses",
-        t.addresses.len(),
-        validate::MAX_MATCH_ITEMS * 8,
-    );
+    validate::count(errs, "spec.target.addresses", t.addresses.len(), validate::MAX_MATCH_ITEMS * 8);
     let addresses: Vec<Cidr> = t
         .addresses
         .iter()
         .enumerate()
-        .filter_map(|(i, a)| {
-            Cidr::parse(a)
-                .map_err(|m| errs.push(format!("spec.target.addresses[{i}]"), m))
-                .ok()
-        })
+        .filter_map(|(i, a)| Cidr::parse(a).map_err(|m| errs.push(format!("spec.target.addresses[{i}]"), m)).ok())
         .collect();
     for (i, p) in t.ports.iter().enumerate() {
         if *p == 0 {
@@ -449,20 +364,12 @@ fn compile_target(t: &spec::TargetSpec, errs: &mut Errors<'_>) -> Option<Target>
 }
 
 /// Field-by-field override of `base` by `spec`.
-fn compile_timeouts(
-    errs: &mut Errors<'_>,
-    path: &str,
-    spec: Option<&TimeoutSpec>,
-    base: Timeouts,
-) -> Timeouts {
+fn compile_timeouts(errs: &mut Errors<'_>, path: &str, spec: Option<&TimeoutSpec>, base: Timeouts) -> Timeouts {
     let Some(s) = spec else { return base };
     let t = Timeouts {
-        request: validate::timeout(errs, &format!("{path}.request"), s.request.map(|d| d.get()))
-            .or(base.request),
-        per_try: validate::timeout(errs, &format!("{path}.perTry"), s.per_try.map(|d| d.get()))
-            .or(base.per_try),
-        idle: validate::timeout(errs, &format!("{path}.idle"), s.idle.map(|d| d.get()))
-            .or(base.idle),
+        request: validate::timeout(errs, &format!("{path}.request"), s.request.map(|d| d.get())).or(base.request),
+        per_try: validate::timeout(errs, &format!("{path}.perTry"), s.per_try.map(|d| d.get())).or(base.per_try),
+        idle: validate::timeout(errs, &format!("{path}.idle"), s.idle.map(|d| d.get())).or(base.idle),
     };
     if let (Some(req), Some(try_)) = (t.request, t.per_try) {
         if try_ > req {
@@ -481,11 +388,7 @@ fn compile_timeouts(
 
 fn compile_match(errs: &mut Errors<'_>, path: &str, m: &MatchSpec) -> Option<RouteMatch> {
     let before = errs.out.len();
-    let set = [
-        m.path.is_some(),
-        m.path_prefix.is_some(),
-        m.path_regex.is_some(),
-    ];
+    let set = [m.path.is_some(), m.path_prefix.is_some(), m.path_regex.is_some()];
     if set.iter().filter(|b| **b).count() > 1 {
         errs.push(path, "set at most one of path, pathPrefix and pathRegex");
     }
@@ -506,29 +409,16 @@ fn compile_match(errs: &mut Errors<'_>, path: &str, m: &MatchSpec) -> Option<Rou
 
     let methods = m.methods.as_ref().map(|ms| {
         if ms.is_empty() {
-            errs.push(
-                format!("{path}.methods"),
-                "an empty list can never match; omit methods to match any",
-            );
+            errs.push(format!("{path}.methods"), "an empty list can never match; omit methods to match any");
         }
-        validate::count(
-            errs,
-            &format!("{path}.methods"),
-            ms.len(),
-            validate::MAX_MATCH_ITEMS,
-        );
+        validate::count(errs, &format!("{path}.methods"), ms.len(), validate::MAX_MATCH_ITEMS);
         ms.iter()
             .enumerate()
             .filter_map(|(i, s)| validate::method(errs, &format!("{path}.methods[{i}]"), s))
             .collect::<Vec<_>>()
     });
 
-    validate::count(
-        errs,
-        &format!("{path}.hosts"),
-        m.hosts.len(),
-        validate::MAX_MATCH_ITEMS,
-    );
+    validate::count(errs, &format!("{path}.hosts"), m.hosts.len(), validate::MAX_MATCH_ITEMS);
     let hosts = m
         .hosts
         .iter()
@@ -537,12 +427,7 @@ fn compile_match(errs: &mut Errors<'_>, path: &str, m: &MatchSpec) -> Option<Rou
         .map(|(_, h)| HostPattern::parse(h))
         .collect();
 
-    validate::count(
-        errs,
-        &format!("{path}.headers"),
-        m.headers.len(),
-        validate::MAX_MATCH_ITEMS,
-    );
+    validate::count(errs, &format!("{path}.headers"), m.headers.len(), validate::MAX_MATCH_ITEMS);
     let mut headers = Vec::new();
     for (i, h) in m.headers.iter().enumerate() {
         let hp = format!("{path}.headers[{i}]");
@@ -561,10 +446,5 @@ fn compile_match(errs: &mut Errors<'_>, path: &str, m: &MatchSpec) -> Option<Rou
         }
     }
 
-    (errs.out.len() == before).then_some(RouteMatch {
-        hosts,
-        path: path_match,
-        methods,
-        headers,
-    })
+    (errs.out.len() == before).then_some(RouteMatch { hosts, path: path_match, methods, headers })
 }

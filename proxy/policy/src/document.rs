@@ -11,18 +11,12 @@ pub const MAX_DOCUMENT_BYTES: usize = 1 << 20;
 
 /// Parses every document of `text`. `source` names where the text came from (a file path, an
 /// inline list) and is used in errors until the policy's own name is known.
-pub fn parse_documents(
-    text: &str,
-    source: &str,
-) -> Result<Vec<ResiliencePolicy>, Vec<ValidationError>> {
+pub fn parse_documents(text: &str, source: &str) -> Result<Vec<ResiliencePolicy>, Vec<ValidationError>> {
     if text.len() > MAX_DOCUMENT_BYTES {
         return Err(vec![ValidationError {
             policy: source.to_string(),
             path: String::new(),
-            message: format!(
-                "document is {} bytes; the limit is {MAX_DOCUMENT_BYTES}",
-                text.len()
-            ),
+            message: format!("document is {} bytes; the limit is {MAX_DOCUMENT_BYTES}", text.len()),
         }]);
     }
     let mut policies = Vec::new();
@@ -33,11 +27,7 @@ pub fn parse_documents(
             Ok(serde_yaml::Value::Null) => continue,
             Ok(v) => v,
             Err(e) => {
-                errors.push(ValidationError {
-                    policy: label,
-                    path: String::new(),
-                    message: e.to_string(),
-                });
+                errors.push(ValidationError { policy: label, path: String::new(), message: e.to_string() });
                 // A syntax error leaves the stream position unknown; later documents are unreliable.
                 break;
             }
@@ -55,10 +45,7 @@ pub fn parse_documents(
 }
 
 /// Deserializes one policy from an already parsed YAML value.
-pub fn from_value(
-    value: serde_yaml::Value,
-    source: &str,
-) -> Result<ResiliencePolicy, ValidationError> {
+pub fn from_value(value: serde_yaml::Value, source: &str) -> Result<ResiliencePolicy, ValidationError> {
     let name = policy_label(&value).unwrap_or_else(|| source.to_string());
     serde_path_to_error::deserialize(value).map_err(|e| ValidationError {
         policy: name,
@@ -71,10 +58,7 @@ pub fn from_value(
 fn policy_label(v: &serde_yaml::Value) -> Option<String> {
     let meta = v.get("metadata")?;
     let name = meta.get("name")?.as_str()?;
-    let ns = meta
-        .get("namespace")
-        .and_then(|n| n.as_str())
-        .unwrap_or("default");
+    let ns = meta.get("namespace").and_then(|n| n.as_str()).unwrap_or("default");
     Some(format!("{ns}/{name}"))
 }
 

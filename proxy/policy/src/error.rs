@@ -29,10 +29,6 @@ pub(crate) struct Errors<'a> {
 
 impl Errors<'_> {
     pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.out.push(ValidationError {
-            policy: self.policy.clone(),
-            path: path.into(),
-            message: message.into(),
-        });
+        self.out.push(ValidationError { policy: self.policy.clone(), path: path.into(), message: message.into() });
     }
 }

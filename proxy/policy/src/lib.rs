@@ -7,22 +7,20 @@ pub mod compile;
 pub mod document;
 pub mod duration;
 mod error;
+pub mod faults;
 pub mod route;
 pub mod spec;
 pub mod stages;
 pub mod validate;
 
 pub use compile::{
-    CompiledPolicy, Destination, OutlierPolicy, Route, Snapshot, Timeouts, UpstreamPolicy,
-    DEFAULT_ROUTE,
+    CompiledPolicy, Destination, OutlierPolicy, Route, Snapshot, Timeouts, UpstreamPolicy, DEFAULT_ROUTE,
 };
 pub use document::parse_documents;
 pub use error::ValidationError;
 pub use route::RequestInfo;
 pub use spec::{Direction, LoadBalancer, ResiliencePolicy};
-pub use stages::{
-    BreakerPolicy, BulkheadPolicy, ClientKey, Condition, RateLimitPolicy, RetryPolicy,
-};
+pub use stages::{BreakerPolicy, BulkheadPolicy, ClientKey, Condition, RateLimitPolicy, RetryPolicy};
 
 #[cfg(test)]
 mod tests;

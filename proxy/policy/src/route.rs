@@ -43,8 +43,7 @@ impl HostPattern {
         match self {
             HostPattern::Exact(h) => h.eq_ignore_ascii_case(host),
             HostPattern::Suffix(s) => {
-                host.len() > s.len()
-                    && host.as_bytes()[host.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
+                host.len() > s.len() && host.as_bytes()[host.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
             }
         }
     }
@@ -58,16 +57,12 @@ pub enum HeaderMatch {
 }
 
 impl HeaderMatch {
-    fn matches(&self, headers: &HeaderMap) -> bool {
+    pub fn matches(&self, headers: &HeaderMap) -> bool {
         match self {
-            HeaderMatch::Exact(name, want) => headers
-                .get_all(name)
-                .iter()
-                .any(|v| v.as_bytes() == want.as_bytes()),
-            HeaderMatch::Regex(name, re) => headers
-                .get_all(name)
-                .iter()
-                .any(|v| v.to_str().is_ok_and(|s| re.is_match(s))),
+            HeaderMatch::Exact(name, want) => headers.get_all(name).iter().any(|v| v.as_bytes() == want.as_bytes()),
+            HeaderMatch::Regex(name, re) => {
+                headers.get_all(name).iter().any(|v| v.to_str().is_ok_and(|s| re.is_match(s)))
+            }
             HeaderMatch::Present(name, want) => headers.contains_key(name) == *want,
         }
     }
@@ -83,12 +78,7 @@ pub struct RouteMatch {
 
 impl RouteMatch {
     pub fn any() -> RouteMatch {
-        RouteMatch {
-            hosts: Vec::new(),
-            path: PathMatch::Any,
-            methods: None,
-            headers: Vec::new(),
-        }
+        RouteMatch { hosts: Vec::new(), path: PathMatch::Any, methods: None, headers: Vec::new() }
     }
 
     pub fn matches(&self, req: &RequestInfo<'_>) -> bool {
@@ -99,14 +89,8 @@ impl RouteMatch {
             PathMatch::Regex(re) => re.is_match(req.path),
         };
         path_ok
-            && (self.hosts.is_empty()
-                || req
-                    .host
-                    .is_some_and(|h| self.hosts.iter().any(|p| p.matches(h))))
-            && self
-                .methods
-                .as_ref()
-                .is_none_or(|ms| ms.iter().any(|m| m == req.method))
+            && (self.hosts.is_empty() || req.host.is_some_and(|h| self.hosts.iter().any(|p| p.matches(h))))
+            && self.methods.as_ref().is_none_or(|ms| ms.iter().any(|m| m == req.method))
             && self.headers.iter().all(|h| h.matches(req.headers))
     }
 
@@ -142,19 +126,11 @@ mod tests {
     use super::*;
 
     fn info<'a>(method: &'a Method, path: &'a str, headers: &'a HeaderMap) -> RequestInfo<'a> {
-        RequestInfo {
-            method,
-            path,
-            host: Some("api.example.com"),
-            headers,
-        }
+        RequestInfo { method, path, host: Some("api.example.com"), headers }
     }
 
     fn with_path(path: PathMatch) -> RouteMatch {
-        RouteMatch {
-            path,
-            ..RouteMatch::any()
-        }
+        RouteMatch { path, ..RouteMatch::any() }
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub struct PolicySpec {
     pub routes: Vec<RouteSpec>,
     #[serde(default, skip_serializing_if = "UpstreamSpec::is_empty")]
     pub upstream: UpstreamSpec,
+    /// Faults for opaque TCP connections of this target (TCP has no routes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_faults: Option<TcpFaultSpec>,
 }
 
 /// Which traffic the policy governs. At least one selector must be given; `ports` and
@@ -108,6 +111,8 @@ pub struct RouteSettings {
     pub bulkhead: Option<BulkheadSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faults: Option<FaultSpec>,
 }
 
 impl RouteSettings {
@@ -134,6 +139,8 @@ pub struct RouteSpec {
     pub bulkhead: Option<BulkheadSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faults: Option<FaultSpec>,
 }
 
 impl RouteSpec {
@@ -144,6 +151,7 @@ impl RouteSpec {
             circuit_breaker: self.circuit_breaker.clone(),
             bulkhead: self.bulkhead.clone(),
             rate_limit: self.rate_limit.clone(),
+            faults: self.faults.clone(),
         }
     }
 }
@@ -359,9 +367,126 @@ impl<'de> Deserialize<'de> for Token {
         match serde_yaml::Value::deserialize(d)? {
             serde_yaml::Value::String(s) => Ok(Token(s)),
             serde_yaml::Value::Number(n) => Ok(Token(n.to_string())),
-            other => Err(serde::de::Error::custom(format!(
-                "expected a word or a number, found {other:?}"
-            ))),
+            other => Err(serde::de::Error::custom(format!("expected a word or a number, found {other:?}"))),
         }
     }
+}
+
+/// Injected failures for a route's HTTP requests. Each kind is drawn on its own, per request,
+/// with its `percent` (decimals allowed down to 0.0001, one in a million).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FaultSpec {
+    /// Held before the request is sent upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<DelaySpec>,
+    /// Answered by the proxy; the request never reaches the upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<AbortSpec>,
+    /// Held after the upstream answered, before the response headers go to the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_delay: Option<DelaySpec>,
+    /// The response body sent at most this fast.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_bandwidth: Option<BandwidthSpec>,
+    /// Limits the faults to some requests; without it every request of the route may be hit.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "match")]
+    pub matches: Option<FaultMatchSpec>,
+    /// RFC 3339 time after which the proxy drops these faults by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// Like `expiresAt`, counted from when the proxy first applied these faults.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "for")]
+    pub for_: Option<Dur>,
+}
+
+/// `fixed`, or a `range` drawn uniformly.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DelaySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<RangeSpec>,
+    pub percent: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RangeSpec {
+    pub min: Dur,
+    pub max: Dur,
+}
+
+/// Exactly one of `httpStatus` and `grpcStatus`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AbortSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u16>,
+    pub percent: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BandwidthSpec {
+    pub bytes_per_second: u64,
+    #[serde(default = "hundred")]
+    pub percent: f64,
+}
+
+fn hundred() -> f64 {
+    100.0
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FaultMatchSpec {
+    /// Every header condition must hold (same form as route header matches).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatchSpec>,
+    /// A stable share of clients (by source IP): the same clients are hit for the whole experiment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_percent: Option<f64>,
+}
+
+/// Faults for opaque TCP connections; each drawn per connection with its `percent`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpFaultSpec {
+    /// Each chunk read from either side is held this long before it is passed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<TcpDelaySpec>,
+    /// Each direction passed on at most this fast.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<BandwidthSpec>,
+    /// Reset (RST) the connection at once, or after `afterBytes` bytes in either direction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset: Option<TcpResetSpec>,
+    /// Accept and never answer: nothing is sent upstream, nothing comes back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blackhole: Option<PercentSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpDelaySpec {
+    pub per_chunk: Dur,
+    pub percent: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpResetSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_bytes: Option<u64>,
+    pub percent: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PercentSpec {
+    pub percent: f64,
 }

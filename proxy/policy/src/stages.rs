@@ -52,9 +52,7 @@ impl Condition {
             _ => {
                 if let Ok(code) = s.parse::<u16>() {
                     if !(400..=599).contains(&code) {
-                        return Err(format!(
-                            "{s:?}: only 4xx and 5xx statuses can be conditions"
-                        ));
+                        return Err(format!("{s:?}: only 4xx and 5xx statuses can be conditions"));
                     }
                     Condition::Status(code)
                 } else if let Some((_, code)) = GRPC_NAMES.iter().find(|(n, _)| *n == s) {
@@ -70,28 +68,16 @@ impl Condition {
     }
 }
 
-fn conditions(
-    errs: &mut Errors<'_>,
-    path: &str,
-    list: Option<&Vec<Token>>,
-    default: &[Condition],
-) -> Vec<Condition> {
+fn conditions(errs: &mut Errors<'_>, path: &str, list: Option<&Vec<Token>>, default: &[Condition]) -> Vec<Condition> {
     let Some(list) = list else {
         return default.to_vec();
     };
     if list.is_empty() {
-        errs.push(
-            path,
-            "an empty list matches nothing; omit it for the default",
-        );
+        errs.push(path, "an empty list matches nothing; omit it for the default");
     }
     list.iter()
         .enumerate()
-        .filter_map(|(i, s)| {
-            Condition::parse(&s.0)
-                .map_err(|m| errs.push(format!("{path}[{i}]"), m))
-                .ok()
-        })
+        .filter_map(|(i, s)| Condition::parse(&s.0).map_err(|m| errs.push(format!("{path}[{i}]"), m)).ok())
         .collect()
 }
 
@@ -106,10 +92,7 @@ fn positive(errs: &mut Errors<'_>, path: &str, d: Duration, max: Duration) -> Du
     if d.is_zero() {
         errs.push(path, "must be greater than zero");
     } else if d > max {
-        errs.push(
-            path,
-            format!("must be at most {}", crate::duration::format(max)),
-        );
+        errs.push(path, format!("must be at most {}", crate::duration::format(max)));
     }
     d
 }
@@ -134,26 +117,11 @@ pub struct RetryPolicy {
     pub max_buffered_bytes: u64,
 }
 
-pub const DEFAULT_RETRY_ON: [Condition; 3] = [
-    Condition::ConnectFailure,
-    Condition::Reset,
-    Condition::GatewayError,
-];
+pub const DEFAULT_RETRY_ON: [Condition; 3] = [Condition::ConnectFailure, Condition::Reset, Condition::GatewayError];
 
 pub(crate) fn retry(errs: &mut Errors<'_>, path: &str, s: &RetrySpec) -> RetryPolicy {
-    let attempts = range(
-        errs,
-        &format!("{path}.attempts"),
-        u64::from(s.attempts),
-        1,
-        10,
-    ) as u32;
-    let on = conditions(
-        errs,
-        &format!("{path}.on"),
-        s.on.as_ref(),
-        &DEFAULT_RETRY_ON,
-    );
+    let attempts = range(errs, &format!("{path}.attempts"), u64::from(s.attempts), 1, 10) as u32;
+    let on = conditions(errs, &format!("{path}.on"), s.on.as_ref(), &DEFAULT_RETRY_ON);
     if on.contains(&Condition::Timeout) {
         errs.push(
             format!("{path}.on"),
@@ -168,31 +136,18 @@ pub(crate) fn retry(errs: &mut Errors<'_>, path: &str, s: &RetrySpec) -> RetryPo
         None => (Duration::from_millis(25), Duration::from_millis(250)),
     };
     if max < base {
-        errs.push(
-            format!("{path}.backoff.max"),
-            "must not be smaller than backoff.base",
-        );
+        errs.push(format!("{path}.backoff.max"), "must not be smaller than backoff.base");
     }
     let (budget_percent, budget_min_per_second) = match &s.budget {
         Some(b) => (
             percent(errs, &format!("{path}.budget.percent"), b.percent),
-            range(
-                errs,
-                &format!("{path}.budget.minPerSecond"),
-                u64::from(b.min_per_second.unwrap_or(10)),
-                0,
-                100_000,
-            ) as u32,
+            range(errs, &format!("{path}.budget.minPerSecond"), u64::from(b.min_per_second.unwrap_or(10)), 0, 100_000)
+                as u32,
         ),
         None => (20.0, 10),
     };
-    let max_buffered_bytes = range(
-        errs,
-        &format!("{path}.maxBufferedBytes"),
-        s.max_buffered_bytes.unwrap_or(64 * 1024),
-        0,
-        16 << 20,
-    );
+    let max_buffered_bytes =
+        range(errs, &format!("{path}.maxBufferedBytes"), s.max_buffered_bytes.unwrap_or(64 * 1024), 0, 16 << 20);
     RetryPolicy {
         attempts,
         on,
@@ -216,53 +171,28 @@ pub struct BreakerPolicy {
     pub failure_on: Vec<Condition>,
 }
 
-pub const DEFAULT_FAILURE_ON: [Condition; 4] = [
-    Condition::Any5xx,
-    Condition::ConnectFailure,
-    Condition::Reset,
-    Condition::Timeout,
-];
+pub const DEFAULT_FAILURE_ON: [Condition; 4] =
+    [Condition::Any5xx, Condition::ConnectFailure, Condition::Reset, Condition::Timeout];
 
 pub(crate) fn breaker(errs: &mut Errors<'_>, path: &str, s: &BreakerSpec) -> BreakerPolicy {
-    if s.consecutive_failures.is_none() && s.failure_rate_percent.is_none() && s.slow_call.is_none()
-    {
-        errs.push(
-            path,
-            "sets no trip rule: set consecutiveFailures, failureRatePercent or slowCall",
-        );
+    if s.consecutive_failures.is_none() && s.failure_rate_percent.is_none() && s.slow_call.is_none() {
+        errs.push(path, "sets no trip rule: set consecutiveFailures, failureRatePercent or slowCall");
     }
-    let consecutive_failures = s.consecutive_failures.map(|n| {
-        range(
-            errs,
-            &format!("{path}.consecutiveFailures"),
-            u64::from(n),
-            1,
-            1_000_000,
-        ) as u32
-    });
-    let failure_rate_percent = s
-        .failure_rate_percent
-        .map(|p| percent(errs, &format!("{path}.failureRatePercent"), p));
+    let consecutive_failures = s
+        .consecutive_failures
+        .map(|n| range(errs, &format!("{path}.consecutiveFailures"), u64::from(n), 1, 1_000_000) as u32);
+    let failure_rate_percent = s.failure_rate_percent.map(|p| percent(errs, &format!("{path}.failureRatePercent"), p));
     let slow_call = s.slow_call.as_ref().map(|sc| {
         (
             positive(errs, &format!("{path}.slowCall.over"), sc.over.get(), HOUR),
-            percent(
-                errs,
-                &format!("{path}.slowCall.ratePercent"),
-                sc.rate_percent,
-            ),
+            percent(errs, &format!("{path}.slowCall.ratePercent"), sc.rate_percent),
         )
     });
     BreakerPolicy {
         consecutive_failures,
         failure_rate_percent,
         slow_call,
-        window: positive(
-            errs,
-            &format!("{path}.window"),
-            s.window.map_or(Duration::from_secs(30), |d| d.get()),
-            HOUR,
-        ),
+        window: positive(errs, &format!("{path}.window"), s.window.map_or(Duration::from_secs(30), |d| d.get()), HOUR),
         minimum_requests: range(
             errs,
             &format!("{path}.minimumRequests"),
@@ -283,12 +213,7 @@ pub(crate) fn breaker(errs: &mut Errors<'_>, path: &str, s: &BreakerSpec) -> Bre
             1,
             1000,
         ) as u32,
-        failure_on: conditions(
-            errs,
-            &format!("{path}.failureOn"),
-            s.failure_on.as_ref(),
-            &DEFAULT_FAILURE_ON,
-        ),
+        failure_on: conditions(errs, &format!("{path}.failureOn"), s.failure_on.as_ref(), &DEFAULT_FAILURE_ON),
     }
 }
 
@@ -300,32 +225,18 @@ pub struct BulkheadPolicy {
 }
 
 pub(crate) fn bulkhead(errs: &mut Errors<'_>, path: &str, s: &BulkheadSpec) -> BulkheadPolicy {
-    let max_queued = range(
-        errs,
-        &format!("{path}.maxQueued"),
-        u64::from(s.max_queued.unwrap_or(0)),
-        0,
-        1_000_000,
-    ) as u32;
+    let max_queued =
+        range(errs, &format!("{path}.maxQueued"), u64::from(s.max_queued.unwrap_or(0)), 0, 1_000_000) as u32;
     let queue_timeout = match s.queue_timeout {
         Some(d) => positive(errs, &format!("{path}.queueTimeout"), d.get(), HOUR),
         None if max_queued > 0 => {
-            errs.push(
-                format!("{path}.queueTimeout"),
-                "required when maxQueued is set: how long may a request wait?",
-            );
+            errs.push(format!("{path}.queueTimeout"), "required when maxQueued is set: how long may a request wait?");
             Duration::ZERO
         }
         None => Duration::ZERO,
     };
     BulkheadPolicy {
-        max_concurrent: range(
-            errs,
-            &format!("{path}.maxConcurrent"),
-            u64::from(s.max_concurrent),
-            1,
-            1_000_000,
-        ) as u32,
+        max_concurrent: range(errs, &format!("{path}.maxConcurrent"), u64::from(s.max_concurrent), 1, 1_000_000) as u32,
         max_queued,
         queue_timeout,
     }
@@ -351,23 +262,11 @@ pub struct RateLimitPolicy {
 
 fn bucket(errs: &mut Errors<'_>, path: &str, per_second: f64, burst: Option<u32>) -> Bucket {
     if !(per_second > 0.0 && per_second <= 1e9) {
-        errs.push(
-            format!("{path}.perSecond"),
-            format!("{per_second} is out of range (0, 1e9]"),
-        );
+        errs.push(format!("{path}.perSecond"), format!("{per_second} is out of range (0, 1e9]"));
     }
     // Without an explicit burst, one second's worth (at least one token).
     let burst = burst.unwrap_or_else(|| per_second.ceil().max(1.0) as u32);
-    Bucket {
-        per_second,
-        burst: range(
-            errs,
-            &format!("{path}.burst"),
-            u64::from(burst),
-            1,
-            1_000_000_000,
-        ) as u32,
-    }
+    Bucket { per_second, burst: range(errs, &format!("{path}.burst"), u64::from(burst), 1, 1_000_000_000) as u32 }
 }
 
 pub(crate) fn rate_limit(errs: &mut Errors<'_>, path: &str, s: &RateLimitSpec) -> RateLimitPolicy {
@@ -385,13 +284,8 @@ pub(crate) fn rate_limit(errs: &mut Errors<'_>, path: &str, s: &RateLimitSpec) -
             }
         };
         let b = bucket(errs, &p, c.per_second, c.burst);
-        let max = range(
-            errs,
-            &format!("{p}.maxClients"),
-            u64::from(c.max_clients.unwrap_or(10_000)),
-            1,
-            1_000_000,
-        ) as u32;
+        let max =
+            range(errs, &format!("{p}.maxClients"), u64::from(c.max_clients.unwrap_or(10_000)), 1, 1_000_000) as u32;
         key.map(|k| (k, b, max))
     });
     RateLimitPolicy { route, per_client }
@@ -404,17 +298,9 @@ mod tests {
     #[test]
     fn parses_the_condition_vocabulary() {
         assert_eq!(Condition::parse("503").unwrap(), Condition::Status(503));
-        assert_eq!(
-            Condition::parse("unavailable").unwrap(),
-            Condition::Grpc(14)
-        );
-        assert_eq!(
-            Condition::parse("gateway-error").unwrap(),
-            Condition::GatewayError
-        );
+        assert_eq!(Condition::parse("unavailable").unwrap(), Condition::Grpc(14));
+        assert_eq!(Condition::parse("gateway-error").unwrap(), Condition::GatewayError);
         assert!(Condition::parse("200").is_err());
-        assert!(Condition::parse("flaky")
-            .unwrap_err()
-            .contains("is not a condition"));
+        assert!(Condition::parse("flaky").unwrap_err().contains("is not a condition"));
     }
 }

@@ -24,26 +24,15 @@ spec:
 "#;
 
 fn compile(text: &str) -> Result<Snapshot, Vec<String>> {
-    let docs = parse_documents(text, "test.yaml")
-        .map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    let docs = parse_documents(text, "test.yaml").map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
     Snapshot::compile("1", docs).map_err(|e| e.iter().map(|e| e.to_string()).collect())
 }
 
 fn route_for(s: &Snapshot, method: Method, path: &str) -> String {
     let p = &s.policies[0];
     let headers = HeaderMap::new();
-    let info = RequestInfo {
-        method: &method,
-        path,
-        host: None,
-        headers: &headers,
-    };
-    p.routes
-        .iter()
-        .find(|r| r.matcher.matches(&info))
-        .unwrap_or(&p.default_route)
-        .name
-        .to_string()
+    let info = RequestInfo { method: &method, path, host: None, headers: &headers };
+    p.routes.iter().find(|r| r.matcher.matches(&info)).unwrap_or(&p.default_route).name.to_string()
 }
 
 #[test]
@@ -53,11 +42,7 @@ fn most_specific_route_wins_and_defaults_are_inherited() {
     assert_eq!(route_for(&s, Method::POST, "/charge/card/1"), "charge");
     assert_eq!(route_for(&s, Method::GET, "/charge/card/1"), "any-charge");
     assert_eq!(route_for(&s, Method::GET, "/other"), "default");
-    let charge = s.policies[0]
-        .routes
-        .iter()
-        .find(|r| &*r.name == "charge")
-        .unwrap();
+    let charge = s.policies[0].routes.iter().find(|r| &*r.name == "charge").unwrap();
     assert_eq!(charge.timeouts.request, Some(Duration::from_secs(2)));
     assert_eq!(charge.timeouts.per_try, Some(Duration::from_millis(800)));
     // Not set on the route: inherited from defaults.
@@ -69,11 +54,7 @@ fn unknown_field_is_named_with_its_path() {
     let bad = GOOD.replace("timeout: { request: 5s }", "timout: { request: 5s }");
     let errs = compile(&bad).unwrap_err();
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert!(
-        errs[0].starts_with("policy shop/payments: spec.routes[0].timout: unknown field `timout`"),
-        "{}",
-        errs[0]
-    );
+    assert!(errs[0].starts_with("policy shop/payments: spec.routes[0].timout: unknown field `timout`"), "{}", errs[0]);
 }
 
 #[test]
@@ -109,8 +90,7 @@ spec:
     ];
     for w in want {
         assert!(
-            errs.iter()
-                .any(|e| e.contains(w) && e.starts_with("policy default/p: ")),
+            errs.iter().any(|e| e.contains(w) && e.starts_with("policy default/p: ")),
             "missing {w:?} in {errs:#?}"
         );
     }
@@ -120,38 +100,22 @@ spec:
 fn unit_less_duration_is_refused_with_path() {
     let bad = GOOD.replace("request: 3s", "request: 3");
     let errs = compile(&bad).unwrap_err();
-    assert!(
-        errs[0].contains("spec.defaults.timeout.request") && errs[0].contains("missing unit"),
-        "{errs:?}"
-    );
+    assert!(errs[0].contains("spec.defaults.timeout.request") && errs[0].contains("missing unit"), "{errs:?}");
 }
 
 #[test]
 fn wrong_api_version_and_duplicate_policies_are_refused() {
-    let twice = format!(
-        "{GOOD}\n---\n{}",
-        GOOD.replace("bulwark.dev/v1", "bulwark.dev/v2")
-    );
+    let twice = format!("{GOOD}\n---\n{}", GOOD.replace("bulwark.dev/v1", "bulwark.dev/v2"));
     let errs = compile(&twice).unwrap_err();
-    assert!(
-        errs.iter()
-            .any(|e| e.contains("metadata.name: another policy")),
-        "{errs:?}"
-    );
+    assert!(errs.iter().any(|e| e.contains("metadata.name: another policy")), "{errs:?}");
     let v2 = compile(&GOOD.replace("bulwark.dev/v1", "bulwark.dev/v2")).unwrap_err();
-    assert!(
-        v2[0].contains("apiVersion: \"bulwark.dev/v2\" is not supported"),
-        "{v2:?}"
-    );
+    assert!(v2[0].contains("apiVersion: \"bulwark.dev/v2\" is not supported"), "{v2:?}");
 }
 
 #[test]
 fn yaml_syntax_error_names_the_source() {
     let errs = compile("apiVersion: [").unwrap_err();
-    assert!(
-        errs[0].starts_with("policy test.yaml (document 1): "),
-        "{errs:?}"
-    );
+    assert!(errs[0].starts_with("policy test.yaml (document 1): "), "{errs:?}");
 }
 
 #[test]
@@ -180,32 +144,13 @@ spec: { target: { addresses: [0.0.0.0/0], direction: inbound } }
     let s = compile(text).unwrap();
     let addr = Some("10.1.2.3:80".parse().unwrap());
     let pick = |listener, host, port, direction| {
-        s.select(&Destination {
-            direction,
-            listener,
-            hosts: [host, None],
-            addr,
-            port,
-        })
-        .map(|p| p.id.to_string())
+        s.select(&Destination { direction, listener, hosts: [host, None], addr, port }).map(|p| p.id.to_string())
     };
     let out = Direction::Outbound;
-    assert_eq!(
-        pick(Some("edge"), Some("a.shop.svc"), 80, out).as_deref(),
-        Some("default/by-listener")
-    );
-    assert_eq!(
-        pick(None, Some("a.shop.svc"), 80, out).as_deref(),
-        Some("default/by-service")
-    );
-    assert_eq!(
-        pick(None, Some("a.shop.svc"), 81, out).as_deref(),
-        Some("default/by-address")
-    );
-    assert_eq!(
-        pick(None, None, 80, Direction::Inbound).as_deref(),
-        Some("default/inbound")
-    );
+    assert_eq!(pick(Some("edge"), Some("a.shop.svc"), 80, out).as_deref(), Some("default/by-listener"));
+    assert_eq!(pick(None, Some("a.shop.svc"), 80, out).as_deref(), Some("default/by-service"));
+    assert_eq!(pick(None, Some("a.shop.svc"), 81, out).as_deref(), Some("default/by-address"));
+    assert_eq!(pick(None, None, 80, Direction::Inbound).as_deref(), Some("default/inbound"));
     let none = s.select(&Destination {
         direction: out,
         listener: None,
@@ -248,31 +193,14 @@ spec:
     let a = &p.routes[0];
     let r = a.retries.as_ref().unwrap();
     assert_eq!(r.attempts, 1);
-    assert_eq!(
-        r.on,
-        crate::stages::DEFAULT_RETRY_ON.to_vec(),
-        "a route's block replaces the defaults' whole"
-    );
-    assert_eq!(
-        (r.backoff_base, r.backoff_max),
-        (Duration::from_millis(10), Duration::from_millis(40))
-    );
+    assert_eq!(r.on, crate::stages::DEFAULT_RETRY_ON.to_vec(), "a route's block replaces the defaults' whole");
+    assert_eq!((r.backoff_base, r.backoff_max), (Duration::from_millis(10), Duration::from_millis(40)));
     assert_eq!((r.budget_percent, r.budget_min_per_second), (50.0, 10));
     assert_eq!(a.bulkhead.as_ref().unwrap().max_concurrent, 5, "inherited");
     let b = a.breaker.as_ref().unwrap();
-    assert_eq!(
-        (b.consecutive_failures, b.open_for, b.half_open_requests),
-        (Some(3), Duration::from_secs(5), 3)
-    );
+    assert_eq!((b.consecutive_failures, b.open_for, b.half_open_requests), (Some(3), Duration::from_secs(5), 3));
     let d = p.default_route.retries.as_ref().unwrap();
-    assert_eq!(
-        d.on,
-        vec![
-            crate::Condition::Reset,
-            crate::Condition::Status(503),
-            crate::Condition::Grpc(14)
-        ]
-    );
+    assert_eq!(d.on, vec![crate::Condition::Reset, crate::Condition::Status(503), crate::Condition::Grpc(14)]);
     let rl = p.default_route.rate_limit.as_ref().unwrap();
     assert_eq!((rl.route.per_second, rl.route.burst), (100.0, 100));
     assert!(
@@ -310,9 +238,49 @@ spec:
         "spec.defaults.rateLimit.perSecond: 0 is out of range",
         "spec.defaults.rateLimit.perClient: set exactly one of header and sourceIp",
     ] {
-        assert!(
-            errs.iter().any(|e| e.contains(want)),
-            "missing {want:?} in {errs:#?}"
-        );
+        assert!(errs.iter().any(|e| e.contains(want)), "missing {want:?} in {errs:#?}");
     }
+}
+
+#[test]
+fn fault_errors_name_their_fields() {
+    let text = r#"
+apiVersion: bulwark.dev/v1
+kind: ResiliencePolicy
+metadata: { name: p }
+spec:
+  target: { listener: web }
+  defaults:
+    faults:
+      delay: { fixed: 1s, range: { min: 1s, max: 2s }, percent: 10 }
+      abort: { httpStatus: 700, percent: 0.00001 }
+      responseBandwidth: { bytesPerSecond: 0 }
+      match: { clientPercent: 101 }
+      expiresAt: "next tuesday"
+  tcpFaults:
+    reset: { percent: -1 }
+"#;
+    let errs = compile(text).unwrap_err();
+    for want in [
+        "spec.defaults.faults.delay: set exactly one of fixed and range",
+        "spec.defaults.faults.abort.httpStatus: 700 is not an HTTP status",
+        "spec.defaults.faults.abort.percent: 0.00001 is finer than the smallest percentage",
+        "spec.defaults.faults.responseBandwidth.bytesPerSecond: must be at least 1",
+        "spec.defaults.faults.match.clientPercent: 101 is not a percentage",
+        "spec.defaults.faults.expiresAt: \"next tuesday\" is not an RFC 3339 time",
+        "spec.tcpFaults.reset.percent: -1 is not a percentage",
+    ] {
+        assert!(errs.iter().any(|e| e.contains(want)), "missing {want:?} in {errs:#?}");
+    }
+    let ok = compile(
+        &text
+            .replace("range: { min: 1s, max: 2s }, ", "")
+            .replace("700", "503")
+            .replace("0.00001", "0.0001")
+            .replace("bytesPerSecond: 0", "bytesPerSecond: 10")
+            .replace("101", "50")
+            .replace("\"next tuesday\"", "\"2030-01-01T00:00:00Z\"")
+            .replace("-1", "100"),
+    );
+    assert!(ok.is_ok(), "{ok:?}");
 }

@@ -20,9 +20,7 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 pub(crate) fn name(errs: &mut Errors<'_>, path: &str, value: &str) -> bool {
     let ok = !value.is_empty()
         && value.len() <= 253
-        && value.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b'_'
-        })
+        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b'_')
         && value.as_bytes()[0].is_ascii_alphanumeric();
     if !ok {
         errs.push(
@@ -49,13 +47,7 @@ pub(crate) fn timeout(errs: &mut Errors<'_>, path: &str, d: Option<Duration>) ->
 
 pub(crate) fn regex(errs: &mut Errors<'_>, path: &str, pattern: &str) -> Option<Regex> {
     if pattern.len() > MAX_REGEX_BYTES {
-        errs.push(
-            path,
-            format!(
-                "regex is {} bytes; the limit is {MAX_REGEX_BYTES}",
-                pattern.len()
-            ),
-        );
+        errs.push(path, format!("regex is {} bytes; the limit is {MAX_REGEX_BYTES}", pattern.len()));
         return None;
     }
     // Anchored: a route regex describes the whole value, as in Envoy's safe_regex.
@@ -74,16 +66,10 @@ pub(crate) fn regex(errs: &mut Errors<'_>, path: &str, pattern: &str) -> Option<
 
 pub(crate) fn path_literal(errs: &mut Errors<'_>, path: &str, value: &str) -> bool {
     if !value.starts_with('/') {
-        errs.push(
-            path,
-            format!("{value:?} can never match: request paths start with '/'"),
-        );
+        errs.push(path, format!("{value:?} can never match: request paths start with '/'"));
         false
     } else if value.contains('?') || value.contains('#') {
-        errs.push(
-            path,
-            format!("{value:?} can never match: paths are matched without query or fragment"),
-        );
+        errs.push(path, format!("{value:?} can never match: paths are matched without query or fragment"));
         false
     } else {
         true
@@ -94,10 +80,7 @@ pub(crate) fn method(errs: &mut Errors<'_>, path: &str, value: &str) -> Option<M
     match Method::from_bytes(value.as_bytes()) {
         Ok(m) if value.bytes().all(|b| b.is_ascii_uppercase()) => Some(m),
         _ => {
-            errs.push(
-                path,
-                format!("{value:?} is not an HTTP method (write it in upper case, e.g. GET)"),
-            );
+            errs.push(path, format!("{value:?} is not an HTTP method (write it in upper case, e.g. GET)"));
             None
         }
     }
@@ -118,17 +101,10 @@ pub(crate) fn host(errs: &mut Errors<'_>, path: &str, value: &str) -> bool {
     let ok = !body.is_empty()
         && body.len() <= 253
         && body.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            !label.is_empty() && label.len() <= 63 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     if !ok {
-        errs.push(
-            path,
-            format!("{value:?} is not a host name (a wildcard is allowed only as a leading '*.')"),
-        );
+        errs.push(path, format!("{value:?} is not a host name (a wildcard is allowed only as a leading '*.')"));
     }
     ok
 }
@@ -155,9 +131,7 @@ impl Cidr {
             Some((ip, p)) => (ip, Some(p)),
             None => (text, None),
         };
-        let addr: IpAddr = ip
-            .parse()
-            .map_err(|_| format!("{text:?} is not an IP address or CIDR"))?;
+        let addr: IpAddr = ip.parse().map_err(|_| format!("{text:?} is not an IP address or CIDR"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
@@ -177,15 +151,11 @@ impl Cidr {
         };
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -209,12 +179,8 @@ mod tests {
         assert!(c.contains("10.1.2.3".parse().unwrap()));
         assert!(!c.contains("10.2.0.1".parse().unwrap()));
         assert!(c.contains("::ffff:10.1.0.9".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0")
-            .unwrap()
-            .contains("8.8.8.8".parse().unwrap()));
-        assert!(Cidr::parse("fd00::/8")
-            .unwrap()
-            .contains("fd12::1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("fd00::/8").unwrap().contains("fd12::1".parse().unwrap()));
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("banana").is_err());
     }

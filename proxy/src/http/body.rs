@@ -21,6 +21,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct IdleElapsed(pub Duration);
 
 pub enum ProxyBody {
+    /// Another body, sent at most `rate` bytes per second (an injected bandwidth fault).
+    Throttled(Box<Throttled>),
     Local(Full<Bytes>),
     Upstream(Incoming),
     UpstreamIdle {
@@ -41,12 +43,58 @@ impl ProxyBody {
 
     pub fn upstream(inner: Incoming, idle: Option<Duration>) -> Self {
         match idle {
-            Some(idle) => ProxyBody::UpstreamIdle {
-                inner,
-                idle,
-                timer: Box::pin(tokio::time::sleep(idle)),
-            },
+            Some(idle) => ProxyBody::UpstreamIdle { inner, idle, timer: Box::pin(tokio::time::sleep(idle)) },
             None => ProxyBody::Upstream(inner),
+        }
+    }
+}
+
+impl ProxyBody {
+    pub fn throttled(self, bytes_per_second: u64) -> ProxyBody {
+        ProxyBody::Throttled(Box::new(Throttled {
+            inner: self,
+            rate: bytes_per_second.max(1),
+            pending: Bytes::new(),
+            wait: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            waiting: false,
+        }))
+    }
+}
+
+/// Frames cut into pieces of a tenth of a second's worth, each followed by the time it takes to
+/// send at `rate`, so a client sees a steady slow stream rather than bursts.
+pub struct Throttled {
+    inner: ProxyBody,
+    rate: u64,
+    pending: Bytes,
+    wait: Pin<Box<Sleep>>,
+    waiting: bool,
+}
+
+impl Throttled {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.waiting {
+                match self.wait.as_mut().poll(cx) {
+                    Poll::Ready(()) => self.waiting = false,
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if !self.pending.is_empty() {
+                let n = self.pending.len().min((self.rate / 10).max(1) as usize);
+                let piece = self.pending.split_to(n);
+                let pause = Duration::from_secs_f64(n as f64 / self.rate as f64);
+                self.wait.as_mut().reset(Instant::now() + pause);
+                self.waiting = true;
+                return Poll::Ready(Some(Ok(Frame::data(piece))));
+            }
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => self.pending = data,
+                    Err(other) => return Poll::Ready(Some(Ok(other))),
+                },
+                other => return other,
+            }
         }
     }
 }
@@ -55,11 +103,9 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
+            ProxyBody::Throttled(t) => t.poll_frame(cx),
             ProxyBody::Local(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
             ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ProxyBody::UpstreamIdle { inner, idle, timer } => {
@@ -81,6 +127,7 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
+            ProxyBody::Throttled(t) => t.pending.is_empty() && t.inner.is_end_stream(),
             ProxyBody::Local(b) => b.is_end_stream(),
             ProxyBody::Upstream(b) => b.is_end_stream(),
             ProxyBody::UpstreamIdle { inner, .. } => inner.is_end_stream(),
@@ -89,6 +136,7 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
+            ProxyBody::Throttled(t) => t.inner.size_hint(),
             ProxyBody::Local(b) => b.size_hint(),
             ProxyBody::Upstream(b) => b.size_hint(),
             ProxyBody::UpstreamIdle { inner, .. } => inner.size_hint(),

@@ -3,12 +3,15 @@
 //! 1. `select_route` — load the installed snapshot once, pick the policy for the destination,
 //!    the most specific route and that route's stage state; no guard is held across an await.
 //! 2. rate limit — the route's (and the client's) token bucket; refused: 429 `rate-limited`.
+//!    Then faults (see `stage::fault`): an injected abort answers here; an injected delay
+//!    holds the request here, before it takes a breaker trial or a bulkhead slot.
 //! 3. circuit breaker — per (route, upstream target); open: 503 `circuit-open`, at once.
 //! 4. bulkhead — a slot of the route, held for the whole retry loop; full: 503 `bulkhead-full`.
 //! 5. overall timeout — `request` (or a shorter `grpc-timeout`) bounds everything below.
 //! 6. `retry_loop` — per try: a pooled or new connection, bounded by `perTry` and `idle`; a
 //!    failed try is retried as `retries` allows (see `stage::retry`).
-//! 7. respond — the upstream response passes through but for hop-by-hop headers; a refusal
+//! 7. respond — an injected response delay or bandwidth limit applies; the upstream response
+//!    passes through but for hop-by-hop headers; a refusal
 //!    becomes the proxy's own answer (`respond.rs`); the breaker and metrics record the result.
 
 use std::convert::Infallible;
@@ -18,6 +21,7 @@ use std::time::Duration;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
+use bulwark_policy::faults::AbortWith;
 use bulwark_policy::{RequestInfo, RetryPolicy, Route, Timeouts, UpstreamPolicy};
 use http::header::{HeaderValue, HOST, RETRY_AFTER};
 use http::{Request, Response, StatusCode, Version};
@@ -32,6 +36,7 @@ use super::{headers, respond};
 use crate::metrics::RouteLabels;
 use crate::proxy::Proxy;
 use crate::reason::Reason;
+use crate::stage::fault::{Decision, FaultState};
 use crate::stage::registry::RouteState;
 use crate::stage::{ratelimit, retry, Outcome};
 use crate::target::ConnTarget;
@@ -42,14 +47,13 @@ use crate::upstream::pool::{Conn, Limits, Proto};
 struct Refusal {
     reason: Reason,
     retry_after: Option<Duration>,
+    /// The status an injected abort answers with.
+    abort: Option<AbortWith>,
 }
 
 impl From<Reason> for Refusal {
     fn from(reason: Reason) -> Refusal {
-        Refusal {
-            reason,
-            retry_after: None,
-        }
+        Refusal { reason, retry_after: None, abort: None }
     }
 }
 
@@ -63,6 +67,7 @@ struct Failed {
 struct Selected {
     route: Option<Arc<Route>>,
     state: Option<Arc<RouteState>>,
+    fault: Option<Arc<FaultState>>,
     connect_timeout: Duration,
     upstream: UpstreamPolicy,
 }
@@ -80,33 +85,23 @@ pub async fn handle(
     let labels = RouteLabels {
         direction: conn.direction.as_str(),
         listener: conn.label.to_string(),
-        policy: selected
-            .route
-            .as_ref()
-            .map(|r| r.policy.to_string())
-            .unwrap_or_default(),
-        route: selected
-            .route
-            .as_ref()
-            .map(|r| r.name.to_string())
-            .unwrap_or_default(),
+        policy: selected.route.as_ref().map(|r| r.policy.to_string()).unwrap_or_default(),
+        route: selected.route.as_ref().map(|r| r.name.to_string()).unwrap_or_default(),
     };
     let (resp, reason) = match run_stages(&proxy, &conn, &selected, req).await {
         Ok(resp) => (resp, None),
         Err(refusal) => {
-            let mut resp = respond::refuse(refusal.reason, grpc);
+            let mut resp = match refusal.abort {
+                Some(with) => respond::abort(with, grpc),
+                None => respond::refuse(refusal.reason, grpc),
+            };
             if let Some(after) = refusal.retry_after {
-                resp.headers_mut().insert(
-                    RETRY_AFTER,
-                    HeaderValue::from(ratelimit::retry_after_secs(after)),
-                );
+                resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(ratelimit::retry_after_secs(after)));
             }
             (resp, Some(refusal.reason))
         }
     };
-    proxy
-        .metrics
-        .request(&labels, resp.status().as_u16(), reason, start.elapsed());
+    proxy.metrics.request(&labels, resp.status().as_u16(), reason, start.elapsed());
     Ok(resp)
 }
 
@@ -115,30 +110,21 @@ fn select_route(proxy: &Proxy, conn: &ConnTarget, req: &Request<Incoming>) -> Se
     let host = request_host(req);
     let installed = proxy.store.installed();
     let default_connect = proxy.store.config().upstream.connect_timeout.get();
-    let Some(policy) = installed
-        .snapshot
-        .select(&conn.destination(host.as_deref()))
-    else {
+    let Some(policy) = installed.snapshot.select(&conn.destination(host.as_deref())) else {
         return Selected {
             route: None,
             state: None,
+            fault: None,
             connect_timeout: default_connect,
             upstream: UpstreamPolicy::default(),
         };
     };
-    let info = RequestInfo {
-        method: req.method(),
-        path: req.uri().path(),
-        host: host.as_deref(),
-        headers: req.headers(),
-    };
-    let route = policy
-        .routes
-        .iter()
-        .find(|r| r.matcher.matches(&info))
-        .unwrap_or(&policy.default_route);
+    let info =
+        RequestInfo { method: req.method(), path: req.uri().path(), host: host.as_deref(), headers: req.headers() };
+    let route = policy.routes.iter().find(|r| r.matcher.matches(&info)).unwrap_or(&policy.default_route);
     Selected {
         state: installed.states.get(route.index).cloned(),
+        fault: installed.faults.get(route.index).cloned().flatten(),
         route: Some(route.clone()),
         connect_timeout: policy.upstream.connect_timeout.unwrap_or(default_connect),
         upstream: policy.upstream.clone(),
@@ -154,11 +140,7 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
             h.parse::<http::uri::Authority>().ok()?.host().to_string()
         }
     };
-    Some(
-        raw.trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase(),
-    )
+    Some(raw.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase())
 }
 
 /// Phases 2 to 7.
@@ -175,18 +157,45 @@ async fn run_stages(
     if let Some(s) = state {
         if let Some(rl) = &s.rate_limit {
             if let Err(limited) = rl.check(req.headers(), conn.client.ip(), Instant::now()) {
-                let counter = if limited.per_client {
-                    &s.metrics.rate_limited_client
-                } else {
-                    &s.metrics.rate_limited_route
-                };
+                let counter =
+                    if limited.per_client { &s.metrics.rate_limited_client } else { &s.metrics.rate_limited_route };
                 counter.inc();
                 return Err(Refusal {
                     reason: Reason::RateLimited,
                     retry_after: Some(limited.retry_after),
+                    abort: None,
                 });
             }
         }
+    }
+
+    let faults = match &sel.fault {
+        Some(f) if f.active(Instant::now()) => {
+            let d = f.decide(req.headers(), conn.client.ip(), || fastrand::u64(..));
+            let m = &f.metrics;
+            // An aborted request is only an abort: it is never delayed or slowed.
+            if d.abort.is_some() {
+                m.abort.inc();
+            } else {
+                for (hit, counter) in [
+                    (d.delay.is_some(), &m.delay),
+                    (d.response_delay.is_some(), &m.response_delay),
+                    (d.bandwidth.is_some(), &m.bandwidth),
+                ] {
+                    if hit {
+                        counter.inc();
+                    }
+                }
+            }
+            d
+        }
+        _ => Decision::default(),
+    };
+    if let Some(with) = faults.abort {
+        return Err(Refusal { reason: Reason::FaultAbort, retry_after: None, abort: Some(with) });
+    }
+    if let Some(delay) = faults.delay {
+        tokio::time::sleep(delay).await;
     }
 
     let target = state.map(|s| s.target(&conn.target_key));
@@ -216,17 +225,12 @@ async fn run_stages(
         }
     }
 
-    let proto = if req.version() == Version::HTTP_2 {
-        Proto::Http2
-    } else {
-        Proto::Http1
-    };
+    let proto = if req.version() == Version::HTTP_2 { Proto::Http2 } else { Proto::Http1 };
     let upgrade = headers::strip_hop_by_hop(req.headers_mut(), proto == Proto::Http1);
     if proto == Proto::Http1 {
         // Upstream keep-alive needs HTTP/1.1, which needs a Host.
         req.headers_mut().entry(HOST).or_insert_with(|| {
-            HeaderValue::from_str(&conn.authority())
-                .unwrap_or(HeaderValue::from_static("localhost"))
+            HeaderValue::from_str(&conn.authority()).unwrap_or(HeaderValue::from_static("localhost"))
         });
         *req.version_mut() = Version::HTTP_11;
     }
@@ -240,17 +244,10 @@ async fn run_stages(
     let defaults = &proxy.store.config().upstream;
     let limits = Limits {
         max_connections: sel.upstream.max_connections,
-        idle_timeout: sel
-            .upstream
-            .idle_timeout
-            .unwrap_or(defaults.pool_idle_timeout.get()),
+        idle_timeout: sel.upstream.idle_timeout.unwrap_or(defaults.pool_idle_timeout.get()),
         max_lifetime: sel.upstream.max_lifetime,
     };
-    let cluster = proxy.clusters.get(
-        &conn.target_key,
-        sel.upstream.load_balancer,
-        sel.upstream.outlier.as_ref(),
-    );
+    let cluster = proxy.clusters.get(&conn.target_key, sel.upstream.load_balancer, sel.upstream.outlier.as_ref());
     let tries = Tries {
         proxy,
         conn,
@@ -265,13 +262,11 @@ async fn run_stages(
         upgrade,
     };
     let result = match request_limit {
-        Some(limit) => tokio::time::timeout(limit, tries.run(req))
-            .await
-            .unwrap_or(Err(Failed {
-                outcome: Outcome::Timeout,
-                reason: Reason::Timeout,
-                unsent: None,
-            })),
+        Some(limit) => tokio::time::timeout(limit, tries.run(req)).await.unwrap_or(Err(Failed {
+            outcome: Outcome::Timeout,
+            reason: Reason::Timeout,
+            unsent: None,
+        })),
         None => tries.run(req).await,
     };
     let outcome = match &result {
@@ -290,15 +285,20 @@ async fn run_stages(
         tokio::spawn(async move {
             match tokio::try_join!(down, up) {
                 Ok((d, u)) => {
-                    let _ =
-                        tokio::io::copy_bidirectional(&mut TokioIo::new(d), &mut TokioIo::new(u))
-                            .await;
+                    let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(d), &mut TokioIo::new(u)).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "upgrade failed"),
             }
         });
     }
-    Ok(resp.map(|b| ProxyBody::upstream(b, timeouts.idle)))
+    if let Some(delay) = faults.response_delay {
+        tokio::time::sleep(delay).await;
+    }
+    let body = |b| match faults.bandwidth {
+        Some(rate) => ProxyBody::upstream(b, timeouts.idle).throttled(rate),
+        None => ProxyBody::upstream(b, timeouts.idle),
+    };
+    Ok(resp.map(body))
 }
 
 /// A held bulkhead slot, counted in the in-flight gauge while held.
@@ -308,15 +308,9 @@ struct InFlight {
 }
 
 impl InFlight {
-    fn new(
-        slot: crate::stage::bulkhead::Slot,
-        gauge: &prometheus_client::metrics::gauge::Gauge,
-    ) -> InFlight {
+    fn new(slot: crate::stage::bulkhead::Slot, gauge: &prometheus_client::metrics::gauge::Gauge) -> InFlight {
         gauge.inc();
-        InFlight {
-            _slot: slot,
-            gauge: gauge.clone(),
-        }
+        InFlight { _slot: slot, gauge: gauge.clone() }
     }
 }
 
@@ -327,15 +321,8 @@ impl Drop for InFlight {
 }
 
 fn response_outcome(resp: &Response<Incoming>) -> Outcome {
-    let grpc = resp
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    Outcome::Response {
-        status: resp.status().as_u16(),
-        grpc,
-    }
+    let grpc = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    Outcome::Response { status: resp.status().as_u16(), grpc }
 }
 
 /// Phase 6: everything one request's tries share.
@@ -367,8 +354,7 @@ impl Tries<'_> {
         let max_retries = self.retries.map_or(0, |r| r.attempts);
         let mut retry = 0;
         loop {
-            let Some(this_body) = body.take().or_else(|| kept.as_ref().and_then(Kept::replay))
-            else {
+            let Some(this_body) = body.take().or_else(|| kept.as_ref().and_then(Kept::replay)) else {
                 unreachable!("a retry is only decided when a body is available");
             };
             let mut req = Request::new(this_body);
@@ -388,51 +374,27 @@ impl Tries<'_> {
             if retry >= max_retries || !retry::should_retry(policy, outcome) {
                 return result;
             }
-            let retry_after = result
-                .as_ref()
-                .ok()
-                .and_then(|r| retry::retry_after(r.headers()));
+            let retry_after = result.as_ref().ok().and_then(|r| retry::retry_after(r.headers()));
             // The next try needs the body: the unsent one, or the whole kept copy.
             let (unsent, result) = match result {
-                Err(Failed {
-                    unsent: Some(b),
-                    outcome,
-                    reason,
-                }) => (
-                    Some(b),
-                    Err(Failed {
-                        outcome,
-                        reason,
-                        unsent: None,
-                    }),
-                ),
+                Err(Failed { unsent: Some(b), outcome, reason }) => {
+                    (Some(b), Err(Failed { outcome, reason, unsent: None }))
+                }
                 r => (None, r),
             };
             if unsent.is_none() && kept.as_ref().and_then(Kept::replay).is_none() {
                 return result;
             }
-            let budget = self.state.and_then(|s| {
-                s.target(&self.conn.target_key)
-                    .budget
-                    .as_ref()
-                    .map(|b| b.withdraw(Instant::now()))
-            });
+            let budget = self
+                .state
+                .and_then(|s| s.target(&self.conn.target_key).budget.as_ref().map(|b| b.withdraw(Instant::now())));
             if budget == Some(false) {
                 if let Some(s) = self.state {
                     s.metrics.retry_budget_exhausted.inc();
                 }
-                return result.map_err(|f| Failed {
-                    reason: Reason::RetryBudgetExhausted,
-                    ..f
-                });
+                return result.map_err(|f| Failed { reason: Reason::RetryBudgetExhausted, ..f });
             }
-            tokio::time::sleep(retry::backoff::delay(
-                policy,
-                retry,
-                retry_after,
-                fastrand::f64(),
-            ))
-            .await;
+            tokio::time::sleep(retry::backoff::delay(policy, retry, retry_after, fastrand::f64())).await;
             if let Some(s) = self.state {
                 s.metrics.retries.inc();
             }
@@ -444,21 +406,15 @@ impl Tries<'_> {
     /// One try, bounded by `perTry` and `idle` (for the response headers).
     async fn one_try(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, Failed> {
         let t = self.timeouts;
-        let bound = [
-            (t.per_try, Outcome::PerTryTimeout, Reason::PerTryTimeout),
-            (t.idle, Outcome::Timeout, Reason::Timeout),
-        ]
-        .into_iter()
-        .filter_map(|(d, o, r)| d.map(|d| (d, o, r)))
-        .min_by_key(|(d, _, _)| *d);
+        let bound =
+            [(t.per_try, Outcome::PerTryTimeout, Reason::PerTryTimeout), (t.idle, Outcome::Timeout, Reason::Timeout)]
+                .into_iter()
+                .filter_map(|(d, o, r)| d.map(|d| (d, o, r)))
+                .min_by_key(|(d, _, _)| *d);
         match bound {
             Some((limit, outcome, reason)) => tokio::time::timeout(limit, self.send(req))
                 .await
-                .unwrap_or(Err(Failed {
-                    outcome,
-                    reason,
-                    unsent: None,
-                })),
+                .unwrap_or(Err(Failed { outcome, reason, unsent: None })),
             None => self.send(req).await,
         }
     }
@@ -498,11 +454,9 @@ impl Tries<'_> {
         let pool = &self.proxy.pool;
         for fresh in [false, true] {
             let got = if fresh {
-                pool.fresh(endpoint, self.proto, self.limits, self.connect_timeout)
-                    .await
+                pool.fresh(endpoint, self.proto, self.limits, self.connect_timeout).await
             } else {
-                pool.get(endpoint, self.proto, self.limits, self.connect_timeout)
-                    .await
+                pool.get(endpoint, self.proto, self.limits, self.connect_timeout).await
             };
             let (c, created) = match got {
                 Ok(c) => c,
@@ -557,9 +511,5 @@ impl Tries<'_> {
 
 /// A try that never reached the upstream: its body can go on the next try.
 fn not_sent(req: Request<UpstreamBody>, reason: Reason) -> Failed {
-    Failed {
-        outcome: Outcome::ConnectFailure,
-        reason,
-        unsent: Some(req.into_body()),
-    }
+    Failed { outcome: Outcome::ConnectFailure, reason, unsent: Some(req.into_body()) }
 }

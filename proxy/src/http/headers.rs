@@ -9,13 +9,8 @@ use http::HeaderMap;
 
 pub const REQUEST_ID: &str = "x-request-id";
 
-const HOP_BY_HOP: [&str; 5] = [
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "trailer",
-];
+const HOP_BY_HOP: [&str; 5] =
+    ["keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "trailer"];
 
 /// Removes hop-by-hop headers. Returns true when the message asks for a protocol upgrade,
 /// in which case `Connection: upgrade` and `Upgrade` are kept for the next hop.
@@ -77,10 +72,7 @@ pub fn ensure_request_id(headers: &mut HeaderMap) {
         0x8000 | (b >> 48 & 0x3fff),
         b & 0xffff_ffff_ffff
     );
-    headers.insert(
-        REQUEST_ID,
-        HeaderValue::from_str(&id).expect("hex is a valid header value"),
-    );
+    headers.insert(REQUEST_ID, HeaderValue::from_str(&id).expect("hex is a valid header value"));
 }
 
 /// Parses gRPC's `grpc-timeout` (`<digits><unit>`, unit one of H M S m u n).
@@ -109,10 +101,7 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
         h
     }
@@ -157,14 +146,8 @@ mod tests {
 
     #[test]
     fn grpc_timeouts() {
-        assert_eq!(
-            grpc_timeout(&map(&[("grpc-timeout", "250m")])),
-            Some(Duration::from_millis(250))
-        );
-        assert_eq!(
-            grpc_timeout(&map(&[("grpc-timeout", "2S")])),
-            Some(Duration::from_secs(2))
-        );
+        assert_eq!(grpc_timeout(&map(&[("grpc-timeout", "250m")])), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout(&map(&[("grpc-timeout", "2S")])), Some(Duration::from_secs(2)));
         assert_eq!(grpc_timeout(&map(&[("grpc-timeout", "x")])), None);
         assert_eq!(grpc_timeout(&map(&[("grpc-timeout", "10Q")])), None);
     }

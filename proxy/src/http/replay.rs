@@ -33,10 +33,8 @@ impl Kept {
     /// A body to send again, when the whole original body was kept.
     pub fn replay(&self) -> Option<UpstreamBody> {
         let c = self.copy.lock().expect("replay lock");
-        (c.complete && !c.overflow).then(|| UpstreamBody::Replay {
-            chunks: c.chunks.iter().cloned().collect(),
-            trailers: c.trailers.clone(),
-        })
+        (c.complete && !c.overflow)
+            .then(|| UpstreamBody::Replay { chunks: c.chunks.iter().cloned().collect(), trailers: c.trailers.clone() })
     }
 }
 
@@ -46,30 +44,15 @@ pub enum UpstreamBody {
     /// The client's body, passed through while a copy is kept.
     Tee { inner: Incoming, kept: Kept },
     /// A kept copy, sent again.
-    Replay {
-        chunks: VecDeque<Bytes>,
-        trailers: Option<HeaderMap>,
-    },
+    Replay { chunks: VecDeque<Bytes>, trailers: Option<HeaderMap> },
 }
 
 impl UpstreamBody {
     /// Wraps `inner` so that up to `limit` bytes of it are kept for retries.
     pub fn tee(inner: Incoming, limit: u64) -> (UpstreamBody, Kept) {
         let complete = inner.is_end_stream();
-        let kept = Kept {
-            copy: Arc::new(Mutex::new(Copy {
-                complete,
-                ..Copy::default()
-            })),
-            limit,
-        };
-        (
-            UpstreamBody::Tee {
-                inner,
-                kept: kept.clone(),
-            },
-            kept,
-        )
+        let kept = Kept { copy: Arc::new(Mutex::new(Copy { complete, ..Copy::default() })), limit };
+        (UpstreamBody::Tee { inner, kept: kept.clone() }, kept)
     }
 }
 
@@ -77,10 +60,7 @@ impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             UpstreamBody::Stream(b) => Pin::new(b).poll_frame(cx),
             UpstreamBody::Tee { inner, kept } => {
@@ -130,9 +110,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Stream(b) => b.size_hint(),
             UpstreamBody::Tee { inner, .. } => inner.size_hint(),
-            UpstreamBody::Replay { chunks, .. } => {
-                SizeHint::with_exact(chunks.iter().map(|c| c.len() as u64).sum())
-            }
+            UpstreamBody::Replay { chunks, .. } => SizeHint::with_exact(chunks.iter().map(|c| c.len() as u64).sum()),
         }
     }
 }

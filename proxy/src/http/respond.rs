@@ -9,6 +9,7 @@ use http::{Response, StatusCode};
 
 use super::body::ProxyBody;
 use crate::reason::Reason;
+use bulwark_policy::faults::AbortWith;
 
 pub const REASON_HEADER: &str = "x-bulwark-reason";
 
@@ -58,15 +59,12 @@ fn message_of(reason: Reason) -> &'static str {
 
 /// True when the request is gRPC and must be answered in gRPC's terms.
 pub fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    headers.get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// The proxy's own answer for `reason`.
 pub fn refuse(reason: Reason, grpc: bool) -> Response<ProxyBody> {
-    let mut builder =
-        Response::builder().header(REASON_HEADER, HeaderValue::from_static(reason.as_str()));
+    let mut builder = Response::builder().header(REASON_HEADER, HeaderValue::from_static(reason.as_str()));
     let resp = if grpc {
         builder = builder
             .status(StatusCode::OK)
@@ -78,12 +76,52 @@ pub fn refuse(reason: Reason, grpc: bool) -> Response<ProxyBody> {
         builder
             .status(status_of(reason))
             .header(CONTENT_TYPE, "text/plain; charset=utf-8")
-            .body(ProxyBody::full(Bytes::from(format!(
-                "{}\n",
-                message_of(reason)
-            ))))
+            .body(ProxyBody::full(Bytes::from(format!("{}\n", message_of(reason)))))
     };
     resp.expect("static response parts are valid")
+}
+
+/// An injected abort: the configured status, as HTTP or as gRPC (each mapped to the other when
+/// the request is of the other kind, as gRPC's HTTP mapping defines).
+pub fn abort(with: AbortWith, grpc: bool) -> Response<ProxyBody> {
+    let (http, code) = match with {
+        AbortWith::Http(s) => (s, grpc_of_http(s)),
+        AbortWith::Grpc(g) => (http_of_grpc(g), g),
+    };
+    let mut resp = refuse(Reason::FaultAbort, grpc);
+    if grpc {
+        resp.headers_mut().insert("grpc-status", HeaderValue::from(code));
+    } else {
+        *resp.status_mut() = StatusCode::from_u16(http).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    resp
+}
+
+fn grpc_of_http(status: u16) -> u16 {
+    match status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => grpc_code::UNAVAILABLE,
+        _ => 2,
+    }
+}
+
+fn http_of_grpc(code: u16) -> u16 {
+    match code {
+        1 => 499,
+        3 | 9 | 11 => 400,
+        4 => 504,
+        5 => 404,
+        6 | 10 => 409,
+        7 => 403,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        16 => 401,
+        _ => 500,
+    }
 }
 
 /// A plain answer for a malformed request the proxy will not forward.
@@ -110,17 +148,21 @@ mod tests {
     }
 
     #[test]
+    fn aborts_answer_in_the_requests_own_terms() {
+        let r = abort(AbortWith::Grpc(14), true);
+        assert_eq!((r.status(), &r.headers()["grpc-status"]), (StatusCode::OK, &HeaderValue::from_static("14")));
+        assert_eq!(r.headers()[REASON_HEADER], "fault-abort");
+        assert_eq!(abort(AbortWith::Http(418), false).status().as_u16(), 418);
+        assert_eq!(abort(AbortWith::Http(503), true).headers()["grpc-status"], "14");
+        assert_eq!(abort(AbortWith::Grpc(8), false).status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+
+    #[test]
     fn http_refusals_carry_status_reason_and_body() {
         let r = refuse(Reason::UpstreamConnectFailure, false);
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()[REASON_HEADER], "upstream-connect-failure");
-        assert_eq!(
-            refuse(Reason::PerTryTimeout, false).status(),
-            StatusCode::GATEWAY_TIMEOUT
-        );
-        assert_eq!(
-            refuse(Reason::RateLimited, false).status(),
-            StatusCode::TOO_MANY_REQUESTS
-        );
+        assert_eq!(refuse(Reason::PerTryTimeout, false).status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(refuse(Reason::RateLimited, false).status(), StatusCode::TOO_MANY_REQUESTS);
     }
 }

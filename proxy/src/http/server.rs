@@ -32,13 +32,8 @@ const H2_STREAM_WINDOW: u32 = 1 << 20;
 const H2_CONN_WINDOW: u32 = 4 << 20;
 const H2_MAX_SEND_BUF: usize = 1 << 20;
 
-pub async fn serve<I>(
-    io: I,
-    protocol: Protocol,
-    conn: Arc<ConnTarget>,
-    proxy: Arc<Proxy>,
-    drain: CancellationToken,
-) where
+pub async fn serve<I>(io: I, protocol: Protocol, conn: Arc<ConnTarget>, proxy: Arc<Proxy>, drain: CancellationToken)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let header_read_timeout = proxy.store.config().limits.header_read_timeout.get();
@@ -83,11 +78,7 @@ pub async fn serve<I>(
 
 /// Runs `conn` to completion; when `drain` fires first, asks it to shut down gracefully and
 /// keeps running it until it has.
-async fn until_done<C: Future>(
-    conn: C,
-    drain: &CancellationToken,
-    shutdown: impl FnOnce(Pin<&mut C>),
-) -> C::Output {
+async fn until_done<C: Future>(conn: C, drain: &CancellationToken, shutdown: impl FnOnce(Pin<&mut C>)) -> C::Output {
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => r,

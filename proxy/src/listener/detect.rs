@@ -46,11 +46,7 @@ fn classify(b: &[u8]) -> Verdict {
     }
     let n = b.len().min(H2_PREFACE.len());
     if b[..n] == H2_PREFACE[..n] {
-        return if b.len() >= H2_PREFACE.len() {
-            Verdict::Known(Protocol::Http2)
-        } else {
-            Verdict::NeedMore
-        };
+        return if b.len() >= H2_PREFACE.len() { Verdict::Known(Protocol::Http2) } else { Verdict::NeedMore };
     }
     // Method token: upper-case letters (and '-') up to the first space.
     match b.iter().position(|c| *c == b' ') {
@@ -62,10 +58,7 @@ fn classify(b: &[u8]) -> Verdict {
             return Verdict::NeedMore;
         }
         Some(0) => return Verdict::Known(Protocol::Opaque),
-        Some(i)
-            if i > MAX_METHOD_LEN
-                || !b[..i].iter().all(|c| c.is_ascii_uppercase() || *c == b'-') =>
-        {
+        Some(i) if i > MAX_METHOD_LEN || !b[..i].iter().all(|c| c.is_ascii_uppercase() || *c == b'-') => {
             return Verdict::Known(Protocol::Opaque)
         }
         Some(_) => {}
@@ -86,10 +79,7 @@ fn classify(b: &[u8]) -> Verdict {
 
 /// Reads until the protocol is known, the peer stops sending, or `timeout` passes. The bytes
 /// read are returned inside the `Prefixed` stream so nothing is lost.
-pub async fn detect<S: AsyncRead + Unpin>(
-    mut io: S,
-    timeout: Duration,
-) -> io::Result<(Protocol, Prefixed<S>)> {
+pub async fn detect<S: AsyncRead + Unpin>(mut io: S, timeout: Duration) -> io::Result<(Protocol, Prefixed<S>)> {
     let mut buf = BytesMut::with_capacity(1024);
     let deadline = tokio::time::Instant::now() + timeout;
     let protocol = loop {
@@ -122,11 +112,7 @@ impl<S> Prefixed<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
@@ -138,11 +124,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -177,19 +159,12 @@ mod tests {
 
     #[test]
     fn classifies_first_bytes() {
-        assert_eq!(
-            verdict(b"GET / HTTP/1.1\r\nHost: a\r\n"),
-            Some(Protocol::Http1)
-        );
+        assert_eq!(verdict(b"GET / HTTP/1.1\r\nHost: a\r\n"), Some(Protocol::Http1));
         assert_eq!(verdict(b"GET /x HTTP/1.0\r\n"), Some(Protocol::Http1));
         assert_eq!(verdict(H2_PREFACE), Some(Protocol::Http2));
         assert_eq!(verdict(b"PRI * HTTP/2.0\r\n"), None);
         assert_eq!(verdict(b"GET / HT"), None);
-        assert_eq!(
-            verdict(b"\x16\x03\x01\x02\x00"),
-            Some(Protocol::Opaque),
-            "TLS decides at once"
-        );
+        assert_eq!(verdict(b"\x16\x03\x01\x02\x00"), Some(Protocol::Opaque), "TLS decides at once");
         assert_eq!(verdict(b"hello world\r\n"), Some(Protocol::Opaque));
         assert_eq!(verdict(b"PING\r\n"), Some(Protocol::Opaque));
         assert_eq!(verdict(b"GET / SPDY/3\r\n"), Some(Protocol::Opaque));

@@ -63,12 +63,7 @@ pub async fn run(socket: TcpListener, listener: Arc<Listener>, proxy: Arc<Proxy>
             drop(stream);
             continue;
         };
-        let (listener, proxy, drain, active) = (
-            listener.clone(),
-            proxy.clone(),
-            life.drain.clone(),
-            active.clone(),
-        );
+        let (listener, proxy, drain, active) = (listener.clone(), proxy.clone(), life.drain.clone(), active.clone());
         life.tracker.spawn(async move {
             active.inc();
             handle(stream, peer, &listener, proxy, drain).await;
@@ -78,21 +73,12 @@ pub async fn run(socket: TcpListener, listener: Arc<Listener>, proxy: Arc<Proxy>
     }
 }
 
-async fn handle(
-    stream: TcpStream,
-    peer: SocketAddr,
-    listener: &Listener,
-    proxy: Arc<Proxy>,
-    drain: CancellationToken,
-) {
+async fn handle(stream: TcpStream, peer: SocketAddr, listener: &Listener, proxy: Arc<Proxy>, drain: CancellationToken) {
     let config = proxy.store.config();
     let (direction, upstream, forced) = match &listener.kind {
         Kind::Explicit(upstream) => {
             let u = upstream.load_full();
-            let skip = config
-                .detection
-                .server_first_ports
-                .contains(&u.resolver.primary().port);
+            let skip = config.detection.server_first_ports.contains(&u.resolver.primary().port);
             let forced = match u.protocol {
                 ListenerProtocol::Auto if skip => Some(Protocol::Opaque),
                 ListenerProtocol::Auto => None,
@@ -116,19 +102,10 @@ async fn handle(
                 return;
             }
             let skip = config.detection.server_first_ports.contains(&dst.port());
-            (
-                *direction,
-                Upstream::OriginalDst(dst),
-                skip.then_some(Protocol::Opaque),
-            )
+            (*direction, Upstream::OriginalDst(dst), skip.then_some(Protocol::Opaque))
         }
     };
-    let target = Arc::new(ConnTarget::new(
-        direction,
-        listener.label.clone(),
-        upstream,
-        peer,
-    ));
+    let target = Arc::new(ConnTarget::new(direction, listener.label.clone(), upstream, peer));
     let _ = stream.set_nodelay(true);
 
     let (protocol, io) = match forced {
@@ -141,31 +118,52 @@ async fn handle(
             }
         },
     };
-    proxy
-        .metrics
-        .connection_opened(&listener.label, protocol.as_str());
+    proxy.metrics.connection_opened(&listener.label, protocol.as_str());
     match protocol {
-        Protocol::Http1 | Protocol::Http2 => {
-            crate::http::server::serve(io, protocol, target, proxy, drain).await
-        }
+        Protocol::Http1 | Protocol::Http2 => crate::http::server::serve(io, protocol, target, proxy, drain).await,
         Protocol::Opaque => forward_tcp(io, &target, &proxy).await,
     }
 }
 
-async fn forward_tcp(down: detect::Prefixed<TcpStream>, target: &ConnTarget, proxy: &Proxy) {
+async fn forward_tcp(mut down: detect::Prefixed<TcpStream>, target: &ConnTarget, proxy: &Proxy) {
     let config = proxy.store.config();
-    let (connect_timeout, idle) = {
+    let (connect_timeout, idle, policy_id, tcp_faults) = {
         let installed = proxy.store.installed();
         let policy = installed.snapshot.select(&target.destination(None));
         (
-            policy
-                .and_then(|p| p.upstream.connect_timeout)
-                .unwrap_or(config.upstream.connect_timeout.get()),
-            policy
-                .and_then(|p| p.default_route.timeouts.idle)
-                .unwrap_or(config.upstream.tcp_idle_timeout.get()),
+            policy.and_then(|p| p.upstream.connect_timeout).unwrap_or(config.upstream.connect_timeout.get()),
+            policy.and_then(|p| p.default_route.timeouts.idle).unwrap_or(config.upstream.tcp_idle_timeout.get()),
+            policy.map(|p| p.id.clone()),
+            policy.and_then(|p| p.tcp_faults),
         )
     };
+    let drawn = tcp_faults.map(|f| draw_tcp_faults(&f)).unwrap_or_default();
+    let count = |kind| {
+        if let Some(id) = &policy_id {
+            proxy.metrics.fault_counter(id, "tcp", kind).inc();
+        }
+    };
+    if drawn.reset_now {
+        count("tcp-reset");
+        reset(down.inner());
+        return;
+    }
+    if drawn.blackhole {
+        count("tcp-blackhole");
+        // Accept and never answer: read and drop until the client gives up or goes idle.
+        let mut sink = tokio::io::sink();
+        let _ = tokio::time::timeout(idle, tokio::io::copy(&mut down, &mut sink)).await;
+        return;
+    }
+    for (hit, kind) in [
+        (drawn.faults.delay.is_some(), "tcp-delay"),
+        (drawn.faults.bandwidth.is_some(), "tcp-bandwidth"),
+        (drawn.faults.reset_after.is_some(), "tcp-reset"),
+    ] {
+        if hit {
+            count(kind);
+        }
+    }
     let addrs = match target.addrs().await {
         Ok(a) => a,
         Err(e) => {
@@ -173,7 +171,7 @@ async fn forward_tcp(down: detect::Prefixed<TcpStream>, target: &ConnTarget, pro
             return;
         }
     };
-    let up = match crate::upstream::connect::connect(&addrs, connect_timeout).await {
+    let mut up = match crate::upstream::connect::connect(&addrs, connect_timeout).await {
         Ok((up, _)) => {
             proxy.metrics.upstream_connection("opened");
             up
@@ -184,10 +182,41 @@ async fn forward_tcp(down: detect::Prefixed<TcpStream>, target: &ConnTarget, pro
             return;
         }
     };
-    match crate::tcp::forward(down, up, idle).await {
-        Ok((sent, received)) => {
-            tracing::debug!(client = %target.client, sent, received, "tcp connection closed")
+    match crate::tcp::forward(&mut down, &mut up, idle, drawn.faults).await {
+        Ok((sent, received)) => tracing::debug!(client = %target.client, sent, received, "tcp connection closed"),
+        Err(e) => {
+            tracing::debug!(client = %target.client, error = %e, "tcp connection ended");
+            if e.kind() == std::io::ErrorKind::ConnectionReset {
+                reset(down.inner());
+                reset(&up);
+            }
         }
-        Err(e) => tracing::debug!(client = %target.client, error = %e, "tcp connection ended"),
     }
+}
+
+#[derive(Default)]
+struct DrawnTcpFaults {
+    reset_now: bool,
+    blackhole: bool,
+    faults: crate::tcp::Faults,
+}
+
+/// Each TCP fault drawn on its own for this connection.
+fn draw_tcp_faults(f: &bulwark_policy::faults::TcpFaultPolicy) -> DrawnTcpFaults {
+    let hit = |c: bulwark_policy::faults::Chance| c.hit(fastrand::u64(..));
+    let reset = f.reset.filter(|(_, c)| hit(*c));
+    DrawnTcpFaults {
+        reset_now: reset.is_some_and(|(after, _)| after.is_none()),
+        blackhole: f.blackhole.is_some_and(hit),
+        faults: crate::tcp::Faults {
+            delay: f.delay.filter(|(_, c)| hit(*c)).map(|(d, _)| d),
+            bandwidth: f.bandwidth.filter(|b| hit(b.chance)).map(|b| b.bytes_per_second),
+            reset_after: reset.and_then(|(after, _)| after),
+        },
+    }
+}
+
+/// Closes with RST rather than FIN: zero linger, then the caller drops the socket.
+fn reset(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
 }

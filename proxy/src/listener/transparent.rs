@@ -14,17 +14,9 @@ pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
         IpAddr::V4(_) => true,
         IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
     };
-    let addr = if v4 {
-        sock.original_dst_v4()?
-    } else {
-        sock.original_dst_v6()?
-    };
-    addr.as_socket().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            "original destination is not an IP address",
-        )
-    })
+    let addr = if v4 { sock.original_dst_v4()? } else { sock.original_dst_v6()? };
+    addr.as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "original destination is not an IP address"))
 }
 
 /// A connection made straight to the capture port (not redirected) reports the listener's

@@ -100,11 +100,7 @@ impl Breaker {
             policy,
             start: now,
             slice_len,
-            inner: Mutex::new(Inner {
-                phase: Phase::Closed,
-                consecutive: 0,
-                slices: [Slice::default(); SLICES],
-            }),
+            inner: Mutex::new(Inner { phase: Phase::Closed, consecutive: 0, slices: [Slice::default(); SLICES] }),
             on_transition,
         })
     }
@@ -115,10 +111,7 @@ impl Breaker {
             let mut inner = self.inner.lock().expect("breaker lock");
             if let Phase::Open { until } = inner.phase {
                 if now >= until {
-                    inner.phase = Phase::HalfOpen {
-                        admitted: 0,
-                        succeeded: 0,
-                    };
+                    inner.phase = Phase::HalfOpen { admitted: 0, succeeded: 0 };
                     transition = Some((State::Open, State::HalfOpen));
                 }
             }
@@ -135,19 +128,12 @@ impl Breaker {
         if let Some((from, to)) = transition {
             (self.on_transition)(from, to);
         }
-        result.map(|trial| Permit {
-            breaker: self.clone(),
-            trial,
-            done: false,
-        })
+        result.map(|trial| Permit { breaker: self.clone(), trial, done: false })
     }
 
     fn on_outcome(&self, trial: bool, outcome: Outcome, elapsed: Duration, now: Instant) {
         let failure = outcome.matches_any(&self.policy.failure_on);
-        let slow = self
-            .policy
-            .slow_call
-            .is_some_and(|(over, _)| elapsed > over);
+        let slow = self.policy.slow_call.is_some_and(|(over, _)| elapsed > over);
         let mut transition = None;
         {
             let mut inner = self.inner.lock().expect("breaker lock");
@@ -167,14 +153,11 @@ impl Breaker {
                 }
                 (Phase::Closed, false) => {
                     inner.consecutive = if failure { inner.consecutive + 1 } else { 0 };
-                    let epoch = (now.saturating_duration_since(self.start).as_nanos()
-                        / self.slice_len.as_nanos()) as u64;
+                    let epoch =
+                        (now.saturating_duration_since(self.start).as_nanos() / self.slice_len.as_nanos()) as u64;
                     let slice = &mut inner.slices[(epoch % SLICES as u64) as usize];
                     if slice.epoch != epoch {
-                        *slice = Slice {
-                            epoch,
-                            ..Slice::default()
-                        };
+                        *slice = Slice { epoch, ..Slice::default() };
                     }
                     slice.total += 1;
                     slice.failures += u32::from(failure);
@@ -194,11 +177,7 @@ impl Breaker {
     }
 
     fn should_trip(&self, inner: &Inner, epoch: u64) -> bool {
-        if self
-            .policy
-            .consecutive_failures
-            .is_some_and(|n| inner.consecutive >= n)
-        {
+        if self.policy.consecutive_failures.is_some_and(|n| inner.consecutive >= n) {
             return true;
         }
         let (total, failures, slow) = window_counts(inner, epoch);
@@ -206,16 +185,12 @@ impl Breaker {
             return false;
         }
         let rate = |n: u32| f64::from(n) * 100.0 / f64::from(total);
-        self.policy
-            .failure_rate_percent
-            .is_some_and(|p| rate(failures) >= p)
+        self.policy.failure_rate_percent.is_some_and(|p| rate(failures) >= p)
             || self.policy.slow_call.is_some_and(|(_, p)| rate(slow) >= p)
     }
 
     fn open(&self, inner: &mut Inner, now: Instant, from: State) -> (State, State) {
-        inner.phase = Phase::Open {
-            until: now + self.policy.open_for,
-        };
+        inner.phase = Phase::Open { until: now + self.policy.open_for };
         inner.consecutive = 0;
         inner.slices = [Slice::default(); SLICES];
         (from, State::Open)
@@ -250,8 +225,7 @@ impl Breaker {
     pub fn view(&self, now: Instant) -> View {
         let state = self.state(now);
         let inner = self.inner.lock().expect("breaker lock");
-        let epoch = (now.saturating_duration_since(self.start).as_nanos()
-            / self.slice_len.as_nanos()) as u64;
+        let epoch = (now.saturating_duration_since(self.start).as_nanos() / self.slice_len.as_nanos()) as u64;
         let (total, failures, slow) = window_counts(&inner, epoch);
         let half_open_in_seconds = match inner.phase {
             Phase::Open { until } if until > now => Some((until - now).as_secs_f64()),
@@ -273,9 +247,7 @@ fn window_counts(inner: &Inner, epoch: u64) -> (u32, u32, u32) {
         .slices
         .iter()
         .filter(|s| s.total > 0 && s.epoch + SLICES as u64 > epoch)
-        .fold((0, 0, 0), |(t, f, s), x| {
-            (t + x.total, f + x.failures, s + x.slow)
-        })
+        .fold((0, 0, 0), |(t, f, s), x| (t + x.total, f + x.failures, s + x.slow))
 }
 
 impl Permit {

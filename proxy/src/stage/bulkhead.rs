@@ -24,11 +24,7 @@ pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
 
 impl Bulkhead {
     pub fn new(policy: BulkheadPolicy) -> Bulkhead {
-        Bulkhead {
-            slots: Arc::new(Semaphore::new(policy.max_concurrent as usize)),
-            policy,
-            queued: AtomicU32::new(0),
-        }
+        Bulkhead { slots: Arc::new(Semaphore::new(policy.max_concurrent as usize)), policy, queued: AtomicU32::new(0) }
     }
 
     pub async fn acquire(&self) -> Result<Slot, BulkheadFull> {
@@ -38,18 +34,12 @@ impl Bulkhead {
         // Take a queue place only if one is free; never more than maxQueued waiters.
         let took = self
             .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                (q < self.policy.max_queued).then_some(q + 1)
-            })
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| (q < self.policy.max_queued).then_some(q + 1))
             .is_ok();
         if !took {
             return Err(BulkheadFull);
         }
-        let waited = tokio::time::timeout(
-            self.policy.queue_timeout,
-            self.slots.clone().acquire_owned(),
-        )
-        .await;
+        let waited = tokio::time::timeout(self.policy.queue_timeout, self.slots.clone().acquire_owned()).await;
         self.queued.fetch_sub(1, Ordering::AcqRel);
         match waited {
             Ok(Ok(p)) => Ok(Slot(p)),
@@ -92,18 +82,10 @@ mod tests {
         tokio::task::yield_now().await;
         assert_eq!((b.in_flight(), b.queued()), (2, 1));
         let start = tokio::time::Instant::now();
-        assert_eq!(
-            b.acquire().await.err(),
-            Some(BulkheadFull),
-            "M+Q+1-th refused"
-        );
+        assert_eq!(b.acquire().await.err(), Some(BulkheadFull), "M+Q+1-th refused");
         assert_eq!(start.elapsed(), Duration::ZERO, "at once");
         drop(s1);
-        assert_eq!(
-            waiter.await.unwrap(),
-            Ok(()),
-            "the queued one gets the freed slot"
-        );
+        assert_eq!(waiter.await.unwrap(), Ok(()), "the queued one gets the freed slot");
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,6 +5,7 @@
 
 pub mod breaker;
 pub mod bulkhead;
+pub mod fault;
 pub mod ratelimit;
 pub mod registry;
 pub mod retry;
@@ -54,25 +55,14 @@ mod tests {
 
     #[test]
     fn outcomes_match_their_conditions() {
-        let r503 = Outcome::Response {
-            status: 503,
-            grpc: None,
-        };
+        let r503 = Outcome::Response { status: 503, grpc: None };
         assert!(
             r503.matches(Condition::Any5xx)
                 && r503.matches(Condition::GatewayError)
                 && r503.matches(Condition::Status(503))
         );
-        assert!(!Outcome::Response {
-            status: 500,
-            grpc: None
-        }
-        .matches(Condition::GatewayError));
-        assert!(Outcome::Response {
-            status: 200,
-            grpc: Some(14)
-        }
-        .matches(Condition::Grpc(14)));
+        assert!(!Outcome::Response { status: 500, grpc: None }.matches(Condition::GatewayError));
+        assert!(Outcome::Response { status: 200, grpc: Some(14) }.matches(Condition::Grpc(14)));
         assert!(Outcome::PerTryTimeout.matches(Condition::Timeout));
         assert!(!Outcome::Timeout.matches(Condition::PerTryTimeout));
         assert!(!Outcome::Reset.matches(Condition::ConnectFailure));

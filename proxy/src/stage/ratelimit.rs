@@ -35,19 +35,14 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     pub fn new(b: &Bucket, now: Instant) -> TokenBucket {
-        TokenBucket {
-            rate: b.per_second,
-            burst: f64::from(b.burst),
-            state: Mutex::new((f64::from(b.burst), now)),
-        }
+        TokenBucket { rate: b.per_second, burst: f64::from(b.burst), state: Mutex::new((f64::from(b.burst), now)) }
     }
 
     /// Takes one token, or says how long until one is available.
     pub fn take(&self, now: Instant) -> Result<(), Duration> {
         let mut s = self.state.lock().expect("bucket lock");
         let (tokens, last) = *s;
-        let tokens = (tokens + now.saturating_duration_since(last).as_secs_f64() * self.rate)
-            .min(self.burst);
+        let tokens = (tokens + now.saturating_duration_since(last).as_secs_f64() * self.rate).min(self.burst);
         if tokens >= 1.0 {
             *s = (tokens - 1.0, now);
             Ok(())
@@ -95,12 +90,7 @@ impl RateLimiter {
 
     /// The client's bucket is checked first, so a noisy client's refused requests do not drain
     /// the route's bucket that quiet clients share.
-    pub fn check(
-        &self,
-        headers: &HeaderMap,
-        client: IpAddr,
-        now: Instant,
-    ) -> Result<(), RateLimited> {
+    pub fn check(&self, headers: &HeaderMap, client: IpAddr, now: Instant) -> Result<(), RateLimited> {
         if let Some(pc) = &self.per_client {
             let key = match &pc.key {
                 ClientKey::Header(h) => headers.get(h).map(|v| {
@@ -111,16 +101,10 @@ impl RateLimiter {
             };
             // A request without the key header is limited by the route bucket alone.
             if let Some(key) = key {
-                pc.take(key, now).map_err(|retry_after| RateLimited {
-                    retry_after,
-                    per_client: true,
-                })?;
+                pc.take(key, now).map_err(|retry_after| RateLimited { retry_after, per_client: true })?;
             }
         }
-        self.route.take(now).map_err(|retry_after| RateLimited {
-            retry_after,
-            per_client: false,
-        })
+        self.route.take(now).map_err(|retry_after| RateLimited { retry_after, per_client: false })
     }
 
     pub fn tracked_clients(&self) -> usize {
@@ -145,11 +129,7 @@ impl PerClient {
     fn make_room(&self, now: Instant) {
         self.buckets.retain(|_, b| !b.is_full(now));
         while self.buckets.len() >= self.max_clients {
-            let oldest = self
-                .buckets
-                .iter()
-                .min_by_key(|e| e.value().last_seen())
-                .map(|e| e.key().clone());
+            let oldest = self.buckets.iter().min_by_key(|e| e.value().last_seen()).map(|e| e.key().clone());
             match oldest {
                 Some(k) => {
                     self.buckets.remove(&k);
@@ -172,19 +152,9 @@ mod tests {
 
     fn policy(rate: f64, burst: u32, per_client: Option<(f64, u32, u32)>) -> RateLimitPolicy {
         RateLimitPolicy {
-            route: Bucket {
-                per_second: rate,
-                burst,
-            },
+            route: Bucket { per_second: rate, burst },
             per_client: per_client.map(|(r, b, max)| {
-                (
-                    ClientKey::Header(http::HeaderName::from_static("x-key")),
-                    Bucket {
-                        per_second: r,
-                        burst: b,
-                    },
-                    max,
-                )
+                (ClientKey::Header(http::HeaderName::from_static("x-key")), Bucket { per_second: r, burst: b }, max)
             }),
         }
     }
@@ -207,12 +177,8 @@ mod tests {
         let refused = rl.check(&HeaderMap::new(), IP, now).unwrap_err();
         assert_eq!(refused.retry_after, Duration::from_millis(100));
         assert!(!refused.per_client);
-        assert!(rl
-            .check(&HeaderMap::new(), IP, now + Duration::from_millis(99))
-            .is_err());
-        assert!(rl
-            .check(&HeaderMap::new(), IP, now + Duration::from_millis(200))
-            .is_ok());
+        assert!(rl.check(&HeaderMap::new(), IP, now + Duration::from_millis(99)).is_err());
+        assert!(rl.check(&HeaderMap::new(), IP, now + Duration::from_millis(200)).is_ok());
     }
 
     #[tokio::test(start_paused = true)]
@@ -226,10 +192,7 @@ mod tests {
             assert!(e.per_client);
         }
         assert!(rl.check(&with_key("quiet"), IP, now).is_ok());
-        assert!(
-            rl.check(&HeaderMap::new(), IP, now).is_ok(),
-            "no key: route bucket only"
-        );
+        assert!(rl.check(&HeaderMap::new(), IP, now).is_ok(), "no key: route bucket only");
     }
 
     #[tokio::test(start_paused = true)]
@@ -237,11 +200,7 @@ mod tests {
         let now = Instant::now();
         let rl = RateLimiter::new(&policy(1e6, 1_000_000, Some((1.0, 5, 10))), now);
         for i in 0..100 {
-            let _ = rl.check(
-                &with_key(&format!("c{i}")),
-                IP,
-                now + Duration::from_millis(i),
-            );
+            let _ = rl.check(&with_key(&format!("c{i}")), IP, now + Duration::from_millis(i));
         }
         assert!(rl.tracked_clients() <= 10, "{}", rl.tracked_clients());
         // Refilled buckets are forgotten first when room is needed.

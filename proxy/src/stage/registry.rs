@@ -10,9 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bulwark_policy::{
-    BreakerPolicy, BulkheadPolicy, RateLimitPolicy, RetryPolicy, Route, Snapshot,
-};
+use bulwark_policy::{BreakerPolicy, BulkheadPolicy, RateLimitPolicy, RetryPolicy, Route, Snapshot};
 use dashmap::DashMap;
 use tokio::time::Instant;
 
@@ -93,10 +91,7 @@ impl RouteState {
         if self.targets.len() >= MAX_TARGETS {
             return self.overflow.get_or_init(|| self.new_target()).clone();
         }
-        self.targets
-            .entry(target.clone())
-            .or_insert_with(|| self.new_target())
-            .clone()
+        self.targets.entry(target.clone()).or_insert_with(|| self.new_target()).clone()
     }
 
     fn new_target(&self) -> Arc<TargetState> {
@@ -106,25 +101,15 @@ impl RouteState {
             m.breakers_in(State::Closed).inc();
             Breaker::new(p, now, Box::new(move |from, to| m.transition(from, to)))
         });
-        let budget = self
-            .config
-            .retries
-            .as_ref()
-            .map(|r| RetryBudget::new(r.budget_percent, r.budget_min_per_second, now));
-        Arc::new(TargetState {
-            breaker,
-            budget,
-            metrics: self.metrics.clone(),
-        })
+        let budget =
+            self.config.retries.as_ref().map(|r| RetryBudget::new(r.budget_percent, r.budget_min_per_second, now));
+        Arc::new(TargetState { breaker, budget, metrics: self.metrics.clone() })
     }
 
     /// Breakers by target, for `/breakers`.
     pub fn breakers(&self) -> Vec<(String, Arc<Breaker>)> {
-        let mut out: Vec<(String, Arc<Breaker>)> = self
-            .targets
-            .iter()
-            .filter_map(|e| e.value().breaker.clone().map(|b| (e.key().to_string(), b)))
-            .collect();
+        let mut out: Vec<(String, Arc<Breaker>)> =
+            self.targets.iter().filter_map(|e| e.value().breaker.clone().map(|b| (e.key().to_string(), b))).collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
@@ -132,28 +117,16 @@ impl RouteState {
 
 /// The state for every route of `snapshot`, indexed by `Route::index`, reusing the states of
 /// `old` whose route and configuration are unchanged.
-pub fn build(
-    snapshot: &Snapshot,
-    old: &[Arc<RouteState>],
-    metrics: &Metrics,
-) -> Vec<Arc<RouteState>> {
-    let by_name: HashMap<(&str, &str), &Arc<RouteState>> =
-        old.iter().map(|s| ((&*s.policy, &*s.route), s)).collect();
+pub fn build(snapshot: &Snapshot, old: &[Arc<RouteState>], metrics: &Metrics) -> Vec<Arc<RouteState>> {
+    let by_name: HashMap<(&str, &str), &Arc<RouteState>> = old.iter().map(|s| ((&*s.policy, &*s.route), s)).collect();
     let mut states: Vec<Option<Arc<RouteState>>> = vec![None; snapshot.route_count];
     for p in &snapshot.policies {
         for r in p.routes.iter().chain(std::iter::once(&p.default_route)) {
             let config = StageConfig::of(r);
-            let kept = by_name
-                .get(&(&*r.policy, &*r.name))
-                .filter(|s| s.config == config);
-            states[r.index] = Some(
-                kept.map(|s| Arc::clone(s))
-                    .unwrap_or_else(|| Arc::new(RouteState::new(r, metrics))),
-            );
+            let kept = by_name.get(&(&*r.policy, &*r.name)).filter(|s| s.config == config);
+            states[r.index] =
+                Some(kept.map(|s| Arc::clone(s)).unwrap_or_else(|| Arc::new(RouteState::new(r, metrics))));
         }
     }
-    states
-        .into_iter()
-        .map(|s| s.expect("every route index is filled"))
-        .collect()
+    states.into_iter().map(|s| s.expect("every route index is filled")).collect()
 }

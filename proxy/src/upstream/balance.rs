@@ -33,10 +33,7 @@ struct Endpoint {
 
 impl Endpoint {
     fn ejected(&self, now: Instant) -> bool {
-        self.ejected_until
-            .lock()
-            .expect("endpoint lock")
-            .is_some_and(|until| now < until)
+        self.ejected_until.lock().expect("endpoint lock").is_some_and(|until| now < until)
     }
 }
 
@@ -64,12 +61,7 @@ impl Drop for InFlight {
 
 impl Cluster {
     fn new(config: Config, on_eject: Box<dyn Fn(SocketAddr) + Send + Sync>) -> Cluster {
-        Cluster {
-            config,
-            endpoints: DashMap::new(),
-            next: AtomicUsize::new(0),
-            on_eject,
-        }
+        Cluster { config, endpoints: DashMap::new(), next: AtomicUsize::new(0), on_eject }
     }
 
     fn endpoint(&self, addr: SocketAddr) -> Arc<Endpoint> {
@@ -77,22 +69,9 @@ impl Cluster {
     }
 
     /// The endpoint for the next try, or None when every endpoint is ejected.
-    pub fn pick(
-        &self,
-        set: &[SocketAddr],
-        avoid: &[SocketAddr],
-        now: Instant,
-    ) -> Option<SocketAddr> {
-        let healthy: Vec<SocketAddr> = set
-            .iter()
-            .copied()
-            .filter(|a| !self.endpoint(*a).ejected(now))
-            .collect();
-        let fresh: Vec<SocketAddr> = healthy
-            .iter()
-            .copied()
-            .filter(|a| !avoid.contains(a))
-            .collect();
+    pub fn pick(&self, set: &[SocketAddr], avoid: &[SocketAddr], now: Instant) -> Option<SocketAddr> {
+        let healthy: Vec<SocketAddr> = set.iter().copied().filter(|a| !self.endpoint(*a).ejected(now)).collect();
+        let fresh: Vec<SocketAddr> = healthy.iter().copied().filter(|a| !avoid.contains(a)).collect();
         let choices = if fresh.is_empty() { &healthy } else { &fresh };
         match choices.len() {
             0 => None,
@@ -102,8 +81,7 @@ impl Cluster {
                 LoadBalancer::LeastRequest => {
                     let a = fastrand::usize(..n);
                     let b = (a + 1 + fastrand::usize(..n - 1)) % n;
-                    let load =
-                        |i: usize| self.endpoint(choices[i]).in_flight.load(Ordering::Acquire);
+                    let load = |i: usize| self.endpoint(choices[i]).in_flight.load(Ordering::Acquire);
                     if load(b) < load(a) {
                         choices[b]
                     } else {
@@ -138,10 +116,7 @@ impl Cluster {
         if e.consecutive.fetch_add(1, Ordering::AcqRel) + 1 < policy.consecutive_5xx {
             return;
         }
-        let ejected = set
-            .iter()
-            .filter(|a| **a != addr && self.endpoint(**a).ejected(now))
-            .count();
+        let ejected = set.iter().filter(|a| **a != addr && self.endpoint(**a).ejected(now)).count();
         if (ejected + 1) as f64 * 100.0 > policy.max_ejection_percent * set.len() as f64 {
             return;
         }
@@ -164,22 +139,11 @@ pub struct Clusters {
 
 impl Clusters {
     pub fn new(on_eject: Arc<dyn Fn(SocketAddr) + Send + Sync>) -> Clusters {
-        Clusters {
-            map: DashMap::new(),
-            on_eject,
-        }
+        Clusters { map: DashMap::new(), on_eject }
     }
 
-    pub fn get(
-        &self,
-        key: &TargetKey,
-        lb: LoadBalancer,
-        outlier: Option<&OutlierPolicy>,
-    ) -> Arc<Cluster> {
-        let config = Config {
-            lb,
-            outlier: outlier.cloned(),
-        };
+    pub fn get(&self, key: &TargetKey, lb: LoadBalancer, outlier: Option<&OutlierPolicy>) -> Arc<Cluster> {
+        let config = Config { lb, outlier: outlier.cloned() };
         if let Some(c) = self.map.get(key) {
             if c.config == config {
                 return c.clone();
@@ -201,9 +165,7 @@ mod tests {
     use super::*;
 
     fn addrs(n: u16) -> Vec<SocketAddr> {
-        (1..=n)
-            .map(|i| SocketAddr::from(([127, 0, 0, 1], i)))
-            .collect()
+        (1..=n).map(|i| SocketAddr::from(([127, 0, 0, 1], i))).collect()
     }
 
     fn cluster(lb: LoadBalancer, outlier: Option<OutlierPolicy>) -> (Cluster, Arc<AtomicUsize>) {
@@ -220,14 +182,8 @@ mod tests {
         )
     }
 
-    const FAIL: Outcome = Outcome::Response {
-        status: 503,
-        grpc: None,
-    };
-    const OK: Outcome = Outcome::Response {
-        status: 200,
-        grpc: None,
-    };
+    const FAIL: Outcome = Outcome::Response { status: 503, grpc: None };
+    const OK: Outcome = Outcome::Response { status: 200, grpc: None };
 
     #[tokio::test(start_paused = true)]
     async fn round_robin_cycles_and_retries_avoid_tried_endpoints() {
@@ -240,10 +196,7 @@ mod tests {
             let p = c.pick(&set, &[set[0], set[1]], now).unwrap();
             assert_eq!(p, set[2], "the one not tried yet");
         }
-        assert!(
-            c.pick(&set, &set, now).is_some(),
-            "all tried: any healthy one"
-        );
+        assert!(c.pick(&set, &set, now).is_some(), "all tried: any healthy one");
     }
 
     #[tokio::test(start_paused = true)]
@@ -258,11 +211,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn ejects_after_n_failures_for_base_times_n_and_caps_the_share() {
-        let p = OutlierPolicy {
-            consecutive_5xx: 3,
-            base_ejection: Duration::from_secs(10),
-            max_ejection_percent: 50.0,
-        };
+        let p =
+            OutlierPolicy { consecutive_5xx: 3, base_ejection: Duration::from_secs(10), max_ejection_percent: 50.0 };
         let (c, ejections) = cluster(LoadBalancer::RoundRobin, Some(p));
         let set = addrs(2);
         let now = Instant::now();
@@ -274,11 +224,7 @@ mod tests {
         c.report(set[0], Outcome::ConnectFailure, &set, now);
         assert!(c.is_ejected(set[0], now));
         for _ in 0..10 {
-            assert_eq!(
-                c.pick(&set, &[], now),
-                Some(set[1]),
-                "an ejected endpoint gets no traffic"
-            );
+            assert_eq!(c.pick(&set, &[], now), Some(set[1]), "an ejected endpoint gets no traffic");
         }
         // The other one fails too, but ejecting it would exceed 50%.
         for _ in 0..5 {

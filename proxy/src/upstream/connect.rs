@@ -19,10 +19,7 @@ pub enum ConnectError {
     NoAddress(String),
 }
 
-pub async fn connect(
-    addrs: &[SocketAddr],
-    timeout: Duration,
-) -> Result<(TcpStream, SocketAddr), ConnectError> {
+pub async fn connect(addrs: &[SocketAddr], timeout: Duration) -> Result<(TcpStream, SocketAddr), ConnectError> {
     let deadline = Instant::now() + timeout;
     let mut last = None;
     for addr in addrs {
@@ -31,18 +28,8 @@ pub async fn connect(
                 configure(&stream);
                 return Ok((stream, *addr));
             }
-            Ok(Err(source)) => {
-                last = Some(ConnectError::Io {
-                    addr: addr.to_string(),
-                    source,
-                })
-            }
-            Err(_) => {
-                return Err(ConnectError::Elapsed {
-                    addr: addr.to_string(),
-                    timeout,
-                })
-            }
+            Ok(Err(source)) => last = Some(ConnectError::Io { addr: addr.to_string(), source }),
+            Err(_) => return Err(ConnectError::Elapsed { addr: addr.to_string(), timeout }),
         }
     }
     Err(last.unwrap_or_else(|| ConnectError::NoAddress("resolution returned nothing".into())))
@@ -52,9 +39,7 @@ pub async fn connect(
 /// vanished peer is noticed even on an idle pooled connection.
 pub fn configure(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
-    let ka = TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
-        .with_interval(Duration::from_secs(10))
-        .with_retries(3);
+    let ka =
+        TcpKeepalive::new().with_time(Duration::from_secs(60)).with_interval(Duration::from_secs(10)).with_retries(3);
     let _ = SockRef::from(stream).set_tcp_keepalive(&ka);
 }

@@ -54,9 +54,7 @@ struct Pooled<C> {
 
 impl<C> Pooled<C> {
     fn too_old(&self, now: Instant) -> bool {
-        self.limits
-            .max_lifetime
-            .is_some_and(|l| now.duration_since(self.created) >= l)
+        self.limits.max_lifetime.is_some_and(|l| now.duration_since(self.created) >= l)
     }
 }
 
@@ -90,20 +88,11 @@ pub enum PoolError {
 
 impl Pool {
     pub fn new(metrics: Arc<Metrics>) -> Arc<Pool> {
-        Arc::new(Pool {
-            entries: Mutex::default(),
-            slots: Mutex::default(),
-            metrics,
-        })
+        Arc::new(Pool { entries: Mutex::default(), slots: Mutex::default(), metrics })
     }
 
     fn slots(&self, ep: SocketAddr) -> Arc<Slots> {
-        self.slots
-            .lock()
-            .expect("pool lock")
-            .entry(ep)
-            .or_default()
-            .clone()
+        self.slots.lock().expect("pool lock").entry(ep).or_default().clone()
     }
 
     /// A ready pooled connection to `ep`, if any, and when it was made.
@@ -113,9 +102,7 @@ impl Pool {
         let entry = entries.get_mut(&(ep, proto))?;
         let found = match proto {
             Proto::Http2 => match &entry.h2 {
-                Some(p) if !p.conn.is_closed() && !p.too_old(now) => {
-                    Some((Conn::H2(p.conn.clone()), p.created))
-                }
+                Some(p) if !p.conn.is_closed() && !p.too_old(now) => Some((Conn::H2(p.conn.clone()), p.created)),
                 _ => {
                     entry.h2 = None;
                     None
@@ -138,29 +125,16 @@ impl Pool {
 
     /// Returns an HTTP/1.1 connection once its response headers arrived; it becomes
     /// eligible again when hyper marks it ready (response body finished).
-    pub fn checkin(
-        &self,
-        ep: SocketAddr,
-        conn: http1::SendRequest<UpstreamBody>,
-        created: Instant,
-        limits: Limits,
-    ) {
+    pub fn checkin(&self, ep: SocketAddr, conn: http1::SendRequest<UpstreamBody>, created: Instant, limits: Limits) {
         if conn.is_closed() {
             return;
         }
-        let cap = limits
-            .max_connections
-            .map_or(MAX_IDLE_PER_ENDPOINT, |m| m as usize);
+        let cap = limits.max_connections.map_or(MAX_IDLE_PER_ENDPOINT, |m| m as usize);
         {
             let mut entries = self.entries.lock().expect("pool lock");
             let entry = entries.entry((ep, Proto::Http1)).or_default();
             if entry.h1.len() < cap {
-                entry.h1.push(Pooled {
-                    conn,
-                    created,
-                    last_used: Instant::now(),
-                    limits,
-                });
+                entry.h1.push(Pooled { conn, created, last_used: Instant::now(), limits });
             }
         }
         self.slots(ep).freed.notify_waiters();
@@ -183,22 +157,12 @@ impl Pool {
             }
             let freed = slots.freed.notified();
             let max = limits.max_connections.map_or(usize::MAX, |m| m as usize);
-            let reserved = slots
-                .open
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < max).then_some(n + 1)
-                })
-                .is_ok();
+            let reserved =
+                slots.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok();
             if reserved {
                 let created = Instant::now();
                 return match self
-                    .connect(
-                        ep,
-                        proto,
-                        limits,
-                        deadline.saturating_duration_since(created),
-                        slots.clone(),
-                    )
+                    .connect(ep, proto, limits, deadline.saturating_duration_since(created), slots.clone())
                     .await
                 {
                     Ok(c) => Ok((c, created)),
@@ -210,9 +174,7 @@ impl Pool {
                 };
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
-                return Err(PoolError::Exhausted(
-                    limits.max_connections.unwrap_or_default(),
-                ));
+                return Err(PoolError::Exhausted(limits.max_connections.unwrap_or_default()));
             }
         }
     }
@@ -229,10 +191,7 @@ impl Pool {
         let slots = self.slots(ep);
         slots.open.fetch_add(1, Ordering::AcqRel);
         let created = Instant::now();
-        match self
-            .connect(ep, proto, limits, timeout, slots.clone())
-            .await
-        {
+        match self.connect(ep, proto, limits, timeout, slots.clone()).await {
             Ok(c) => Ok((c, created)),
             Err(e) => {
                 slots.open.fetch_sub(1, Ordering::AcqRel);
@@ -257,10 +216,8 @@ impl Pool {
             }
         };
         let io = TokioIo::new(stream);
-        let handshake_failed = |e: hyper::Error| ConnectError::Io {
-            addr: addr.to_string(),
-            source: std::io::Error::other(e),
-        };
+        let handshake_failed =
+            |e: hyper::Error| ConnectError::Io { addr: addr.to_string(), source: std::io::Error::other(e) };
         // The connection's task frees its slot when the connection ends, however it ends.
         let release = move || {
             slots.open.fetch_sub(1, Ordering::AcqRel);
@@ -268,11 +225,8 @@ impl Pool {
         };
         let conn = match proto {
             Proto::Http1 => {
-                let (send, conn) = http1::Builder::new()
-                    .max_buf_size(1 << 20)
-                    .handshake(io)
-                    .await
-                    .map_err(handshake_failed)?;
+                let (send, conn) =
+                    http1::Builder::new().max_buf_size(1 << 20).handshake(io).await.map_err(handshake_failed)?;
                 tokio::spawn(async move {
                     if let Err(e) = conn.with_upgrades().await {
                         tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
@@ -298,12 +252,8 @@ impl Pool {
                 });
                 let now = Instant::now();
                 let mut entries = self.entries.lock().expect("pool lock");
-                entries.entry((ep, Proto::Http2)).or_default().h2 = Some(Pooled {
-                    conn: send.clone(),
-                    created: now,
-                    last_used: now,
-                    limits,
-                });
+                entries.entry((ep, Proto::Http2)).or_default().h2 =
+                    Some(Pooled { conn: send.clone(), created: now, last_used: now, limits });
                 Conn::H2(send)
             }
         };
@@ -330,14 +280,10 @@ impl Pool {
         let mut entries = self.entries.lock().expect("pool lock");
         entries.retain(|_, e| {
             e.h1.retain(|p| {
-                let idle =
-                    p.conn.is_ready() && now.duration_since(p.last_used) > p.limits.idle_timeout;
+                let idle = p.conn.is_ready() && now.duration_since(p.last_used) > p.limits.idle_timeout;
                 !(p.conn.is_closed() || idle || (p.conn.is_ready() && p.too_old(now)))
             });
-            if e.h2
-                .as_ref()
-                .is_some_and(|p| p.conn.is_closed() || p.too_old(now))
-            {
+            if e.h2.as_ref().is_some_and(|p| p.conn.is_closed() || p.too_old(now)) {
                 e.h2 = None;
             }
             !e.h1.is_empty() || e.h2.is_some()

@@ -19,25 +19,14 @@ pub struct HostPort {
 
 impl HostPort {
     pub fn parse(text: &str) -> Result<HostPort, String> {
-        let (host, port) = text
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{text:?} must be host:port"))?;
-        let port: u16 = port
-            .parse()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("{text:?}: port must be 1-65535"))?;
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
+        let (host, port) = text.rsplit_once(':').ok_or_else(|| format!("{text:?} must be host:port"))?;
+        let port: u16 =
+            port.parse().ok().filter(|p| *p != 0).ok_or_else(|| format!("{text:?}: port must be 1-65535"))?;
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
         if host.is_empty() {
             return Err(format!("{text:?}: host is empty"));
         }
-        Ok(HostPort {
-            host: host.to_ascii_lowercase(),
-            port,
-        })
+        Ok(HostPort { host: host.to_ascii_lowercase(), port })
     }
 
     pub fn ip(&self) -> Option<IpAddr> {
@@ -67,19 +56,9 @@ impl Resolver {
         assert!(!targets.is_empty(), "an upstream has at least one target");
         let per_target: Vec<ArcSwap<Vec<SocketAddr>>> = targets
             .iter()
-            .map(|t| {
-                ArcSwap::from_pointee(
-                    t.ip()
-                        .map(|ip| vec![SocketAddr::new(ip, t.port)])
-                        .unwrap_or_default(),
-                )
-            })
+            .map(|t| ArcSwap::from_pointee(t.ip().map(|ip| vec![SocketAddr::new(ip, t.port)]).unwrap_or_default()))
             .collect();
-        let r = Resolver {
-            targets,
-            per_target,
-            all: ArcSwap::from_pointee(Vec::new()),
-        };
+        let r = Resolver { targets, per_target, all: ArcSwap::from_pointee(Vec::new()) };
         r.merge();
         r
     }
@@ -99,11 +78,8 @@ impl Resolver {
     }
 
     fn merge(&self) {
-        let mut all: Vec<SocketAddr> = self
-            .per_target
-            .iter()
-            .flat_map(|a| a.load().iter().copied().collect::<Vec<_>>())
-            .collect();
+        let mut all: Vec<SocketAddr> =
+            self.per_target.iter().flat_map(|a| a.load().iter().copied().collect::<Vec<_>>()).collect();
         all.dedup();
         self.all.store(Arc::new(all));
     }
@@ -135,10 +111,7 @@ impl Resolver {
         let all = self.all.load_full();
         match (all.is_empty(), last_error) {
             (true, Some(e)) => Err(e),
-            (true, None) => Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "upstream resolved to no address",
-            )),
+            (true, None) => Err(io::Error::new(io::ErrorKind::NotFound, "upstream resolved to no address")),
             _ => Ok(all),
         }
     }
@@ -167,21 +140,9 @@ mod tests {
 
     #[test]
     fn parses_host_port_forms() {
-        assert_eq!(
-            HostPort::parse("Example.com:80").unwrap(),
-            HostPort {
-                host: "example.com".into(),
-                port: 80
-            }
-        );
-        assert_eq!(
-            HostPort::parse("[::1]:9000").unwrap().ip(),
-            Some("::1".parse().unwrap())
-        );
-        assert_eq!(
-            HostPort::parse("[::1]:9000").unwrap().to_string(),
-            "[::1]:9000"
-        );
+        assert_eq!(HostPort::parse("Example.com:80").unwrap(), HostPort { host: "example.com".into(), port: 80 });
+        assert_eq!(HostPort::parse("[::1]:9000").unwrap().ip(), Some("::1".parse().unwrap()));
+        assert_eq!(HostPort::parse("[::1]:9000").unwrap().to_string(), "[::1]:9000");
         assert!(HostPort::parse("example.com").is_err());
         assert!(HostPort::parse("example.com:0").is_err());
         assert!(HostPort::parse(":80").is_err());
@@ -190,25 +151,11 @@ mod tests {
     #[tokio::test]
     async fn resolves_names_and_keeps_literals() {
         let lit = Resolver::new(vec![HostPort::parse("127.0.0.1:9").unwrap()]);
-        assert_eq!(
-            *lit.addrs().await.unwrap(),
-            vec!["127.0.0.1:9".parse().unwrap()]
-        );
+        assert_eq!(*lit.addrs().await.unwrap(), vec!["127.0.0.1:9".parse().unwrap()]);
         let named = Resolver::new(vec![HostPort::parse("localhost:9").unwrap()]);
-        assert!(named
-            .addrs()
-            .await
-            .unwrap()
-            .iter()
-            .all(|a| a.ip().is_loopback()));
-        let both = Resolver::new(vec![
-            HostPort::parse("127.0.0.1:1").unwrap(),
-            HostPort::parse("127.0.0.2:2").unwrap(),
-        ]);
-        assert_eq!(
-            both.addrs().await.unwrap().len(),
-            2,
-            "the endpoint set is the union"
-        );
+        assert!(named.addrs().await.unwrap().iter().all(|a| a.ip().is_loopback()));
+        let both =
+            Resolver::new(vec![HostPort::parse("127.0.0.1:1").unwrap(), HostPort::parse("127.0.0.2:2").unwrap()]);
+        assert_eq!(both.addrs().await.unwrap().len(), 2, "the endpoint set is the union");
     }
 }

@@ -23,13 +23,7 @@ struct Step {
 }
 
 const STEPS: &[Step] = &[
-    Step {
-        route: "charge",
-        method: Method::POST,
-        path: "/charge",
-        headers: &[],
-        what: "fast upstream",
-    },
+    Step { route: "charge", method: Method::POST, path: "/charge", headers: &[], what: "fast upstream" },
     Step {
         route: "charge",
         method: Method::POST,
@@ -37,13 +31,7 @@ const STEPS: &[Step] = &[
         headers: &[("x-delay", "1s")],
         what: "upstream takes 1s; perTry is 800ms",
     },
-    Step {
-        route: "receipts",
-        method: Method::GET,
-        path: "/receipts/42",
-        headers: &[],
-        what: "fast upstream",
-    },
+    Step { route: "receipts", method: Method::GET, path: "/receipts/42", headers: &[], what: "fast upstream" },
     Step {
         route: "receipts",
         method: Method::GET,
@@ -51,13 +39,7 @@ const STEPS: &[Step] = &[
         headers: &[("x-delay", "700ms")],
         what: "upstream takes 700ms; request timeout 500ms",
     },
-    Step {
-        route: "health",
-        method: Method::GET,
-        path: "/healthz",
-        headers: &[],
-        what: "exact-path route",
-    },
+    Step { route: "health", method: Method::GET, path: "/healthz", headers: &[], what: "exact-path route" },
     Step {
         route: "debug",
         method: Method::POST,
@@ -89,10 +71,7 @@ const STEPS: &[Step] = &[
 ];
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
 #[tokio::main]
@@ -107,14 +86,8 @@ async fn main() -> anyhow::Result<()> {
     let config = std::fs::read_to_string(root.join("examples/proxy.yaml"))?
         .replace("localhost:9000", &up.addr.to_string())
         .replace("127.0.0.1:8000", &format!("127.0.0.1:{listen}"))
-        .replace(
-            "admin: 127.0.0.1:15000",
-            &format!("admin: 127.0.0.1:{admin}"),
-        )
-        .replace(
-            "health: 0.0.0.0:15020",
-            &format!("health: 127.0.0.1:{health}"),
-        );
+        .replace("admin: 127.0.0.1:15000", &format!("admin: 127.0.0.1:{admin}"))
+        .replace("health: 0.0.0.0:15020", &format!("health: 127.0.0.1:{health}"));
     std::fs::create_dir_all(dir.path().join("policies"))?;
     let policy_path = dir.path().join("policies/payments.yaml");
     let policy = std::fs::read_to_string(root.join("examples/policies/payments.yaml"))?;
@@ -123,19 +96,10 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&config_path, config)?;
 
     println!("== Bulwark demo ==\n");
-    let check = Command::new(&proxy_bin)
-        .args(["check", "--config"])
-        .arg(&config_path)
-        .output()?;
-    print!(
-        "$ bulwark-proxy check --config examples/proxy.yaml\n{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    let check = Command::new(&proxy_bin).args(["check", "--config"]).arg(&config_path).output()?;
+    print!("$ bulwark-proxy check --config examples/proxy.yaml\n{}", String::from_utf8_lossy(&check.stdout));
     if !check.status.success() {
-        bail!(
-            "the example config is invalid:\n{}",
-            String::from_utf8_lossy(&check.stderr)
-        );
+        bail!("the example config is invalid:\n{}", String::from_utf8_lossy(&check.stderr));
     }
 
     let log = std::fs::File::create(dir.path().join("proxy.log"))?;
@@ -150,75 +114,39 @@ async fn main() -> anyhow::Result<()> {
     let addr: std::net::SocketAddr = format!("127.0.0.1:{listen}").parse()?;
     if !client::wait_ok(health_addr, "/ready", Duration::from_secs(15)).await {
         let _ = child.kill();
-        bail!(
-            "bulwark-proxy did not become ready:\n{}",
-            std::fs::read_to_string(dir.path().join("proxy.log"))?
-        );
+        bail!("bulwark-proxy did not become ready:\n{}", std::fs::read_to_string(dir.path().join("proxy.log"))?);
     }
-    println!(
-        "\nupstream : {} (a demo server that is slow, fails or resets when asked)",
-        up.addr
-    );
+    println!("\nupstream : {} (a demo server that is slow, fails or resets when asked)", up.addr);
     println!("proxy    : listener \"payments\" on {addr} -> upstream, policy shop/payments");
     println!("admin    : http://{admin_addr}/config   metrics: http://{health_addr}/metrics\n");
 
-    println!(
-        "{:<9} {:<22} {:<44} answer",
-        "route", "request", "situation"
-    );
+    println!("{:<9} {:<22} {:<44} answer", "route", "request", "situation");
     for s in STEPS {
         let mut req = request(s.method.clone(), s.path, s.headers);
         req.headers_mut().insert("host", "payments.shop".parse()?);
         let start = Instant::now();
-        let r = client::send(addr, req)
-            .await
-            .context("request through the proxy")?;
+        let r = client::send(addr, req).await.context("request through the proxy")?;
         let took = start.elapsed().as_secs_f64();
         let answer = match r.reason() {
-            Some(reason) => format!(
-                "{} {reason} (the proxy answered, {took:.2}s)",
-                r.status.as_u16()
-            ),
+            Some(reason) => format!("{} {reason} (the proxy answered, {took:.2}s)", r.status.as_u16()),
             None => format!("{} from upstream ({took:.2}s)", r.status.as_u16()),
         };
-        println!(
-            "{:<9} {:<22} {:<44} {answer}",
-            s.route,
-            format!("{} {}", s.method, s.path),
-            s.what
-        );
+        println!("{:<9} {:<22} {:<44} {answer}", s.route, format!("{} {}", s.method, s.path), s.what);
     }
 
     let metrics = client::get(health_addr, "/metrics", &[]).await?.text();
     println!("\nWhat each route saw (from bulwark_requests_total):");
-    println!(
-        "{:<9} {:>5} {:>5} {:>5}  refusals by reason",
-        "route", "2xx", "4xx", "5xx"
-    );
+    println!("{:<9} {:>5} {:>5} {:>5}  refusals by reason", "route", "2xx", "4xx", "5xx");
     for route in ["charge", "receipts", "health", "debug", "default"] {
-        let count = |class: &str| {
-            metric_sum(
-                &metrics,
-                "bulwark_requests_total",
-                &[("route", route), ("status_class", class)],
-            )
-        };
-        let reasons: Vec<String> = [
-            "timeout",
-            "per-try-timeout",
-            "upstream-reset",
-            "upstream-connect-failure",
-        ]
-        .iter()
-        .filter_map(|reason| {
-            let n = metric_sum(
-                &metrics,
-                "bulwark_requests_total",
-                &[("route", route), ("reason", reason)],
-            );
-            (n > 0.0).then(|| format!("{reason}={n}"))
-        })
-        .collect();
+        let count =
+            |class: &str| metric_sum(&metrics, "bulwark_requests_total", &[("route", route), ("status_class", class)]);
+        let reasons: Vec<String> = ["timeout", "per-try-timeout", "upstream-reset", "upstream-connect-failure"]
+            .iter()
+            .filter_map(|reason| {
+                let n = metric_sum(&metrics, "bulwark_requests_total", &[("route", route), ("reason", reason)]);
+                (n > 0.0).then(|| format!("{reason}={n}"))
+            })
+            .collect();
         println!(
             "{route:<9} {:>5} {:>5} {:>5}  {}",
             count("2xx") as u64,
@@ -229,41 +157,21 @@ async fn main() -> anyhow::Result<()> {
     }
 
     stages(addr, health_addr, &up).await?;
+    faults(addr, admin_addr, &dir.path().join("proxy.log")).await?;
 
-    println!(
-        "\nHot reload: raise the receipts timeout from 500ms to 2s by editing the policy file."
-    );
-    std::fs::write(
-        &policy_path,
-        policy.replace("timeout: { request: 500ms }", "timeout: { request: 2s }"),
-    )?;
-    wait_generation(health_addr, 2.0).await?;
+    println!("\nHot reload: raise the receipts timeout from 500ms to 2s by editing the policy file.");
+    let before = metric_sum(&client::get(health_addr, "/metrics", &[]).await?.text(), "bulwark_config_generation", &[]);
+    std::fs::write(&policy_path, policy.replace("timeout: { request: 500ms }", "timeout: { request: 2s }"))?;
+    wait_generation(health_addr, before + 1.0).await?;
     let r = client::get(addr, "/receipts/42", &[("x-delay", "700ms")]).await?;
-    println!(
-        "  GET /receipts/42 (upstream 700ms) -> {} {}",
-        r.status.as_u16(),
-        r.reason().unwrap_or("from upstream")
-    );
+    println!("  GET /receipts/42 (upstream 700ms) -> {} {}", r.status.as_u16(), r.reason().unwrap_or("from upstream"));
 
-    println!(
-        "\nA bad edit is refused and the policy in force stays: set the timeout to \"2 seconds\"."
-    );
-    std::fs::write(
-        &policy_path,
-        policy.replace(
-            "timeout: { request: 500ms }",
-            "timeout: { request: 2 seconds }",
-        ),
-    )?;
+    println!("\nA bad edit is refused and the policy in force stays: set the timeout to \"2 seconds\".");
+    std::fs::write(&policy_path, policy.replace("timeout: { request: 500ms }", "timeout: { request: 2 seconds }"))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let rejected = loop {
         let m = client::get(health_addr, "/metrics", &[]).await?.text();
-        if metric_sum(
-            &m,
-            "bulwark_config_reloads_total",
-            &[("result", "rejected")],
-        ) >= 1.0
-        {
+        if metric_sum(&m, "bulwark_config_reloads_total", &[("result", "rejected")]) >= 1.0 {
             break true;
         }
         if Instant::now() > deadline {
@@ -274,10 +182,7 @@ async fn main() -> anyhow::Result<()> {
     let log = std::fs::read_to_string(dir.path().join("proxy.log"))?;
     if let Some(line) = log.lines().find(|l| l.contains("reload rejected")) {
         let why = line.split("errors=").nth(1).unwrap_or(line);
-        println!(
-            "  proxy log: reload rejected: {}",
-            why.split(" reload rejected").next().unwrap_or(why).trim()
-        );
+        println!("  proxy log: reload rejected: {}", why.split(" reload rejected").next().unwrap_or(why).trim());
     }
     let r = client::get(addr, "/receipts/42", &[("x-delay", "700ms")]).await?;
     println!(
@@ -286,9 +191,7 @@ async fn main() -> anyhow::Result<()> {
         r.reason().unwrap_or("from upstream")
     );
 
-    Command::new("kill")
-        .args(["-s", "TERM", &child.id().to_string()])
-        .status()?;
+    Command::new("kill").args(["-s", "TERM", &child.id().to_string()]).status()?;
     let status = child.wait()?;
     println!("\nSIGTERM: bulwark-proxy drained and exited ({status}).");
     Ok(())
@@ -298,14 +201,9 @@ async fn main() -> anyhow::Result<()> {
 async fn stages(addr: SocketAddr, health: SocketAddr, up: &Upstream) -> anyhow::Result<()> {
     let get = |path: &'static str, headers: &'static [(&'static str, &'static str)]| async move {
         let r = client::get(addr, path, headers).await?;
-        anyhow::Ok((
-            r.status.as_u16(),
-            r.reason().map(str::to_string),
-            r.headers.get("retry-after").cloned(),
-        ))
+        anyhow::Ok((r.status.as_u16(), r.reason().map(str::to_string), r.headers.get("retry-after").cloned()))
     };
-    let show = |(status, reason, _): &(u16, Option<String>, Option<http::HeaderValue>)| match reason
-    {
+    let show = |(status, reason, _): &(u16, Option<String>, Option<http::HeaderValue>)| match reason {
         Some(r) => format!("{status} {r}"),
         None => format!("{status}"),
     };
@@ -333,10 +231,7 @@ async fn stages(addr: SocketAddr, health: SocketAddr, up: &Upstream) -> anyhow::
         line.push(show(&get("/ledger", &[]).await?));
     }
     println!("  6 requests: {}", line.join(", "));
-    println!(
-        "  while open the upstream saw {} requests; waiting 2s (openFor)...",
-        up.requests() - before
-    );
+    println!("  while open the upstream saw {} requests; waiting 2s (openFor)...", up.requests() - before);
     tokio::time::sleep(Duration::from_millis(2100)).await;
     println!(
         "  the upstream recovered: trial -> {}, next -> {}",
@@ -345,11 +240,7 @@ async fn stages(addr: SocketAddr, health: SocketAddr, up: &Upstream) -> anyhow::
     );
     let m = client::get(health, "/metrics", &[]).await?.text();
     let t = |from, to| {
-        metric_sum(
-            &m,
-            "bulwark_breaker_transitions_total",
-            &[("route", "ledger"), ("from", from), ("to", to)],
-        )
+        metric_sum(&m, "bulwark_breaker_transitions_total", &[("route", "ledger"), ("from", from), ("to", to)])
     };
     println!(
         "  transitions: closed->open {}, open->half-open {}, half-open->closed {}",
@@ -359,9 +250,7 @@ async fn stages(addr: SocketAddr, health: SocketAddr, up: &Upstream) -> anyhow::
     );
 
     println!("\nBulkhead (route reports): 3 slow requests at once, 2 slots.");
-    let calls: Vec<_> = (0..3)
-        .map(|_| tokio::spawn(get("/reports", &[("x-delay", "500ms")])))
-        .collect();
+    let calls: Vec<_> = (0..3).map(|_| tokio::spawn(get("/reports", &[("x-delay", "500ms")]))).collect();
     let mut answers = Vec::new();
     for c in calls {
         answers.push(show(&c.await??));
@@ -374,10 +263,7 @@ async fn stages(addr: SocketAddr, health: SocketAddr, up: &Upstream) -> anyhow::
     for _ in 0..6 {
         let r = get("/search", &[("x-api-key", "noisy")]).await?;
         let after =
-            r.2.as_ref()
-                .and_then(|v| v.to_str().ok())
-                .map(|v| format!(" (Retry-After: {v})"))
-                .unwrap_or_default();
+            r.2.as_ref().and_then(|v| v.to_str().ok()).map(|v| format!(" (Retry-After: {v})")).unwrap_or_default();
         noisy.push(format!("{}{after}", show(&r)));
     }
     println!("  noisy: {}", noisy.join(", "));
@@ -386,6 +272,36 @@ async fn stages(addr: SocketAddr, health: SocketAddr, up: &Upstream) -> anyhow::
         show(&get("/search", &[("x-api-key", "quiet")]).await?),
     ];
     println!("  quiet: {}", quiet.join(", "));
+    Ok(())
+}
+
+/// A fault switched on for one route at runtime, its effect there alone, and its expiry.
+async fn faults(addr: SocketAddr, admin: SocketAddr, log: &Path) -> anyhow::Result<()> {
+    println!("\nFault injection: switch on a 100% abort (503) for route charge, for 2s, on the admin port.");
+    let mut set = request(Method::POST, "/faults?policy=shop/payments&route=charge", &[]);
+    *set.body_mut() =
+        http_body_util::Full::new(bytes::Bytes::from("abort: { httpStatus: 503, percent: 100 }\nfor: 2s\n"));
+    let r = client::send(admin, set).await?;
+    if r.status != http::StatusCode::OK {
+        bail!("setting the fault failed: {}", r.text());
+    }
+    let answer = |r: &client::Reply| match r.reason() {
+        Some(reason) => format!("{} {reason}", r.status.as_u16()),
+        None => format!("{}", r.status.as_u16()),
+    };
+    let charge = || async { client::send(addr, request(Method::POST, "/charge", &[])).await };
+    println!("  POST /charge      -> {}   (the upstream never sees it)", answer(&charge().await?));
+    println!(
+        "  GET /receipts/42  -> {}   (other routes are untouched)",
+        answer(&client::get(addr, "/receipts/42", &[]).await?)
+    );
+    println!("  waiting 2s...");
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    println!("  POST /charge      -> {}   (expired by itself; nobody cleared it)", answer(&charge().await?));
+    let text = std::fs::read_to_string(log)?;
+    if let Some(line) = text.lines().find(|l| l.contains("faults expired")) {
+        println!("  proxy log: {}", line.split_once("INFO ").map_or(line, |(_, rest)| rest));
+    }
     Ok(())
 }
 

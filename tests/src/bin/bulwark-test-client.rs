@@ -6,21 +6,12 @@ use std::time::Duration;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let addr: std::net::SocketAddr = args
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("usage: ADDR PATH [H:V ...]"))?
-        .parse()?;
+    let addr: std::net::SocketAddr =
+        args.next().ok_or_else(|| anyhow::anyhow!("usage: ADDR PATH [H:V ...]"))?.parse()?;
     let path = args.next().unwrap_or_else(|| "/".into());
-    let headers: Vec<(String, String)> = args
-        .filter_map(|h| {
-            h.split_once(':')
-                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        })
-        .collect();
-    let refs: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let headers: Vec<(String, String)> =
+        args.filter_map(|h| h.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
+    let refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     if let Ok(d) = std::env::var("BULWARK_RETRY_FOR") {
         let secs: u64 = d.trim_end_matches('s').parse().unwrap_or(10);
         if !bulwark_e2e::client::wait_ok(addr, &path, Duration::from_secs(secs)).await {
@@ -28,8 +19,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let r = bulwark_e2e::client::get(addr, &path, &refs).await?;
-    let out =
-        serde_json::json!({ "status": r.status.as_u16(), "reason": r.reason(), "body": r.text() });
+    let out = serde_json::json!({ "status": r.status.as_u16(), "reason": r.reason(), "body": r.text() });
     println!("{out}");
     Ok(())
 }

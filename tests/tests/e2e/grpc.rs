@@ -23,53 +23,25 @@ async fn unary_and_bidi_streaming_pass_through() {
     let up = GrpcUpstream::start().await;
     let proxy = ProxyBuilder::new().listener("web", up.addr).start().await;
     let mut c = client(proxy.listener("web")).await;
-    let r = c
-        .unary(EchoRequest {
-            message: "hi".into(),
-            delay_ms: 0,
-        })
-        .await
-        .unwrap();
+    let r = c.unary(EchoRequest { message: "hi".into(), delay_ms: 0 }).await.unwrap();
     assert_eq!(r.into_inner().message, "hi");
 
     // An application error's status and message travel in trailers, untouched.
-    let err = c
-        .unary(EchoRequest {
-            message: "fail".into(),
-            delay_ms: 0,
-        })
-        .await
-        .unwrap_err();
+    let err = c.unary(EchoRequest { message: "fail".into(), delay_ms: 0 }).await.unwrap_err();
     assert_eq!(err.code(), Code::Internal);
     assert_eq!(err.message(), "asked to fail");
     assert!(err.metadata().get("x-bulwark-reason").is_none());
 
     // Full duplex: each reply arrives before the next message is sent.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut replies = c
-        .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut replies = c.bidi(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
     for i in 0..3 {
-        tx.send(EchoRequest {
-            message: format!("m{i}"),
-            delay_ms: 0,
-        })
-        .await
-        .unwrap();
-        let reply = tokio::time::timeout(Duration::from_secs(5), replies.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        tx.send(EchoRequest { message: format!("m{i}"), delay_ms: 0 }).await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(5), replies.message()).await.unwrap().unwrap().unwrap();
         assert_eq!(reply.message, format!("echo: m{i}"));
     }
     drop(tx);
-    assert!(
-        replies.message().await.unwrap().is_none(),
-        "stream ends cleanly"
-    );
+    assert!(replies.message().await.unwrap().is_none(), "stream ends cleanly");
 }
 
 #[tokio::test]
@@ -78,89 +50,41 @@ async fn route_timeout_answers_deadline_exceeded_trailers_only() {
     let policy = crate::web_policy(
         "  routes:\n  - name: unary\n    match: { path: /bulwark.test.v1.Echo/Unary }\n    timeout: { request: 200ms }\n",
     );
-    let proxy = ProxyBuilder::new()
-        .listener("web", up.addr)
-        .policies(&policy)
-        .start()
-        .await;
+    let proxy = ProxyBuilder::new().listener("web", up.addr).policies(&policy).start().await;
     let mut c = client(proxy.listener("web")).await;
-    let err = c
-        .unary(EchoRequest {
-            message: "slow".into(),
-            delay_ms: 3000,
-        })
-        .await
-        .unwrap_err();
+    let err = c.unary(EchoRequest { message: "slow".into(), delay_ms: 3000 }).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     assert_eq!(err.metadata().get("x-bulwark-reason").unwrap(), "timeout");
-    let fast = c
-        .unary(EchoRequest {
-            message: "fast".into(),
-            delay_ms: 0,
-        })
-        .await
-        .unwrap();
+    let fast = c.unary(EchoRequest { message: "fast".into(), delay_ms: 0 }).await.unwrap();
     assert_eq!(fast.into_inner().message, "fast");
 }
 
 #[tokio::test]
 async fn unreachable_upstream_answers_unavailable() {
     let port = bulwark_e2e::proxy::free_port();
-    let proxy = ProxyBuilder::new()
-        .listener_with_protocol("web", format!("127.0.0.1:{port}"), "http2")
-        .start()
-        .await;
+    let proxy = ProxyBuilder::new().listener_with_protocol("web", format!("127.0.0.1:{port}"), "http2").start().await;
     let mut c = client(proxy.listener("web")).await;
-    let err = c
-        .unary(EchoRequest {
-            message: "x".into(),
-            delay_ms: 0,
-        })
-        .await
-        .unwrap_err();
+    let err = c.unary(EchoRequest { message: "x".into(), delay_ms: 0 }).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert_eq!(
-        err.metadata().get("x-bulwark-reason").unwrap(),
-        "upstream-connect-failure"
-    );
+    assert_eq!(err.metadata().get("x-bulwark-reason").unwrap(), "upstream-connect-failure");
 }
 
 #[tokio::test]
 async fn retries_on_a_grpc_status_hide_a_flaky_server() {
     let up = GrpcUpstream::start().await;
-    let policy = crate::web_policy("  defaults:\n    retries: { attempts: 1, on: [unavailable], backoff: { base: 1ms, max: 2ms } }\n");
-    let proxy = ProxyBuilder::new()
-        .listener("web", up.addr)
-        .policies(&policy)
-        .start()
-        .await;
+    let policy = crate::web_policy(
+        "  defaults:\n    retries: { attempts: 1, on: [unavailable], backoff: { base: 1ms, max: 2ms } }\n",
+    );
+    let proxy = ProxyBuilder::new().listener("web", up.addr).policies(&policy).start().await;
     let mut c = client(proxy.listener("web")).await;
     for _ in 0..6 {
-        let r = c
-            .unary(EchoRequest {
-                message: "flaky".into(),
-                delay_ms: 0,
-            })
-            .await
-            .expect("the retry hides UNAVAILABLE");
+        let r =
+            c.unary(EchoRequest { message: "flaky".into(), delay_ms: 0 }).await.expect("the retry hides UNAVAILABLE");
         assert_eq!(r.into_inner().message, "flaky");
     }
-    assert_eq!(
-        up.service.calls.load(std::sync::atomic::Ordering::SeqCst),
-        12,
-        "every call needed its retry"
-    );
+    assert_eq!(up.service.calls.load(std::sync::atomic::Ordering::SeqCst), 12, "every call needed its retry");
     // An error not listed in retries.on is passed through, not retried.
-    let err = c
-        .unary(EchoRequest {
-            message: "fail".into(),
-            delay_ms: 0,
-        })
-        .await
-        .unwrap_err();
+    let err = c.unary(EchoRequest { message: "fail".into(), delay_ms: 0 }).await.unwrap_err();
     assert_eq!(err.code(), Code::Internal);
-    assert_eq!(
-        up.service.calls.load(std::sync::atomic::Ordering::SeqCst),
-        13
-    );
+    assert_eq!(up.service.calls.load(std::sync::atomic::Ordering::SeqCst), 13);
 }

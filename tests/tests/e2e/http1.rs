@@ -36,39 +36,18 @@ async fn forwards_with_host_kept_request_id_added_and_hop_by_hop_removed() {
     )
     .await
     .unwrap();
-    assert_eq!(
-        r.status,
-        StatusCode::IM_A_TEAPOT,
-        "upstream status passes through"
-    );
-    assert_eq!(
-        r.reason(),
-        None,
-        "a passed-through response carries no x-bulwark-reason"
-    );
+    assert_eq!(r.status, StatusCode::IM_A_TEAPOT, "upstream status passes through");
+    assert_eq!(r.reason(), None, "a passed-through response carries no x-bulwark-reason");
     let echo = r.echo();
     assert_eq!(echo.uri, "/hello?x=1");
     assert_eq!(echo.headers["host"], "payments.example");
     assert_eq!(echo.headers["x-app"], "kept");
-    assert!(
-        !echo.headers.contains_key("x-secret"),
-        "headers named in Connection are hop-by-hop"
-    );
+    assert!(!echo.headers.contains_key("x-secret"), "headers named in Connection are hop-by-hop");
     assert!(!echo.headers.contains_key("keep-alive"));
-    assert_eq!(
-        echo.headers["x-request-id"].len(),
-        36,
-        "x-request-id generated"
-    );
+    assert_eq!(echo.headers["x-request-id"].len(), 36, "x-request-id generated");
 
-    let given = client::get(proxy.listener("web"), "/", &[("x-request-id", "abc-123")])
-        .await
-        .unwrap();
-    assert_eq!(
-        given.echo().headers["x-request-id"],
-        "abc-123",
-        "an incoming x-request-id is kept"
-    );
+    let given = client::get(proxy.listener("web"), "/", &[("x-request-id", "abc-123")]).await.unwrap();
+    assert_eq!(given.echo().headers["x-request-id"], "abc-123", "an incoming x-request-id is kept");
 }
 
 #[tokio::test]
@@ -76,32 +55,10 @@ async fn upstream_connections_are_pooled() {
     let up = Upstream::start().await;
     let proxy = ProxyBuilder::new().listener("web", up.addr).start().await;
     for _ in 0..5 {
-        assert_eq!(
-            client::get(proxy.listener("web"), "/", &[])
-                .await
-                .unwrap()
-                .status,
-            StatusCode::OK
-        );
+        assert_eq!(client::get(proxy.listener("web"), "/", &[]).await.unwrap().status, StatusCode::OK);
     }
-    assert_eq!(
-        proxy
-            .metric(
-                "bulwark_upstream_connections_total",
-                &[("result", "opened")]
-            )
-            .await,
-        1.0
-    );
-    assert_eq!(
-        proxy
-            .metric(
-                "bulwark_upstream_connections_total",
-                &[("result", "reused")]
-            )
-            .await,
-        4.0
-    );
+    assert_eq!(proxy.metric("bulwark_upstream_connections_total", &[("result", "opened")]).await, 1.0);
+    assert_eq!(proxy.metric("bulwark_upstream_connections_total", &[("result", "reused")]).await, 4.0);
 }
 
 #[tokio::test]
@@ -109,35 +66,19 @@ async fn streams_bodies_and_handles_head_204_and_http10() {
     let up = Upstream::start().await;
     let proxy = ProxyBuilder::new().listener("web", up.addr).start().await;
     let addr = proxy.listener("web");
-    let streamed = client::get(
-        addr,
-        "/",
-        &[("x-stream", "5"), ("x-stream-interval", "10ms")],
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        streamed.text(),
-        "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n"
-    );
+    let streamed = client::get(addr, "/", &[("x-stream", "5"), ("x-stream-interval", "10ms")]).await.unwrap();
+    assert_eq!(streamed.text(), "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n");
 
-    let head = client::send(addr, request(Method::HEAD, "/", &[]))
-        .await
-        .unwrap();
+    let head = client::send(addr, request(Method::HEAD, "/", &[])).await.unwrap();
     assert_eq!(head.status, StatusCode::OK);
     assert!(head.body.is_empty());
-    let no_content = client::get(addr, "/", &[("x-status", "204")])
-        .await
-        .unwrap();
+    let no_content = client::get(addr, "/", &[("x-status", "204")]).await.unwrap();
     assert_eq!(no_content.status, StatusCode::NO_CONTENT);
     assert!(no_content.body.is_empty());
 
     // HTTP/1.0 without Host: forwarded as HTTP/1.1 with a Host so upstream keep-alive works.
     let old = raw(addr, b"GET /old HTTP/1.0\r\n\r\n").await;
-    assert!(
-        old.starts_with("HTTP/1.0 200") || old.starts_with("HTTP/1.1 200"),
-        "{old}"
-    );
+    assert!(old.starts_with("HTTP/1.0 200") || old.starts_with("HTTP/1.1 200"), "{old}");
     assert!(old.contains("\"version\":\"HTTP/1.1\""), "{old}");
     assert!(old.contains(&format!("\"host\":\"{}\"", up.addr)), "{old}");
 }
@@ -147,20 +88,16 @@ async fn upgrade_tunnels_bytes_both_ways() {
     let up = Upstream::start().await;
     let proxy = ProxyBuilder::new().listener("web", up.addr).start().await;
     let mut s = TcpStream::connect(proxy.listener("web")).await.unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: echo\r\nx-upgrade: 1\r\n\r\n").await.unwrap();
-    let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: echo\r\nx-upgrade: 1\r\n\r\n")
         .await
-        .unwrap()
         .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
     let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo"), "{head}");
     s.write_all(b"over the tunnel").await.unwrap();
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
     assert_eq!(&buf[..n], b"over the tunnel");
 }
 
@@ -196,10 +133,7 @@ async fn ambiguous_framing_and_oversized_headers_are_refused_and_never_forwarded
     let r = raw(addr, many.as_bytes()).await;
     assert!(r.starts_with("HTTP/1.1 431"), "{r}");
 
-    let big = format!(
-        "GET / HTTP/1.1\r\nHost: a\r\nx-big: {}\r\n\r\n",
-        "a".repeat(70 * 1024)
-    );
+    let big = format!("GET / HTTP/1.1\r\nHost: a\r\nx-big: {}\r\n\r\n", "a".repeat(70 * 1024));
     let r = raw(addr, big.as_bytes()).await;
     assert!(r.starts_with("HTTP/1.1 431"), "{r}");
     assert_eq!(up.requests(), 1, "oversized heads never reach the upstream");
@@ -220,17 +154,7 @@ async fn connections_beyond_the_listener_cap_are_closed_at_once() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut c = TcpStream::connect(addr).await.unwrap();
     let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
-        .await
-        .expect("closed at once");
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await.expect("closed at once");
     assert!(matches!(n, Ok(0) | Err(_)), "third connection closed");
-    assert_eq!(
-        proxy
-            .metric(
-                "bulwark_downstream_connections_rejected_total",
-                &[("listener", "web")]
-            )
-            .await,
-        1.0
-    );
+    assert_eq!(proxy.metric("bulwark_downstream_connections_rejected_total", &[("listener", "web")]).await, 1.0);
 }

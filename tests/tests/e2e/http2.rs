@@ -13,11 +13,7 @@ async fn h2c_is_proxied_as_h2_with_trailers() {
     let r = client::get_h2(
         proxy.listener("web"),
         "/h2",
-        &[
-            ("x-trailer", "1"),
-            ("x-stream", "3"),
-            ("x-stream-interval", "5ms"),
-        ],
+        &[("x-trailer", "1"), ("x-stream", "3"), ("x-stream-interval", "5ms")],
     )
     .await
     .unwrap();
@@ -27,20 +23,9 @@ async fn h2c_is_proxied_as_h2_with_trailers() {
     let trailers = r.trailers.expect("trailers forwarded");
     assert_eq!(trailers["x-upstream-trailer"], "yes");
 
-    let echo = client::get_h2(proxy.listener("web"), "/who", &[])
-        .await
-        .unwrap()
-        .echo();
+    let echo = client::get_h2(proxy.listener("web"), "/who", &[]).await.unwrap().echo();
     assert_eq!(echo.version, "HTTP/2.0", "upstream leg is HTTP/2 too");
     assert!(echo.uri.ends_with("/who"));
     assert!(echo.headers.contains_key("x-request-id"));
-    assert_eq!(
-        proxy
-            .metric(
-                "bulwark_downstream_connections_total",
-                &[("protocol", "http2")]
-            )
-            .await,
-        2.0
-    );
+    assert_eq!(proxy.metric("bulwark_downstream_connections_total", &[("protocol", "http2")]).await, 2.0);
 }

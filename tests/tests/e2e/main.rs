@@ -5,6 +5,7 @@ mod admin;
 mod balance;
 mod cli;
 mod drain;
+mod faults;
 mod grpc;
 mod http1;
 mod http2;

@@ -11,31 +11,14 @@ use tokio::net::TcpStream;
 #[tokio::test]
 async fn tcp_echo_with_half_close() {
     let server = TcpServer::echo().await;
-    let proxy = ProxyBuilder::new()
-        .listener("db", server.addr)
-        .start()
-        .await;
+    let proxy = ProxyBuilder::new().listener("db", server.addr).start().await;
     let mut s = TcpStream::connect(proxy.listener("db")).await.unwrap();
     s.write_all(b"\x00\x01binary hello").await.unwrap();
     s.shutdown().await.unwrap();
     let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        got, b"\x00\x01binary hellobye",
-        "echo, then the server's reply after our EOF"
-    );
-    assert_eq!(
-        proxy
-            .metric(
-                "bulwark_downstream_connections_total",
-                &[("protocol", "tcp")]
-            )
-            .await,
-        1.0
-    );
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await.unwrap().unwrap();
+    assert_eq!(got, b"\x00\x01binary hellobye", "echo, then the server's reply after our EOF");
+    assert_eq!(proxy.metric("bulwark_downstream_connections_total", &[("protocol", "tcp")]).await, 1.0);
 }
 
 #[tokio::test]
@@ -55,10 +38,7 @@ async fn server_first_protocol_does_not_hang() {
     assert_eq!(buf, GREETING);
     s.write_all(b"EHLO x\r\n").await.unwrap();
     let mut echo = vec![0u8; 8];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo)).await.unwrap().unwrap();
     assert_eq!(echo, b"EHLO x\r\n");
 }
 
@@ -68,17 +48,11 @@ async fn server_first_port_skips_detection() {
     let proxy = ProxyBuilder::new()
         .listener("mysql", server.addr)
         // A long detection timeout that the skip list must bypass.
-        .extra(&format!(
-            "detection: {{ timeout: 30s, serverFirstPorts: [{}] }}",
-            server.addr.port()
-        ))
+        .extra(&format!("detection: {{ timeout: 30s, serverFirstPorts: [{}] }}", server.addr.port()))
         .start()
         .await;
     let mut s = TcpStream::connect(proxy.listener("mysql")).await.unwrap();
     let mut buf = vec![0u8; GREETING.len()];
-    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
-        .await
-        .expect("no detection wait")
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf)).await.expect("no detection wait").unwrap();
     assert_eq!(buf, GREETING);
 }

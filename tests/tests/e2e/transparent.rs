@@ -42,10 +42,7 @@ fn bins() -> Bins {
     };
     Bins {
         client: copy(env!("CARGO_BIN_EXE_bulwark-test-client").into(), "client"),
-        upstream: copy(
-            env!("CARGO_BIN_EXE_bulwark-test-upstream").into(),
-            "upstream",
-        ),
+        upstream: copy(env!("CARGO_BIN_EXE_bulwark-test-upstream").into(), "upstream"),
         proxy: copy(workspace_bin("bulwark-proxy"), "bulwark-proxy"),
         _dir: dir,
     }
@@ -59,56 +56,28 @@ struct Answer {
 }
 
 /// One GET from inside `ns`, optionally as the unprivileged app UID.
-fn call(
-    ns: &Netns,
-    bins: &Bins,
-    as_app: bool,
-    addr: SocketAddr,
-    path: &str,
-    headers: &[&str],
-) -> Answer {
+fn call(ns: &Netns, bins: &Bins, as_app: bool, addr: SocketAddr, path: &str, headers: &[&str]) -> Answer {
     let mut cmd = if as_app {
         let mut c = ns.command("setpriv");
-        c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
-            .arg(&bins.client);
+        c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"]).arg(&bins.client);
         c
     } else {
         ns.command(bins.client.to_str().unwrap())
     };
-    let out = cmd
-        .arg(addr.to_string())
-        .arg(path)
-        .args(headers)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cmd.arg(addr.to_string()).arg(path).args(headers).output().unwrap();
+    assert!(out.status.success(), "client failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Writes the redirect and starts the proxy in the pod namespace with `policies`.
 fn start_proxy(pod: &Netns, bins: &Bins, dir: &TempDir, policies: &str) -> Background {
-    let out = pod
-        .command(bins.proxy.to_str().unwrap())
-        .args(["init", "--proxy-uid", "0", "--ipv6", "on"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "init failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        pod.command(bins.proxy.to_str().unwrap()).args(["init", "--proxy-uid", "0", "--ipv6", "on"]).output().unwrap();
+    assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
     let config = dir.path().join("proxy.yaml");
     std::fs::write(dir.path().join("policies.yaml"), policies).unwrap();
     std::fs::create_dir_all(dir.path().join("policies")).unwrap();
-    std::fs::rename(
-        dir.path().join("policies.yaml"),
-        dir.path().join("policies/p.yaml"),
-    )
-    .unwrap();
+    std::fs::rename(dir.path().join("policies.yaml"), dir.path().join("policies/p.yaml")).unwrap();
     std::fs::write(
         &config,
         "admin: 127.0.0.1:15000\nhealth: 0.0.0.0:15020\ntransparent: { outbound: \"[::]:15001\", inbound: \"[::]:15006\" }\npolicyDir: policies\n",
@@ -145,10 +114,7 @@ fn start_proxy(pod: &Netns, bins: &Bins, dir: &TempDir, policies: &str) -> Backg
 fn assert_captured(ns: &Netns, bins: &Bins, as_app: bool, addr: SocketAddr) {
     let ok = call(ns, bins, as_app, addr, "/", &[]);
     assert_eq!(ok.status, 200, "{addr}: {ok:?}");
-    assert!(
-        ok.body.contains("x-request-id"),
-        "{addr}: not proxied: {ok:?}"
-    );
+    assert!(ok.body.contains("x-request-id"), "{addr}: not proxied: {ok:?}");
     let slow = call(ns, bins, as_app, addr, "/slow", &["x-delay:1s"]);
     assert_eq!(
         (slow.status, slow.reason.as_deref()),
@@ -182,11 +148,7 @@ fn start_upstream(ns: &Netns, bins: &Bins, addr: &str) -> Background {
         .args([&format!("127.0.0.1:{port}"), "/"])
         .output()
         .unwrap();
-    assert!(
-        ready.status.success(),
-        "upstream on {addr} not answering: {}",
-        String::from_utf8_lossy(&ready.stderr)
-    );
+    assert!(ready.status.success(), "upstream on {addr} not answering: {}", String::from_utf8_lossy(&ready.stderr));
     up
 }
 
@@ -199,10 +161,7 @@ fn outbound_capture_applies_policy_by_original_destination_v4_and_v6() {
     let net = PodAndRemote::new();
     let dir = TempDir::new("outbound");
     let _up = start_upstream(&net.remote, &bins, "[::]:8080");
-    let target = format!(
-        "{{ addresses: [\"{}/32\", \"{}/128\"], ports: [8080] }}",
-        net.remote_ip, net.remote_ip6
-    );
+    let target = format!("{{ addresses: [\"{}/32\", \"{}/128\"], ports: [8080] }}", net.remote_ip, net.remote_ip6);
     let _proxy = start_proxy(&net.pod, &bins, &dir, &slow_route_policy("remote", &target));
     let v4 = SocketAddr::new(net.remote_ip, 8080);
     assert_captured(&net.pod, &bins, true, v4);
@@ -214,14 +173,7 @@ fn outbound_capture_applies_policy_by_original_destination_v4_and_v6() {
     assert!(!direct.body.contains("x-request-id"), "not proxied");
 
     // The app can still reach itself over loopback.
-    let own = call(
-        &net.pod,
-        &bins,
-        true,
-        "127.0.0.1:15020".parse().unwrap(),
-        "/live",
-        &[],
-    );
+    let own = call(&net.pod, &bins, true, "127.0.0.1:15020".parse().unwrap(), "/live", &[]);
     assert_eq!(own.status, 200);
 }
 
@@ -235,12 +187,7 @@ fn inbound_capture_applies_inbound_policy() {
     let dir = TempDir::new("inbound");
     let _app = start_upstream(&net.pod, &bins, "0.0.0.0:8080");
     let target = "{ addresses: [0.0.0.0/0], ports: [8080], direction: inbound }";
-    let _proxy = start_proxy(
-        &net.pod,
-        &bins,
-        &dir,
-        &slow_route_policy("app-inbound", target),
-    );
+    let _proxy = start_proxy(&net.pod, &bins, &dir, &slow_route_policy("app-inbound", target));
     assert_captured(&net.remote, &bins, false, SocketAddr::new(net.pod_ip, 8080));
 }
 
@@ -262,65 +209,26 @@ fn init_is_idempotent_and_cleanup_removes_exactly_its_rules() {
     let net = PodAndRemote::new();
     let ns = &net.pod;
     ns.run(&["iptables", "-t", "nat", "-N", "OTHER"]);
-    ns.run(&[
-        "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "udp", "-j", "OTHER",
-    ]);
+    ns.run(&["iptables", "-t", "nat", "-A", "OUTPUT", "-p", "udp", "-j", "OTHER"]);
     let proxy = bins.proxy.to_str().unwrap();
 
-    ns.run(&[
-        proxy,
-        "init",
-        "--ipv6",
-        "on",
-        "--exclude-outbound-ports",
-        "5432",
-    ]);
+    ns.run(&[proxy, "init", "--ipv6", "on", "--exclude-outbound-ports", "5432"]);
     let once = nat_rules(ns, "iptables-save");
     let once6 = nat_rules(ns, "ip6tables-save");
-    ns.run(&[
-        proxy,
-        "init",
-        "--ipv6",
-        "on",
-        "--exclude-outbound-ports",
-        "5432",
-    ]);
-    assert_eq!(
-        nat_rules(ns, "iptables-save"),
-        once,
-        "second init changes nothing"
-    );
+    ns.run(&[proxy, "init", "--ipv6", "on", "--exclude-outbound-ports", "5432"]);
+    assert_eq!(nat_rules(ns, "iptables-save"), once, "second init changes nothing");
     assert_eq!(nat_rules(ns, "ip6tables-save"), once6);
-    assert!(
-        once.contains("-A BULWARK_OUTPUT -m owner --uid-owner 1337 -j RETURN"),
-        "{once}"
-    );
-    assert!(
-        once.contains("-A BULWARK_REDIRECT -p tcp -j REDIRECT --to-ports 15001"),
-        "{once}"
-    );
-    assert!(
-        once.contains("-A BULWARK_OUTPUT -p tcp -m tcp --dport 5432 -j RETURN"),
-        "{once}"
-    );
-    assert!(
-        once6.contains("-A BULWARK_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006"),
-        "{once6}"
-    );
+    assert!(once.contains("-A BULWARK_OUTPUT -m owner --uid-owner 1337 -j RETURN"), "{once}");
+    assert!(once.contains("-A BULWARK_REDIRECT -p tcp -j REDIRECT --to-ports 15001"), "{once}");
+    assert!(once.contains("-A BULWARK_OUTPUT -p tcp -m tcp --dport 5432 -j RETURN"), "{once}");
+    assert!(once6.contains("-A BULWARK_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006"), "{once6}");
 
     ns.run(&[proxy, "init", "--cleanup", "--ipv6", "on"]);
     let after = nat_rules(ns, "iptables-save");
     assert!(!after.contains("BULWARK"), "{after}");
     assert!(!nat_rules(ns, "ip6tables-save").contains("BULWARK"));
-    assert!(
-        after.contains("-A OUTPUT -p udp -j OTHER"),
-        "unrelated rules are kept: {after}"
-    );
+    assert!(after.contains("-A OUTPUT -p udp -j OTHER"), "unrelated rules are kept: {after}");
 
-    let dry = Command::new(&bins.proxy)
-        .args(["init", "--dry-run", "--ipv6", "off"])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&dry.stdout)
-        .contains("iptables -t nat -A PREROUTING -p tcp -j BULWARK_INBOUND"));
+    let dry = Command::new(&bins.proxy).args(["init", "--dry-run", "--ipv6", "off"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("iptables -t nat -A PREROUTING -p tcp -j BULWARK_INBOUND"));
 }

@@ -13,23 +13,12 @@ fn policy() -> BreakerPolicy {
         minimum_requests: 4,
         open_for: Duration::from_secs(5),
         half_open_requests: 2,
-        failure_on: vec![
-            Condition::Any5xx,
-            Condition::ConnectFailure,
-            Condition::Reset,
-            Condition::Timeout,
-        ],
+        failure_on: vec![Condition::Any5xx, Condition::ConnectFailure, Condition::Reset, Condition::Timeout],
     }
 }
 
-const OK: Outcome = Outcome::Response {
-    status: 200,
-    grpc: None,
-};
-const FAIL: Outcome = Outcome::Response {
-    status: 503,
-    grpc: None,
-};
+const OK: Outcome = Outcome::Response { status: 200, grpc: None };
+const FAIL: Outcome = Outcome::Response { status: 503, grpc: None };
 const MS: Duration = Duration::from_millis(1);
 
 fn breaker(p: BreakerPolicy) -> (Arc<Breaker>, Arc<AtomicUsize>) {
@@ -61,11 +50,7 @@ async fn opens_after_exactly_n_consecutive_failures() {
     call(&b, OK).unwrap(); // resets the run
     call(&b, FAIL).unwrap();
     call(&b, FAIL).unwrap();
-    assert_eq!(
-        b.state(Instant::now()),
-        State::Closed,
-        "two in a row: still closed"
-    );
+    assert_eq!(b.state(Instant::now()), State::Closed, "two in a row: still closed");
     call(&b, FAIL).unwrap();
     assert_eq!(b.state(Instant::now()), State::Open);
     assert_eq!(call(&b, OK), Err(CircuitOpen), "open refuses at once");
@@ -119,21 +104,13 @@ async fn failure_rate_needs_the_minimum_requests_and_forgets_old_slices() {
     call(&b, FAIL).unwrap();
     call(&b, OK).unwrap();
     call(&b, FAIL).unwrap();
-    assert_eq!(
-        b.state(Instant::now()),
-        State::Closed,
-        "3 < minimumRequests"
-    );
+    assert_eq!(b.state(Instant::now()), State::Closed, "3 < minimumRequests");
     // The window moves on: those three are forgotten.
     tokio::time::advance(Duration::from_secs(11)).await;
     call(&b, OK).unwrap();
     call(&b, OK).unwrap();
     call(&b, FAIL).unwrap();
-    assert_eq!(
-        b.state(Instant::now()),
-        State::Closed,
-        "1 of 3 in the window"
-    );
+    assert_eq!(b.state(Instant::now()), State::Closed, "1 of 3 in the window");
     call(&b, FAIL).unwrap();
     assert_eq!(b.state(Instant::now()), State::Open, "2 of 4 = 50%");
 }
@@ -147,9 +124,7 @@ async fn slow_calls_trip_by_rate_and_only_listed_outcomes_are_failures() {
     let (b, _) = breaker(p);
     let now = Instant::now();
     for _ in 0..3 {
-        b.admit(now)
-            .unwrap()
-            .record(FAIL, Duration::from_millis(200), now); // 503: not a listed failure, but slow
+        b.admit(now).unwrap().record(FAIL, Duration::from_millis(200), now); // 503: not a listed failure, but slow
     }
     b.admit(now).unwrap().record(OK, MS, now);
     assert_eq!(b.state(now), State::Open, "3 of 4 slow = 75%");

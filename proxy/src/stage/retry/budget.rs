@@ -20,12 +20,7 @@ pub struct RetryBudget {
 
 impl RetryBudget {
     pub fn new(percent: f64, min_per_second: u32, now: Instant) -> RetryBudget {
-        RetryBudget {
-            percent,
-            min_per_second,
-            start: now,
-            slices: Mutex::new([(u64::MAX, 0, 0); SLICES as usize]),
-        }
+        RetryBudget { percent, min_per_second, start: now, slices: Mutex::new([(u64::MAX, 0, 0); SLICES as usize]) }
     }
 
     fn second(&self, now: Instant) -> u64 {
@@ -50,11 +45,8 @@ impl RetryBudget {
         let (requests, retries) = slices
             .iter()
             .filter(|x| x.0 != u64::MAX && x.0 + SLICES > s)
-            .fold((0u64, 0u64), |(r, t), x| {
-                (r + u64::from(x.1), t + u64::from(x.2))
-            });
-        let allowed = (requests as f64 * self.percent / 100.0) as u64
-            + u64::from(self.min_per_second) * SLICES;
+            .fold((0u64, 0u64), |(r, t), x| (r + u64::from(x.1), t + u64::from(x.2)));
+        let allowed = (requests as f64 * self.percent / 100.0) as u64 + u64::from(self.min_per_second) * SLICES;
         if retries >= allowed {
             return false;
         }

@@ -1,0 +1,330 @@
+//! Compiled fault injection settings. Percentages become precomputed thresholds over a 64-bit
+//! uniform draw, so a request's decision is one comparison; 0% never fires and 100% always
+//! does. Expiry is kept as written (an absolute time, or a duration counted from when the proxy
+//! first applies the faults); the proxy turns it into a deadline.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::Errors;
+use crate::route::HeaderMatch;
+use crate::spec::{DelaySpec, FaultSpec, TcpFaultSpec};
+
+/// The finest percentage accepted: one in a million.
+pub const MIN_PERCENT: f64 = 0.0001;
+const MAX_DELAY: Duration = Duration::from_secs(3600);
+
+/// A probability, as a threshold a uniform `u64` draw must fall below.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chance(u64);
+
+impl Chance {
+    pub const ALWAYS: Chance = Chance(u64::MAX);
+
+    pub fn from_percent(p: f64) -> Chance {
+        if p >= 100.0 {
+            Chance::ALWAYS
+        } else {
+            Chance((p / 100.0 * u64::MAX as f64) as u64)
+        }
+    }
+
+    pub fn hit(self, draw: u64) -> bool {
+        self == Chance::ALWAYS || draw < self.0
+    }
+
+    pub fn percent(self) -> f64 {
+        if self == Chance::ALWAYS {
+            100.0
+        } else {
+            self.0 as f64 / u64::MAX as f64 * 100.0
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delay {
+    Fixed(Duration),
+    /// Uniform in [min, max].
+    Range(Duration, Duration),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DelayFault {
+    pub delay: Delay,
+    pub chance: Chance,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbortWith {
+    Http(u16),
+    Grpc(u16),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AbortFault {
+    pub with: AbortWith,
+    pub chance: Chance,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BandwidthFault {
+    pub bytes_per_second: u64,
+    pub chance: Chance,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    At(SystemTime),
+    After(Duration),
+}
+
+#[derive(Debug)]
+pub struct FaultPolicy {
+    pub delay: Option<DelayFault>,
+    pub abort: Option<AbortFault>,
+    pub response_delay: Option<DelayFault>,
+    pub response_bandwidth: Option<BandwidthFault>,
+    pub headers: Vec<HeaderMatch>,
+    /// A stable share of clients, by source address.
+    pub clients: Option<Chance>,
+    pub expiry: Option<Expiry>,
+    /// As written, for equality across snapshots and for display.
+    pub spec: FaultSpec,
+}
+
+impl PartialEq for FaultPolicy {
+    fn eq(&self, other: &Self) -> bool {
+        self.spec == other.spec
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpFaultPolicy {
+    pub delay: Option<(Duration, Chance)>,
+    pub bandwidth: Option<BandwidthFault>,
+    /// `None` bytes: reset at once.
+    pub reset: Option<(Option<u64>, Chance)>,
+    pub blackhole: Option<Chance>,
+}
+
+fn chance(errs: &mut Errors<'_>, path: &str, p: f64) -> Chance {
+    if !(0.0..=100.0).contains(&p) {
+        errs.push(path, format!("{p} is not a percentage in [0, 100]"));
+    } else if p > 0.0 && p < MIN_PERCENT {
+        errs.push(path, format!("{p} is finer than the smallest percentage, {MIN_PERCENT} (one in a million)"));
+    }
+    Chance::from_percent(p)
+}
+
+fn delay(errs: &mut Errors<'_>, path: &str, d: &DelaySpec) -> DelayFault {
+    let bounded = |errs: &mut Errors<'_>, at: &str, v: Duration| {
+        if v > MAX_DELAY {
+            errs.push(at, "must be at most 1h");
+        }
+        v
+    };
+    let delay = match (&d.fixed, &d.range) {
+        (Some(f), None) => Delay::Fixed(bounded(errs, &format!("{path}.fixed"), f.get())),
+        (None, Some(r)) => {
+            let (min, max) = (
+                bounded(errs, &format!("{path}.range.min"), r.min.get()),
+                bounded(errs, &format!("{path}.range.max"), r.max.get()),
+            );
+            if max < min {
+                errs.push(format!("{path}.range.max"), "must not be smaller than range.min");
+            }
+            Delay::Range(min, max)
+        }
+        _ => {
+            errs.push(path, "set exactly one of fixed and range");
+            Delay::Fixed(Duration::ZERO)
+        }
+    };
+    DelayFault { delay, chance: chance(errs, &format!("{path}.percent"), d.percent) }
+}
+
+pub(crate) fn compile(errs: &mut Errors<'_>, path: &str, s: &FaultSpec, headers: Vec<HeaderMatch>) -> FaultPolicy {
+    let abort = s.abort.as_ref().map(|a| {
+        let p = format!("{path}.abort");
+        let with = match (a.http_status, a.grpc_status) {
+            (Some(h), None) => {
+                if !(200..=599).contains(&h) {
+                    errs.push(format!("{p}.httpStatus"), format!("{h} is not an HTTP status in 200..=599"));
+                }
+                AbortWith::Http(h)
+            }
+            (None, Some(g)) => {
+                if !(1..=16).contains(&g) {
+                    errs.push(format!("{p}.grpcStatus"), format!("{g} is not a gRPC error status (1..=16)"));
+                }
+                AbortWith::Grpc(g)
+            }
+            _ => {
+                errs.push(p.clone(), "set exactly one of httpStatus and grpcStatus");
+                AbortWith::Http(503)
+            }
+        };
+        AbortFault { with, chance: chance(errs, &format!("{p}.percent"), a.percent) }
+    });
+    let bandwidth = |errs: &mut Errors<'_>, at: &str, b: &crate::spec::BandwidthSpec| {
+        if b.bytes_per_second == 0 {
+            errs.push(format!("{at}.bytesPerSecond"), "must be at least 1");
+        }
+        BandwidthFault {
+            bytes_per_second: b.bytes_per_second.max(1),
+            chance: chance(errs, &format!("{at}.percent"), b.percent),
+        }
+    };
+    let expiry = match (&s.expires_at, &s.for_) {
+        (Some(_), Some(_)) => {
+            errs.push(path, "set at most one of expiresAt and for");
+            None
+        }
+        (Some(t), None) => match parse_rfc3339(t) {
+            Ok(at) => Some(Expiry::At(at)),
+            Err(e) => {
+                errs.push(format!("{path}.expiresAt"), e);
+                None
+            }
+        },
+        (None, Some(d)) => {
+            if d.get().is_zero() {
+                errs.push(format!("{path}.for"), "must be greater than zero");
+            }
+            Some(Expiry::After(d.get()))
+        }
+        (None, None) => None,
+    };
+    let clients = s
+        .matches
+        .as_ref()
+        .and_then(|m| m.client_percent)
+        .map(|p| chance(errs, &format!("{path}.match.clientPercent"), p));
+    FaultPolicy {
+        delay: s.delay.as_ref().map(|d| delay(errs, &format!("{path}.delay"), d)),
+        abort,
+        response_delay: s.response_delay.as_ref().map(|d| delay(errs, &format!("{path}.responseDelay"), d)),
+        response_bandwidth: s
+            .response_bandwidth
+            .as_ref()
+            .map(|b| bandwidth(errs, &format!("{path}.responseBandwidth"), b)),
+        headers,
+        clients,
+        expiry,
+        spec: s.clone(),
+    }
+}
+
+pub(crate) fn compile_tcp(errs: &mut Errors<'_>, path: &str, s: &TcpFaultSpec) -> TcpFaultPolicy {
+    TcpFaultPolicy {
+        delay: s.delay.as_ref().map(|d| {
+            if d.per_chunk.get() > MAX_DELAY {
+                errs.push(format!("{path}.delay.perChunk"), "must be at most 1h");
+            }
+            (d.per_chunk.get(), chance(errs, &format!("{path}.delay.percent"), d.percent))
+        }),
+        bandwidth: s.bandwidth.as_ref().map(|b| {
+            if b.bytes_per_second == 0 {
+                errs.push(format!("{path}.bandwidth.bytesPerSecond"), "must be at least 1");
+            }
+            BandwidthFault {
+                bytes_per_second: b.bytes_per_second.max(1),
+                chance: chance(errs, &format!("{path}.bandwidth.percent"), b.percent),
+            }
+        }),
+        reset: s.reset.as_ref().map(|r| (r.after_bytes, chance(errs, &format!("{path}.reset.percent"), r.percent))),
+        blackhole: s.blackhole.as_ref().map(|b| chance(errs, &format!("{path}.blackhole.percent"), b.percent)),
+    }
+}
+
+/// `2026-11-23T10:00:00Z`, with optional fraction and `+hh:mm`/`-hh:mm` offset.
+pub fn parse_rfc3339(text: &str) -> Result<SystemTime, String> {
+    let bad = || format!("{text:?} is not an RFC 3339 time such as 2026-11-23T10:00:00Z");
+    let b = text.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b'T' || b[10] == b't')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| text.get(r).and_then(|s| s.parse::<i64>().ok()).ok_or_else(bad);
+    let (y, mo, d, h, mi, sec) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return Err(bad());
+    }
+    let mut rest = &text[19..];
+    let mut nanos = 0u32;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let f: String = frac[..digits].chars().chain(std::iter::repeat('0')).take(9).collect();
+        nanos = f.parse().map_err(|_| bad())?;
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
+            let sign = if o.starts_with('-') { -1 } else { 1 };
+            sign * (o[1..3].parse::<i64>().map_err(|_| bad())? * 3600 + o[4..6].parse::<i64>().map_err(|_| bad())? * 60)
+        }
+        _ => return Err(bad()),
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let (yy, m) = if mo <= 2 { (y - 1, mo + 9) } else { (y, mo - 3) };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let doy = (153 * m + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset;
+    if secs < 0 {
+        return Err(bad());
+    }
+    Ok(UNIX_EPOCH + Duration::new(secs as u64, nanos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chances_are_exact_at_the_edges() {
+        assert!(!Chance::from_percent(0.0).hit(0));
+        assert!(Chance::from_percent(100.0).hit(u64::MAX));
+        let one_in_a_million = Chance::from_percent(0.0001);
+        assert!(one_in_a_million.hit(0));
+        assert!(!one_in_a_million.hit(u64::MAX / 1_000_000 + 1));
+        assert!((Chance::from_percent(12.5).percent() - 12.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn seeded_draws_fire_at_the_configured_rate() {
+        let c = Chance::from_percent(10.0);
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut hits = 0;
+        for _ in 0..100_000 {
+            // xorshift64*: deterministic and uniform enough for a rate check.
+            rng ^= rng >> 12;
+            rng ^= rng << 25;
+            rng ^= rng >> 27;
+            hits += u32::from(c.hit(rng.wrapping_mul(0x2545_f491_4f6c_dd1d)));
+        }
+        // 99.9% binomial interval for n=100000, p=0.1: 10000 ± 311.
+        assert!((9689..=10311).contains(&hits), "{hits}");
+    }
+
+    #[test]
+    fn parses_rfc3339() {
+        let t = parse_rfc3339("2026-11-23T10:00:00Z").unwrap();
+        assert_eq!(t.duration_since(UNIX_EPOCH).unwrap().as_secs(), 1_795_428_000);
+        assert_eq!(parse_rfc3339("2026-11-23T12:00:00+02:00").unwrap(), t);
+        assert_eq!(parse_rfc3339("2026-11-23T10:00:00.5Z").unwrap(), t + Duration::from_millis(500));
+        assert!(parse_rfc3339("2026-11-23 10:00:00").is_err());
+        assert!(parse_rfc3339("tomorrow").is_err());
+    }
+}

@@ -1,0 +1,125 @@
+//! Fault injection for a route's HTTP requests, as users of Envoy's fault filter read it:
+//!
+//! - `abort`: the proxy answers with the configured HTTP or gRPC status; the request never
+//!   reaches the upstream (`x-bulwark-reason: fault-abort`).
+//! - `delay`: the request is held before it goes upstream (before the breaker and bulkhead,
+//!   so a delayed request holds no slot).
+//! - `responseDelay`: the upstream's answer is held before its headers go to the client.
+//! - `responseBandwidth`: the response body is sent at most this many bytes per second.
+//!
+//! Each kind is drawn on its own for every request. `match` narrows who is hit: header
+//! conditions, and `clientPercent`, a stable share of clients (the same source addresses for the
+//! whole experiment). An injected delay adds no header to the response: a delayed request looks
+//! to the client exactly like a slow upstream, which is what the experiment is for.
+//!
+//! Faults may expire: at `expiresAt`, or `for` after the proxy first applied them. The proxy
+//! drops them by itself at that moment, logs it and counts it, even if nothing else happens.
+
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use bulwark_policy::faults::{AbortWith, Delay, DelayFault, Expiry, FaultPolicy};
+use http::HeaderMap;
+use prometheus_client::metrics::counter::Counter;
+use tokio::time::Instant;
+
+/// What the draws decided for one request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    pub abort: Option<AbortWith>,
+    pub delay: Option<Duration>,
+    pub response_delay: Option<Duration>,
+    pub bandwidth: Option<u64>,
+}
+
+/// Counters for one route's faults, by kind.
+#[derive(Clone)]
+pub struct FaultMetrics {
+    pub abort: Counter,
+    pub delay: Counter,
+    pub response_delay: Counter,
+    pub bandwidth: Counter,
+    pub expired: Counter,
+}
+
+pub struct FaultState {
+    pub policy: Arc<str>,
+    pub route: Arc<str>,
+    pub faults: Arc<FaultPolicy>,
+    pub deadline: Option<Instant>,
+    /// Where the faults came from: the policy file, or a runtime toggle.
+    pub runtime: bool,
+    pub metrics: FaultMetrics,
+}
+
+impl FaultState {
+    pub fn new(
+        policy: Arc<str>,
+        route: Arc<str>,
+        faults: Arc<FaultPolicy>,
+        runtime: bool,
+        metrics: FaultMetrics,
+    ) -> Arc<FaultState> {
+        let now = Instant::now();
+        let deadline = faults.expiry.map(|e| match e {
+            Expiry::After(d) => now + d,
+            Expiry::At(t) => now + t.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO),
+        });
+        let state = Arc::new(FaultState { policy, route, faults, deadline, runtime, metrics });
+        if let Some(deadline) = deadline {
+            watch_expiry(Arc::downgrade(&state), deadline);
+        }
+        state
+    }
+
+    pub fn active(&self, now: Instant) -> bool {
+        self.deadline.is_none_or(|d| now < d)
+    }
+
+    /// The faults for one request; `draw` gives uniform 64-bit values.
+    pub fn decide(&self, headers: &HeaderMap, client: IpAddr, mut draw: impl FnMut() -> u64) -> Decision {
+        let f = &self.faults;
+        if !f.headers.iter().all(|h| h.matches(headers)) {
+            return Decision::default();
+        }
+        if let Some(share) = f.clients {
+            if !share.hit(client_hash(client)) {
+                return Decision::default();
+            }
+        }
+        let delay_of = |d: &Option<DelayFault>, draw: &mut dyn FnMut() -> u64| {
+            d.filter(|d| d.chance.hit(draw())).map(|d| match d.delay {
+                Delay::Fixed(x) => x,
+                Delay::Range(lo, hi) => lo + (hi - lo).mul_f64(draw() as f64 / u64::MAX as f64),
+            })
+        };
+        Decision {
+            abort: f.abort.filter(|a| a.chance.hit(draw())).map(|a| a.with),
+            delay: delay_of(&f.delay, &mut draw),
+            response_delay: delay_of(&f.response_delay, &mut draw),
+            bandwidth: f.response_bandwidth.filter(|b| b.chance.hit(draw())).map(|b| b.bytes_per_second),
+        }
+    }
+}
+
+/// A stable value per client address, so `clientPercent` picks the same clients every time.
+fn client_hash(ip: IpAddr) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ip.to_canonical().hash(&mut h);
+    h.finish()
+}
+
+fn watch_expiry(state: Weak<FaultState>, deadline: Instant) {
+    tokio::spawn(async move {
+        tokio::time::sleep_until(deadline).await;
+        // Gone already: replaced or removed before it expired.
+        let Some(s) = state.upgrade() else { return };
+        s.metrics.expired.inc();
+        tracing::info!(policy = %s.policy, route = %s.route, "faults expired and are no longer injected");
+    });
+}
+
+#[cfg(test)]
+mod tests;
