@@ -8,18 +8,17 @@
 //! 3. circuit breaker — per (route, upstream target); open: 503 `circuit-open`, at once.
 //! 4. bulkhead — a slot of the route, held for the whole retry loop; full: 503 `bulkhead-full`.
 //! 5. overall timeout — `request` (or a shorter `grpc-timeout`) bounds everything below.
-//! 6. `retry_loop` — per try: a pooled or new connection, bounded by `perTry` and `idle`; a
-//!    failed try is retried as `retries` allows (see `stage::retry`).
+//! 6. `Tries::run` — per try: an endpoint (`upstream::balance`), a pooled or new connection,
+//!    bounded by `perTry` and `idle`; a failed try is retried as `retries` allows
+//!    (`stage::retry`).
 //! 7. respond — an injected response delay or bandwidth limit applies; the upstream response
-//!    passes through but for hop-by-hop headers; a refusal
-//!    becomes the proxy's own answer (`respond.rs`); the breaker and metrics record the result.
+//!    passes through but for hop-by-hop headers; a refusal becomes the proxy's own answer
+//!    (`respond.rs`); the breaker and metrics record the result.
 
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::time::Duration;
-
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bulwark_policy::faults::AbortWith;
 use bulwark_policy::{RequestInfo, RetryPolicy, Route, Timeouts, UpstreamPolicy};
@@ -205,18 +204,13 @@ async fn run_stages(
     };
 
     let _slot = match state.and_then(|s| s.bulkhead.as_ref().map(|b| (s, b))) {
-        Some((s, b)) => {
-            s.metrics.bulkhead_queued.inc();
-            let acquired = b.acquire().await;
-            s.metrics.bulkhead_queued.dec();
-            match acquired {
-                Ok(slot) => Some(InFlight::new(slot, &s.metrics.bulkhead_in_flight)),
-                Err(_) => {
-                    s.metrics.bulkhead_rejected.inc();
-                    return Err(Reason::BulkheadFull.into());
-                }
+        Some((s, b)) => match b.acquire().await {
+            Ok(slot) => Some(InFlight::new(slot, &s.metrics.bulkhead_in_flight)),
+            Err(_) => {
+                s.metrics.bulkhead_rejected.inc();
+                return Err(Reason::BulkheadFull.into());
             }
-        }
+        },
         None => None,
     };
     if let (Some(t), Some(_)) = (&target, retries) {

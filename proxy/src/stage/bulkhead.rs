@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use bulwark_policy::BulkheadPolicy;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,14 +18,21 @@ pub struct Bulkhead {
     policy: BulkheadPolicy,
     slots: Arc<Semaphore>,
     queued: AtomicU32,
+    /// Mirrors `queued` for metrics.
+    queued_gauge: Gauge,
 }
 
 /// A held slot; dropping it frees the slot.
 pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
 
 impl Bulkhead {
-    pub fn new(policy: BulkheadPolicy) -> Bulkhead {
-        Bulkhead { slots: Arc::new(Semaphore::new(policy.max_concurrent as usize)), policy, queued: AtomicU32::new(0) }
+    pub fn new(policy: BulkheadPolicy, queued_gauge: Gauge) -> Bulkhead {
+        Bulkhead {
+            slots: Arc::new(Semaphore::new(policy.max_concurrent as usize)),
+            policy,
+            queued: AtomicU32::new(0),
+            queued_gauge,
+        }
     }
 
     pub async fn acquire(&self) -> Result<Slot, BulkheadFull> {
@@ -39,8 +47,10 @@ impl Bulkhead {
         if !took {
             return Err(BulkheadFull);
         }
+        self.queued_gauge.inc();
         let waited = tokio::time::timeout(self.policy.queue_timeout, self.slots.clone().acquire_owned()).await;
         self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.queued_gauge.dec();
         match waited {
             Ok(Ok(p)) => Ok(Slot(p)),
             _ => Err(BulkheadFull),
@@ -63,11 +73,14 @@ mod tests {
     use super::*;
 
     fn bulkhead(max: u32, queued: u32, timeout_ms: u64) -> Arc<Bulkhead> {
-        Arc::new(Bulkhead::new(BulkheadPolicy {
-            max_concurrent: max,
-            max_queued: queued,
-            queue_timeout: Duration::from_millis(timeout_ms),
-        }))
+        Arc::new(Bulkhead::new(
+            BulkheadPolicy {
+                max_concurrent: max,
+                max_queued: queued,
+                queue_timeout: Duration::from_millis(timeout_ms),
+            },
+            Gauge::default(),
+        ))
     }
 
     #[tokio::test(start_paused = true)]

@@ -71,15 +71,16 @@ pub struct RouteState {
 impl RouteState {
     fn new(r: &Route, metrics: &Metrics) -> RouteState {
         let now = Instant::now();
+        let metrics = metrics.stage(&r.policy, &r.name);
         RouteState {
             policy: r.policy.clone(),
             route: r.name.clone(),
             config: StageConfig::of(r),
             rate_limit: r.rate_limit.as_ref().map(|p| RateLimiter::new(p, now)),
-            bulkhead: r.bulkhead.clone().map(Bulkhead::new),
+            bulkhead: r.bulkhead.clone().map(|p| Bulkhead::new(p, metrics.bulkhead_queued.clone())),
             targets: DashMap::new(),
             overflow: std::sync::OnceLock::new(),
-            metrics: metrics.stage(&r.policy, &r.name),
+            metrics,
         }
     }
 
