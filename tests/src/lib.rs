@@ -3,6 +3,7 @@
 //! transparent-capture tests. Every server binds port 0 and reports its address.
 
 pub mod client;
+pub mod control;
 pub mod grpc;
 pub mod netns;
 pub mod proxy;

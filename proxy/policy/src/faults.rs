@@ -288,6 +288,23 @@ pub fn parse_rfc3339(text: &str) -> Result<SystemTime, String> {
     Ok(UNIX_EPOCH + Duration::new(secs as u64, nanos))
 }
 
+/// `2026-11-23T10:00:00Z` (UTC, whole seconds).
+pub fn format_rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,5 +343,8 @@ mod tests {
         assert_eq!(parse_rfc3339("2026-11-23T10:00:00.5Z").unwrap(), t + Duration::from_millis(500));
         assert!(parse_rfc3339("2026-11-23 10:00:00").is_err());
         assert!(parse_rfc3339("tomorrow").is_err());
+        for text in ["2026-11-23T10:00:00Z", "2000-02-29T23:59:59Z", "1970-01-01T00:00:00Z"] {
+            assert_eq!(format_rfc3339(parse_rfc3339(text).unwrap()), text);
+        }
     }
 }

@@ -4,6 +4,7 @@
 mod admin;
 mod balance;
 mod cli;
+mod control;
 mod drain;
 mod faults;
 mod grpc;

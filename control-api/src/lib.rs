@@ -1,0 +1,5 @@
+//! Bulwark's control plane: a durable policy store (`store`) served over gRPC
+//! (`server::admin`), validated with the proxies' own policy code.
+
+pub mod server;
+pub mod store;

@@ -1,0 +1,79 @@
+//! `bulwark-control`: stores policies durably and serves the bulwark.v1 gRPC API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use bulwark_control::server::{admin::Admin, RequireToken};
+use bulwark_control::store::Store;
+use bulwark_proto::v1 as pb;
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Parser)]
+#[command(name = "bulwark-control", version, about = "Bulwark control plane: policy store and gRPC API")]
+struct Cli {
+    /// gRPC address (PolicyAdmin, PolicyDiscovery, reflection).
+    #[arg(long, default_value = "0.0.0.0:15012", env = "BULWARK_CONTROL_LISTEN")]
+    listen: SocketAddr,
+    /// Where policies are stored durably.
+    #[arg(long, default_value = "/var/lib/bulwark", env = "BULWARK_CONTROL_DATA")]
+    data_dir: PathBuf,
+    /// YAML policies applied at start (every *.yaml / *.yml file).
+    #[arg(long, env = "BULWARK_CONTROL_POLICY_DIR")]
+    policy_dir: Option<PathBuf>,
+    /// Require "authorization: Bearer TOKEN" on PolicyAdmin calls.
+    #[arg(long, env = "BULWARK_CONTROL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[arg(long, env = "BULWARK_LOG", default_value = "info")]
+    log: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let mut store =
+        Store::open(&cli.data_dir).with_context(|| format!("opening the store in {}", cli.data_dir.display()))?;
+    if let Some(dir) = &cli.policy_dir {
+        let mut texts = Vec::new();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("--policy-dir {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect();
+        files.sort();
+        for f in files {
+            texts.push(std::fs::read_to_string(&f).with_context(|| f.display().to_string())?);
+        }
+        store.apply(&texts, false).map_err(|e| anyhow::anyhow!("--policy-dir {}: {e}", dir.display()))?;
+    }
+    let (changed, _) = tokio::sync::watch::channel(store.revision());
+    tracing::info!(revision = store.revision(), data_dir = %cli.data_dir.display(), "store open");
+    let store = Arc::new(tokio::sync::Mutex::new(store));
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("reflection service")?;
+    let admin = pb::policy_admin_server::PolicyAdminServer::with_interceptor(
+        Admin::new(store, changed),
+        RequireToken(cli.token.clone()),
+    );
+    let mut term = signal(SignalKind::terminate())?;
+    tracing::info!(listen = %cli.listen, token = cli.token.is_some(), "bulwark-control serving");
+    tonic::transport::Server::builder()
+        .add_service(reflection)
+        .add_service(admin)
+        .serve_with_shutdown(cli.listen, async move {
+            let _ = term.recv().await;
+        })
+        .await
+        .context("serving")?;
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! `bulwark.v1.PolicyAdmin` over the durable store. Writes are serialized by one lock; each
+//! returns only after the change is on disk.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bulwark_policy::spec::FaultSpec;
+use bulwark_policy::DEFAULT_ROUTE;
+use bulwark_proto::v1 as pb;
+use tokio::sync::{watch, Mutex};
+use tonic::{Request, Response, Status};
+
+use crate::store::{Change, ChangeKind, Store, StoreError};
+
+pub struct Admin {
+    store: Arc<Mutex<Store>>,
+    /// Told the new revision after every stored change.
+    changed: watch::Sender<u64>,
+}
+
+impl Admin {
+    pub fn new(store: Arc<Mutex<Store>>, changed: watch::Sender<u64>) -> Admin {
+        Admin { store, changed }
+    }
+
+    fn respond(
+        &self,
+        store: &Store,
+        result: Result<Vec<Change>, StoreError>,
+        dry_run: bool,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        match result {
+            Ok(changes) => {
+                let applied = !dry_run && changes.iter().any(|c| c.kind != ChangeKind::Unchanged);
+                if applied {
+                    self.changed.send_replace(store.revision());
+                }
+                Ok(Response::new(pb::ApplyResponse {
+                    applied,
+                    revision: store.revision(),
+                    changes: changes.into_iter().map(to_pb_change).collect(),
+                    errors: Vec::new(),
+                }))
+            }
+            Err(StoreError::Invalid(errors)) => Ok(Response::new(pb::ApplyResponse {
+                applied: false,
+                revision: store.revision(),
+                changes: Vec::new(),
+                errors: errors
+                    .into_iter()
+                    .map(|e| pb::ValidationError { policy: e.policy, path: e.path, message: e.message })
+                    .collect(),
+            })),
+            Err(StoreError::NotFound(what)) => Err(Status::not_found(what)),
+            Err(e @ StoreError::Io(_)) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+}
+
+fn to_pb_change(c: Change) -> pb::Change {
+    let (namespace, name) = split_id(&c.id);
+    let kind = match c.kind {
+        ChangeKind::Created => pb::change::Kind::Created,
+        ChangeKind::Updated => pb::change::Kind::Updated,
+        ChangeKind::Unchanged => pb::change::Kind::Unchanged,
+        ChangeKind::Deleted => pb::change::Kind::Deleted,
+    };
+    pb::Change { namespace, name, kind: kind as i32 }
+}
+
+fn split_id(id: &str) -> (String, String) {
+    let (ns, name) = id.split_once('/').unwrap_or(("default", id));
+    (ns.to_string(), name.to_string())
+}
+
+fn id(namespace: &str, name: &str) -> String {
+    let ns = if namespace.is_empty() { "default" } else { namespace };
+    format!("{ns}/{name}")
+}
+
+fn to_pb_policy(id: &str, s: &crate::store::Stored) -> pb::Policy {
+    let (namespace, name) = split_id(id);
+    pb::Policy { namespace, name, yaml: s.yaml.clone(), revision: s.revision }
+}
+
+#[tonic::async_trait]
+impl pb::policy_admin_server::PolicyAdmin for Admin {
+    async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+        let req = req.into_inner();
+        let mut store = self.store.lock().await;
+        let result = store.apply(&req.documents, req.dry_run);
+        self.respond(&store, result, req.dry_run)
+    }
+
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::Policy>, Status> {
+        let req = req.into_inner();
+        let id = id(&req.namespace, &req.name);
+        let store = self.store.lock().await;
+        store
+            .get(&id)
+            .map(|s| Response::new(to_pb_policy(&id, s)))
+            .ok_or_else(|| Status::not_found(format!("policy {id}")))
+    }
+
+    async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        let ns = req.into_inner().namespace;
+        let store = self.store.lock().await;
+        let policies = store
+            .list()
+            .filter(|(id, _)| ns.is_empty() || id.starts_with(&format!("{ns}/")))
+            .map(|(id, s)| to_pb_policy(id, s))
+            .collect();
+        Ok(Response::new(pb::ListResponse { policies, revision: store.revision() }))
+    }
+
+    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let req = req.into_inner();
+        let mut store = self.store.lock().await;
+        let result = store.delete(&id(&req.namespace, &req.name));
+        self.respond(&store, result, false)?;
+        Ok(Response::new(pb::DeleteResponse { revision: store.revision() }))
+    }
+
+    async fn set_fault(&self, req: Request<pb::SetFaultRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+        let req = req.into_inner();
+        let mut spec: FaultSpec = serde_yaml::from_str::<serde_yaml::Value>(&req.faults_yaml)
+            .map_err(|e| e.to_string())
+            .and_then(|v| serde_yaml::from_value(v).map_err(|e| e.to_string()))
+            .map_err(|e| Status::invalid_argument(format!("faults_yaml: {e}")))?;
+        if req.for_seconds > 0 {
+            // Absolute, so every proxy drops the faults at the same moment.
+            let at = SystemTime::now() + Duration::from_secs(req.for_seconds);
+            spec.expires_at = Some(bulwark_policy::faults::format_rfc3339(at));
+            spec.for_ = None;
+        }
+        let route = req.route.clone();
+        let mut store = self.store.lock().await;
+        let result = store.edit(&id(&req.namespace, &req.name), move |doc| set_route_faults(doc, &route, Some(spec)));
+        self.respond(&store, result, false)
+    }
+
+    async fn clear_fault(&self, req: Request<pb::ClearFaultRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+        let req = req.into_inner();
+        let route = req.route.clone();
+        let mut store = self.store.lock().await;
+        let result = store.edit(&id(&req.namespace, &req.name), move |doc| set_route_faults(doc, &route, None));
+        self.respond(&store, result, false)
+    }
+
+    async fn list_proxies(
+        &self,
+        _req: Request<pb::ListProxiesRequest>,
+    ) -> Result<Response<pb::ListProxiesResponse>, Status> {
+        Err(Status::unimplemented("policy discovery is not served by this control plane yet, so no proxy is connected"))
+    }
+}
+
+fn set_route_faults(
+    doc: &mut bulwark_policy::ResiliencePolicy,
+    route: &str,
+    faults: Option<FaultSpec>,
+) -> Result<(), String> {
+    if route == DEFAULT_ROUTE {
+        doc.spec.defaults.faults = faults;
+        return Ok(());
+    }
+    let id = doc.id();
+    let r = doc
+        .spec
+        .routes
+        .iter_mut()
+        .find(|r| r.name == route)
+        .ok_or_else(|| format!("route {route:?} in policy {id}"))?;
+    r.faults = faults;
+    Ok(())
+}

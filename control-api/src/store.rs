@@ -1,0 +1,232 @@
+//! The control plane's durable policy store. Every accepted change is written whole to a new
+//! file, flushed to disk, and renamed over the previous one (then the directory is flushed),
+//! so a crash or `kill -9` at any moment leaves either the old state or the new one, never a
+//! torn file, and a change is acknowledged only once it is on disk.
+//!
+//! Changes are validated with `bulwark-policy`, the proxies' own code, against every policy
+//! already stored (so duplicate names and cross-policy conflicts are caught too); a refused
+//! change leaves the store as it was and returns every error with its field path.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use bulwark_policy::{parse_documents, ResiliencePolicy, Snapshot, ValidationError};
+use serde::{Deserialize, Serialize};
+
+const FILE: &str = "policies.json";
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stored {
+    pub yaml: String,
+    pub revision: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct State {
+    revision: u64,
+    /// By "namespace/name".
+    policies: BTreeMap<String, Stored>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    Created,
+    Updated,
+    Unchanged,
+    Deleted,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub id: String,
+    pub kind: ChangeKind,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("refused: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<ValidationError>),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("cannot write the store: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct Store {
+    dir: PathBuf,
+    state: State,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> anyhow::Result<Store> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(FILE);
+        let state = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
+        };
+        Ok(Store { dir: dir.to_path_buf(), state })
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.state.revision
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Stored> {
+        self.state.policies.get(id)
+    }
+
+    pub fn list(&self) -> impl Iterator<Item = (&String, &Stored)> {
+        self.state.policies.iter()
+    }
+
+    /// Every stored policy, parsed (they were all valid when stored).
+    pub fn documents(&self) -> Vec<ResiliencePolicy> {
+        self.state.policies.values().flat_map(|s| parse_documents(&s.yaml, "store").unwrap_or_default()).collect()
+    }
+
+    /// Creates or replaces the policies of `texts`. With `dry_run`, only reports.
+    pub fn apply(&mut self, texts: &[String], dry_run: bool) -> Result<Vec<Change>, StoreError> {
+        let mut incoming = Vec::new();
+        let mut errors = Vec::new();
+        for (i, t) in texts.iter().enumerate() {
+            match parse_documents(t, &format!("document {}", i + 1)) {
+                Ok(mut d) => incoming.append(&mut d),
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        let mut next = self.state.clone();
+        let mut changes = Vec::new();
+        let revision = self.state.revision + 1;
+        for doc in incoming {
+            let id = doc.id();
+            let yaml = serde_yaml::to_string(&doc).expect("a parsed policy serializes");
+            let kind = match next.policies.get(&id) {
+                None => ChangeKind::Created,
+                Some(old)
+                    if parse_documents(&old.yaml, "store").ok().as_deref() == Some(std::slice::from_ref(&doc)) =>
+                {
+                    ChangeKind::Unchanged
+                }
+                Some(_) => ChangeKind::Updated,
+            };
+            if kind != ChangeKind::Unchanged {
+                next.policies.insert(id.clone(), Stored { yaml, revision });
+            }
+            changes.retain(|c: &Change| c.id != id);
+            changes.push(Change { id, kind });
+        }
+        if !errors.is_empty() {
+            // Report the documents that did parse too, so one round trip shows every problem.
+            if let Err(StoreError::Invalid(mut more)) = self.commit(next, changes, true) {
+                errors.append(&mut more);
+            }
+            return Err(StoreError::Invalid(errors));
+        }
+        self.commit(next, changes, dry_run)
+    }
+
+    pub fn delete(&mut self, id: &str) -> Result<Vec<Change>, StoreError> {
+        let mut next = self.state.clone();
+        if next.policies.remove(id).is_none() {
+            return Err(StoreError::NotFound(format!("policy {id}")));
+        }
+        self.commit(next, vec![Change { id: id.to_string(), kind: ChangeKind::Deleted }], false)
+    }
+
+    /// Replaces a stored policy's document with `edit` applied to it.
+    pub fn edit(
+        &mut self,
+        id: &str,
+        edit: impl FnOnce(&mut ResiliencePolicy) -> Result<(), String>,
+    ) -> Result<Vec<Change>, StoreError> {
+        let stored = self.state.policies.get(id).ok_or_else(|| StoreError::NotFound(format!("policy {id}")))?;
+        let mut doc = parse_documents(&stored.yaml, id).map_err(StoreError::Invalid)?.remove(0);
+        edit(&mut doc).map_err(StoreError::NotFound)?;
+        self.apply(&[serde_yaml::to_string(&doc).expect("a policy serializes")], false)
+    }
+
+    fn commit(&mut self, mut next: State, changes: Vec<Change>, dry_run: bool) -> Result<Vec<Change>, StoreError> {
+        let docs: Vec<ResiliencePolicy> =
+            next.policies.values().flat_map(|s| parse_documents(&s.yaml, "store").unwrap_or_default()).collect();
+        Snapshot::compile("check", docs).map_err(StoreError::Invalid)?;
+        if dry_run || changes.iter().all(|c| c.kind == ChangeKind::Unchanged) {
+            return Ok(changes);
+        }
+        next.revision = self.state.revision + 1;
+        self.write(&next)?;
+        self.state = next;
+        Ok(changes)
+    }
+
+    /// Write-ahead to a temporary file, flush, rename over the store, flush the directory.
+    fn write(&self, state: &State) -> std::io::Result<()> {
+        let tmp = self.dir.join(format!("{FILE}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(state).expect("state serializes"))?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, self.dir.join(FILE))?;
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(name: &str, timeout: &str) -> String {
+        format!("apiVersion: bulwark.dev/v1\nkind: ResiliencePolicy\nmetadata: {{ name: {name}, namespace: shop }}\nspec:\n  target: {{ service: {name}.shop }}\n  defaults: {{ timeout: {{ request: {timeout} }} }}\n")
+    }
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("bulwark-store-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn applies_survive_reopening_and_report_what_changed() {
+        let d = dir("reopen");
+        let mut s = Store::open(&d).unwrap();
+        let c = s.apply(&[policy("a", "1s"), policy("b", "1s")], false).unwrap();
+        assert_eq!(c.iter().map(|c| c.kind).collect::<Vec<_>>(), [ChangeKind::Created, ChangeKind::Created]);
+        let c = s.apply(&[policy("a", "2s"), policy("b", "1s")], false).unwrap();
+        assert_eq!(c.iter().map(|c| c.kind).collect::<Vec<_>>(), [ChangeKind::Updated, ChangeKind::Unchanged]);
+        assert_eq!(s.revision(), 2);
+        let again = Store::open(&d).unwrap();
+        assert_eq!(again.revision(), 2);
+        assert!(again.get("shop/a").unwrap().yaml.contains("request: 2s"));
+        assert_eq!(again.get("shop/a").unwrap().revision, 2);
+        assert_eq!(again.get("shop/b").unwrap().revision, 1);
+    }
+
+    #[test]
+    fn a_refused_apply_changes_nothing_and_names_every_field() {
+        let d = dir("refused");
+        let mut s = Store::open(&d).unwrap();
+        s.apply(&[policy("a", "1s")], false).unwrap();
+        let err = s.apply(&[policy("a", "0s"), policy("b", "3x")], false).unwrap_err();
+        let StoreError::Invalid(errors) = err else { panic!("{err}") };
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(text.iter().any(|e| e.contains("spec.defaults.timeout.request")), "{text:?}");
+        assert_eq!(s.revision(), 1);
+        assert!(Store::open(&d).unwrap().get("shop/a").unwrap().yaml.contains("request: 1s"));
+    }
+
+    #[test]
+    fn dry_runs_store_nothing_and_deletes_are_durable() {
+        let d = dir("dry");
+        let mut s = Store::open(&d).unwrap();
+        let c = s.apply(&[policy("a", "1s")], true).unwrap();
+        assert_eq!(c[0].kind, ChangeKind::Created);
+        assert_eq!(s.revision(), 0);
+        s.apply(&[policy("a", "1s")], false).unwrap();
+        s.delete("shop/a").unwrap();
+        assert!(matches!(s.delete("shop/a"), Err(StoreError::NotFound(_))));
+        assert!(Store::open(&d).unwrap().get("shop/a").is_none());
+    }
+}

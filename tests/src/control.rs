@@ -1,0 +1,76 @@
+//! Starts the real `bulwark-control` binary on a free port with a data directory of its own,
+//! and gives tests a gRPC client of its public API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bulwark_proto::v1::policy_admin_client::PolicyAdminClient;
+use tonic::transport::Channel;
+
+use crate::TempDir;
+
+pub struct ControlPlane {
+    pub addr: SocketAddr,
+    pub data: TempDir,
+    token: Option<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl ControlPlane {
+    pub async fn start(token: Option<&str>) -> ControlPlane {
+        let data = TempDir::new("control");
+        let addr: SocketAddr = format!("127.0.0.1:{}", crate::proxy::free_port()).parse().expect("addr");
+        let log = data.path().join("control.log");
+        let mut cp = ControlPlane { addr, data, token: token.map(str::to_string), child: None, log };
+        cp.spawn().await;
+        cp
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
+        let mut cmd = Command::new(crate::workspace_bin("bulwark-control"));
+        cmd.arg("--listen").arg(self.addr.to_string()).arg("--data-dir").arg(self.data.path().join("store"));
+        if let Some(t) = &self.token {
+            cmd.arg("--token").arg(t);
+        }
+        self.child = Some(cmd.stdout(Stdio::null()).stderr(log).spawn().expect("spawn bulwark-control"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while tokio::net::TcpStream::connect(self.addr).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "bulwark-control did not start:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills with SIGKILL (no chance to clean up), then starts again on the same data.
+    pub async fn kill9_and_restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill -9");
+            c.wait().expect("wait");
+        }
+        self.spawn().await;
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr)).expect("uri").connect().await.expect("connect")
+    }
+
+    pub async fn admin(&self) -> PolicyAdminClient<Channel> {
+        PolicyAdminClient::new(self.channel().await)
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
