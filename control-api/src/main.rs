@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use bulwark_control::server::discovery::{Discovery, Proxies};
 use bulwark_control::server::{admin::Admin, RequireToken};
 use bulwark_control::store::Store;
 use bulwark_proto::v1 as pb;
@@ -61,8 +62,14 @@ async fn main() -> anyhow::Result<()> {
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("reflection service")?;
+    let proxies = Arc::new(Proxies::default());
+    let discovery = pb::policy_discovery_server::PolicyDiscoveryServer::new(Discovery::new(
+        store.clone(),
+        changed.subscribe(),
+        proxies.clone(),
+    ));
     let admin = pb::policy_admin_server::PolicyAdminServer::with_interceptor(
-        Admin::new(store, changed),
+        Admin::new(store, changed, proxies),
         RequireToken(cli.token.clone()),
     );
     let mut term = signal(SignalKind::terminate())?;
@@ -70,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
     tonic::transport::Server::builder()
         .add_service(reflection)
         .add_service(admin)
+        .add_service(discovery)
         .serve_with_shutdown(cli.listen, async move {
             let _ = term.recv().await;
         })

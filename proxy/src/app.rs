@@ -31,13 +31,25 @@ use crate::upstream::resolve::Resolver;
 /// How often the config file and policy directory are checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-pub async fn run(config_path: PathBuf, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
-    let loaded = config::load(&config_path, "1")
+pub async fn run(config_path: PathBuf, control_plane: Option<String>, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
+    let mut loaded = config::load(&config_path, "1")
         .map_err(|errors| anyhow::anyhow!("{} is invalid:\n  {}", config_path.display(), errors.join("\n  ")))?;
+    with_control_plane(&mut loaded.config, &control_plane);
     let config = loaded.config.clone();
     let metrics = Arc::new(Metrics::new());
     metrics.set_generation(1);
-    let store = Arc::new(Store::new(loaded.config, loaded.snapshot, metrics.clone()));
+    // With a control plane, serve the cached snapshot (if any) until the first push arrives.
+    let (snapshot, ready) = match &config.control_plane {
+        Some(cp) => match cp.cache_file.as_deref().and_then(crate::discovery::load_cache) {
+            Some(cached) => {
+                tracing::info!(version = %cached.version, "serving the cached snapshot until the control plane answers");
+                (cached, true)
+            }
+            None => (loaded.snapshot, false),
+        },
+        None => (loaded.snapshot, true),
+    };
+    let store = Arc::new(Store::new(loaded.config, snapshot, metrics.clone(), ready));
     let background = CancellationToken::new();
     let pool = Pool::new(metrics.clone());
     pool.spawn_sweeper(Duration::from_secs(1), background.child_token());
@@ -73,6 +85,10 @@ pub async fn run(config_path: PathBuf, log: Arc<dyn LogControl>) -> anyhow::Resu
         tracing::info!(%addr, direction = direction.as_str(), "transparent listener ready");
     }
 
+    if let Some(cp) = config.control_plane.clone() {
+        tokio::spawn(crate::discovery::run(cp, store.clone(), metrics.clone(), background.child_token()));
+    }
+
     let mut explicit = ExplicitListeners::default();
     explicit.reconcile(&config.listeners, &proxy, &life).await.map_err(|e| anyhow::anyhow!(e.join("; ")))?;
 
@@ -86,14 +102,14 @@ pub async fn run(config_path: PathBuf, log: Arc<dyn LogControl>) -> anyhow::Resu
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading configuration");
-                reload(&config_path, &proxy, &mut explicit, &life).await;
+                reload(&config_path, &control_plane, &proxy, &mut explicit, &life).await;
                 seen = fingerprint(&config_path, &store.config());
             }
             _ = tick.tick() => {
                 let now = fingerprint(&config_path, &store.config());
                 if now != seen {
                     tracing::info!("configuration changed on disk: reloading");
-                    reload(&config_path, &proxy, &mut explicit, &life).await;
+                    reload(&config_path, &control_plane, &proxy, &mut explicit, &life).await;
                     seen = now;
                 }
             }
@@ -105,6 +121,18 @@ pub async fn run(config_path: PathBuf, log: Arc<dyn LogControl>) -> anyhow::Resu
     drain(&store, &life, store.config().drain_timeout.get()).await;
     background.cancel();
     Ok(())
+}
+
+/// `--control-plane` wins over the file's `controlPlane.address`, at start and on every reload.
+fn with_control_plane(config: &mut ProxyConfig, address: &Option<String>) {
+    if let Some(address) = address {
+        let cp = config.control_plane.get_or_insert_with(|| config::ControlPlane {
+            address: address.clone(),
+            cache_file: None,
+            node: Default::default(),
+        });
+        cp.address = address.clone();
+    }
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -127,9 +155,15 @@ async fn drain(store: &Store, life: &Lifecycle, deadline: Duration) {
 }
 
 /// Re-reads the config; applies it whole or not at all.
-async fn reload(path: &Path, proxy: &Arc<Proxy>, explicit: &mut ExplicitListeners, life: &Lifecycle) {
+async fn reload(
+    path: &Path,
+    control_plane: &Option<String>,
+    proxy: &Arc<Proxy>,
+    explicit: &mut ExplicitListeners,
+    life: &Lifecycle,
+) {
     let next = proxy.store.generation() + 1;
-    let loaded = match config::load(path, &next.to_string()) {
+    let mut loaded = match config::load(path, &next.to_string()) {
         Ok(l) => l,
         Err(errors) => {
             tracing::error!(config = %path.display(), errors = %errors.join("\n  "), "reload rejected; the configuration in force is kept");
@@ -137,6 +171,7 @@ async fn reload(path: &Path, proxy: &Arc<Proxy>, explicit: &mut ExplicitListener
             return;
         }
     };
+    with_control_plane(&mut loaded.config, control_plane);
     let current = proxy.store.config();
     for (what, old, new) in [
         ("admin", Some(current.admin), Some(loaded.config.admin)),
@@ -153,7 +188,12 @@ async fn reload(path: &Path, proxy: &Arc<Proxy>, explicit: &mut ExplicitListener
         proxy.metrics.config_reload(false);
         return;
     }
-    let generation = proxy.store.replace(loaded.config, loaded.snapshot);
+    // With a control plane the policies are its; the file only brings the rest of the config.
+    let generation = if loaded.config.control_plane.is_some() {
+        proxy.store.replace_config(loaded.config)
+    } else {
+        proxy.store.replace(loaded.config, loaded.snapshot)
+    };
     proxy.metrics.config_reload(true);
     tracing::info!(generation, "configuration reloaded");
 }

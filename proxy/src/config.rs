@@ -40,6 +40,39 @@ pub struct ProxyConfig {
     pub policies: Vec<serde_yaml::Value>,
     #[serde(default)]
     pub policy_dir: Option<PathBuf>,
+    /// Policies from a control plane instead of this file (`policies` and `policyDir` must be
+    /// empty then).
+    #[serde(default)]
+    pub control_plane: Option<ControlPlane>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ControlPlane {
+    /// `host:port` of bulwark-control's discovery service.
+    pub address: String,
+    /// Where the last good snapshot is kept, so a restarted proxy serves before the control
+    /// plane is back.
+    #[serde(default)]
+    pub cache_file: Option<PathBuf>,
+    /// Who this proxy is; unset fields come from POD_NAME, POD_NAMESPACE and BULWARK_SERVICE.
+    #[serde(default)]
+    pub node: NodeIdentity,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeIdentity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 fn default_admin() -> SocketAddr {
@@ -270,6 +303,16 @@ fn check_listeners(c: &ProxyConfig, file: &str) -> Vec<String> {
         }
         if l.dns_refresh.get() < Duration::from_millis(100) {
             errors.push(format!("{at}.dnsRefresh: must be at least 100ms"));
+        }
+    }
+    if let Some(cp) = &c.control_plane {
+        if let Err(e) = HostPort::parse(&cp.address) {
+            errors.push(format!("{file}: controlPlane.address: {e}"));
+        }
+        if !c.policies.is_empty() || c.policy_dir.is_some() {
+            errors.push(format!(
+                "{file}: controlPlane: policies come from the control plane; remove policies and policyDir"
+            ));
         }
     }
     if c.limits.max_connections_per_listener == 0 {

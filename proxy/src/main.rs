@@ -25,6 +25,9 @@ enum Command {
     Run {
         #[arg(long, short, env = "BULWARK_CONFIG")]
         config: PathBuf,
+        /// Take policies from this control plane (host:port) instead of the config file.
+        #[arg(long, env = "BULWARK_CONTROL_PLANE")]
+        control_plane: Option<String>,
         /// Worker threads (default: one per CPU).
         #[arg(long, env = "BULWARK_WORKERS")]
         workers: Option<usize>,
@@ -92,7 +95,7 @@ impl LogControl for ReloadableFilter {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, workers, log } => {
+        Command::Run { config, control_plane, workers, log } => {
             let filter = EnvFilter::try_new(&log).unwrap_or_else(|e| {
                 eprintln!("invalid --log {log:?} ({e}); using info");
                 EnvFilter::new("info")
@@ -117,7 +120,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(app::run(config, Arc::new(ReloadableFilter(handle)))) {
+            match rt.block_on(app::run(config, control_plane, Arc::new(ReloadableFilter(handle)))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("bulwark-proxy: {e:#}");

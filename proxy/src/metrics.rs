@@ -144,6 +144,8 @@ pub struct Metrics {
     retry_budget_exhausted: Family<StageLabels, Counter>,
     rate_limited: Family<ScopeLabels, Counter>,
     ejections: Counter,
+    discovery: Family<ResultLabels, Counter>,
+    control_plane_connected: Gauge,
     faults_injected: Family<FaultLabels, Counter>,
     faults_expired: Family<StageLabels, Counter>,
 }
@@ -254,7 +256,21 @@ impl Metrics {
             "Faults the proxy dropped by itself when they expired",
             faults_expired.clone(),
         );
+        let discovery = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "discovery_snapshots",
+            "Control-plane snapshots acknowledged (ack) or rejected (nack)",
+            discovery.clone(),
+        );
+        let control_plane_connected = Gauge::default();
+        registry.register(
+            "control_plane_connected",
+            "1 while the discovery stream to the control plane is open",
+            control_plane_connected.clone(),
+        );
         Metrics {
+            discovery,
+            control_plane_connected,
             faults_injected,
             faults_expired,
             ejections,
@@ -341,6 +357,15 @@ impl Metrics {
 
     pub fn fault_counter(&self, policy: &str, route: &str, kind: &'static str) -> Counter {
         self.faults_injected.get_or_create(&FaultLabels { policy: policy.into(), route: route.into(), kind }).clone()
+    }
+
+    pub fn discovery(&self, acked: bool) {
+        let result = if acked { "ack" } else { "nack" };
+        self.discovery.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn control_plane_connected(&self, connected: bool) {
+        self.control_plane_connected.set(i64::from(connected));
     }
 
     pub fn ejection(&self) {

@@ -44,10 +44,13 @@ pub struct Store {
     metrics: Arc<Metrics>,
     generation: AtomicU64,
     draining: AtomicBool,
+    /// A snapshot is in force (always, with a static config; with a control plane, once the
+    /// cache or the first snapshot was loaded).
+    loaded: AtomicBool,
 }
 
 impl Store {
-    pub fn new(config: ProxyConfig, snapshot: Snapshot, metrics: Arc<Metrics>) -> Store {
+    pub fn new(config: ProxyConfig, snapshot: Snapshot, metrics: Arc<Metrics>, loaded: bool) -> Store {
         let sources = Sources { base: snapshot.documents.clone(), overlay: Overlay::new() };
         let installed = install(snapshot, None, &sources.overlay, &metrics);
         Store {
@@ -57,6 +60,7 @@ impl Store {
             metrics,
             generation: AtomicU64::new(1),
             draining: AtomicBool::new(false),
+            loaded: AtomicBool::new(loaded),
         }
     }
 
@@ -97,6 +101,21 @@ impl Store {
         };
         self.config.store(Arc::new(config));
         self.install_locked(sources, snapshot)
+    }
+
+    /// Puts a new policy snapshot in force (from the control plane), keeping the config.
+    pub fn replace_policies(&self, snapshot: Snapshot) -> u64 {
+        let generation = self.replace(self.config().as_ref().clone(), snapshot);
+        self.loaded.store(true, Ordering::Release);
+        generation
+    }
+
+    /// Puts a new config in force, keeping the policies (they come from the control plane).
+    pub fn replace_config(&self, config: ProxyConfig) -> u64 {
+        let base = self.sources.lock().expect("store lock").base.clone();
+        let version = (self.generation() + 1).to_string();
+        let snapshot = Snapshot::compile(version, base).unwrap_or_default();
+        self.replace(config, snapshot)
     }
 
     /// Sets faults on a route at runtime, replacing any set before; returns the generation.
@@ -140,10 +159,10 @@ impl Store {
         self.draining.store(true, Ordering::Release);
     }
 
-    /// Ready means "serving under a loaded snapshot and not draining"; a static config is
-    /// loaded before any listener opens, so only draining turns it off here.
+    /// Ready means "a snapshot is in force and the proxy is not draining" — not whether the
+    /// control plane is reachable.
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Acquire)
+        self.loaded.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
     }
 }
 

@@ -46,10 +46,26 @@ impl ControlPlane {
 
     /// Kills with SIGKILL (no chance to clean up), then starts again on the same data.
     pub async fn kill9_and_restart(&mut self) {
+        self.kill9_and_restart_with(|| {}).await;
+    }
+
+    /// Like `kill9_and_restart`, running `meanwhile` while it is down.
+    pub async fn kill9_and_restart_with(&mut self, meanwhile: impl FnOnce()) {
+        self.stop();
+        meanwhile();
+        self.spawn().await;
+    }
+
+    /// Kills it (SIGKILL): an outage.
+    pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().expect("kill -9");
             c.wait().expect("wait");
         }
+    }
+
+    /// Starts it again after `stop`, on the same address and data.
+    pub async fn start_again(&mut self) {
         self.spawn().await;
     }
 

@@ -20,6 +20,7 @@ pub struct ProxyBuilder {
     policies: String,
     extra: String,
     prefix: Vec<String>,
+    control_plane: Option<(SocketAddr, PathBuf, String)>,
 }
 
 impl Default for ProxyBuilder {
@@ -30,7 +31,13 @@ impl Default for ProxyBuilder {
 
 impl ProxyBuilder {
     pub fn new() -> ProxyBuilder {
-        ProxyBuilder { listeners: Vec::new(), policies: String::new(), extra: String::new(), prefix: Vec::new() }
+        ProxyBuilder {
+            listeners: Vec::new(),
+            policies: String::new(),
+            extra: String::new(),
+            prefix: Vec::new(),
+            control_plane: None,
+        }
     }
 
     /// An explicit listener on a free port forwarding to `upstream` (`host:port`).
@@ -47,6 +54,13 @@ impl ProxyBuilder {
     pub fn listener_many(mut self, name: &str, upstreams: &[std::net::SocketAddr]) -> Self {
         let list: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
         self.listeners.push((name.into(), format!("[{}]", list.join(", ")), "auto".into()));
+        self
+    }
+
+    /// Takes policies from the control plane at `addr`, identifying as `node_id`, caching
+    /// snapshots in `cache` (no policy directory then).
+    pub fn control_plane(mut self, addr: SocketAddr, cache: &std::path::Path, node_id: &str) -> Self {
+        self.control_plane = Some((addr, cache.to_path_buf(), node_id.to_string()));
         self
     }
 
@@ -74,7 +88,14 @@ impl ProxyBuilder {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let mut listeners = HashMap::new();
-        let mut yaml = format!("admin: {admin}\nhealth: {health}\npolicyDir: policies\n{}", self.extra);
+        let mut yaml = match &self.control_plane {
+            Some((cp, cache, id)) => format!(
+                "admin: {admin}\nhealth: {health}\ncontrolPlane: {{ address: \"{cp}\", cacheFile: \"{}\", node: {{ id: {id}, service: web }} }}\n{}",
+                cache.display(),
+                self.extra
+            ),
+            None => format!("admin: {admin}\nhealth: {health}\npolicyDir: policies\n{}", self.extra),
+        };
         if !self.listeners.is_empty() {
             yaml.push_str("listeners:\n");
         }

@@ -16,11 +16,16 @@ pub struct Admin {
     store: Arc<Mutex<Store>>,
     /// Told the new revision after every stored change.
     changed: watch::Sender<u64>,
+    proxies: Arc<super::discovery::Proxies>,
 }
 
 impl Admin {
-    pub fn new(store: Arc<Mutex<Store>>, changed: watch::Sender<u64>) -> Admin {
-        Admin { store, changed }
+    pub fn new(
+        store: Arc<Mutex<Store>>,
+        changed: watch::Sender<u64>,
+        proxies: Arc<super::discovery::Proxies>,
+    ) -> Admin {
+        Admin { store, changed, proxies }
     }
 
     fn respond(
@@ -151,7 +156,8 @@ impl pb::policy_admin_server::PolicyAdmin for Admin {
         &self,
         _req: Request<pb::ListProxiesRequest>,
     ) -> Result<Response<pb::ListProxiesResponse>, Status> {
-        Err(Status::unimplemented("policy discovery is not served by this control plane yet, so no proxy is connected"))
+        let current_version = self.store.lock().await.revision().to_string();
+        Ok(Response::new(pb::ListProxiesResponse { proxies: self.proxies.list(), current_version }))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The gRPC services bulwark-control serves.
 
 pub mod admin;
+pub mod discovery;
 
 use tonic::{Request, Status};
 

@@ -5,6 +5,7 @@ mod admin;
 mod balance;
 mod cli;
 mod control;
+mod discovery;
 mod drain;
 mod faults;
 mod grpc;
