@@ -23,6 +23,12 @@ netns_status() {
 
 if [ "${1:-}" = "--summary" ]; then
     echo "transparent-capture tests (network namespaces + iptables): $(netns_status)"
+    venv_python="$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python"
+    if [ -x "$venv_python" ] && "$venv_python" -c "import grpc, grpc_tools" 2>/dev/null; then
+        echo "python grpcio client test: ran"
+    else
+        echo "python grpcio client test: SKIPPED (no virtualenv with grpcio; see the deps lines above)"
+    fi
     exit 0
 fi
 
@@ -49,3 +55,25 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 echo "deps: transparent-capture tests will be $(netns_status | sed 's/^ran/run/')"
+
+# A Python gRPC client for the control plane's cross-language test, in a virtualenv of our own.
+venv="$(cd "$(dirname "$0")/.." && pwd)/.venv"
+if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import grpc, grpc_tools" 2>/dev/null; then
+    echo "deps: python grpcio client ready ($venv)"
+elif have python3; then
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+        if $root && have apt-get; then
+            echo "deps: installing python3-venv"
+            apt-get update -qq >/dev/null
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+            python3 -m venv "$venv" >/dev/null 2>&1 || true
+        fi
+    fi
+    if [ -x "$venv/bin/pip" ] && "$venv/bin/pip" install -q grpcio grpcio-tools >/dev/null 2>&1; then
+        echo "deps: python grpcio client installed ($venv)"
+    else
+        echo "deps: python grpcio client SKIPPED: could not create a virtualenv with grpcio (python3-venv or PyPI missing)"
+    fi
+else
+    echo "deps: python grpcio client SKIPPED: python3 is not installed"
+fi

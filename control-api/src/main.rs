@@ -18,6 +18,10 @@ struct Cli {
     /// gRPC address (PolicyAdmin, PolicyDiscovery, reflection).
     #[arg(long, default_value = "0.0.0.0:15012", env = "BULWARK_CONTROL_LISTEN")]
     listen: SocketAddr,
+    /// Serve PolicyAdmin on this separate address instead of on --listen (which then serves
+    /// discovery and reflection only).
+    #[arg(long, env = "BULWARK_CONTROL_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
     /// Where policies are stored durably.
     #[arg(long, default_value = "/var/lib/bulwark", env = "BULWARK_CONTROL_DATA")]
     data_dir: PathBuf,
@@ -73,15 +77,48 @@ async fn main() -> anyhow::Result<()> {
         RequireToken(cli.token.clone()),
     );
     let mut term = signal(SignalKind::terminate())?;
-    tracing::info!(listen = %cli.listen, token = cli.token.is_some(), "bulwark-control serving");
-    tonic::transport::Server::builder()
-        .add_service(reflection)
-        .add_service(admin)
-        .add_service(discovery)
-        .serve_with_shutdown(cli.listen, async move {
-            let _ = term.recv().await;
-        })
-        .await
-        .context("serving")?;
+    let stop = shutdown_signal();
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        let _ = term.recv().await;
+        let _ = stopper.send(true);
+    });
+    let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    tracing::info!(listen = %cli.listen, admin_listen = ?cli.admin_listen, token = cli.token.is_some(), "bulwark-control serving");
+    match cli.admin_listen {
+        None => {
+            tonic::transport::Server::builder()
+                .add_service(reflection)
+                .add_service(admin)
+                .add_service(discovery)
+                .serve_with_shutdown(cli.listen, shutdown(stop.subscribe()))
+                .await
+                .context("serving")?;
+        }
+        Some(admin_addr) => {
+            let reflection_admin = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .build_v1()
+                .context("reflection service")?;
+            let discovery_server = tonic::transport::Server::builder()
+                .add_service(reflection)
+                .add_service(discovery)
+                .serve_with_shutdown(cli.listen, shutdown(stop.subscribe()));
+            let admin_server = tonic::transport::Server::builder()
+                .add_service(reflection_admin)
+                .add_service(admin)
+                .serve_with_shutdown(admin_addr, shutdown(stop.subscribe()));
+            let (d, a) = tokio::join!(discovery_server, admin_server);
+            d.context("serving discovery")?;
+            a.context("serving admin")?;
+        }
+    }
     Ok(())
+}
+
+/// A shutdown signal every server can wait on.
+fn shutdown_signal() -> tokio::sync::watch::Sender<bool> {
+    tokio::sync::watch::channel(false).0
 }

@@ -13,6 +13,8 @@ use crate::TempDir;
 
 pub struct ControlPlane {
     pub addr: SocketAddr,
+    /// Where PolicyAdmin is served: `addr`, or a separate port.
+    pub admin_addr: SocketAddr,
     pub data: TempDir,
     token: Option<String>,
     child: Option<Child>,
@@ -21,10 +23,20 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     pub async fn start(token: Option<&str>) -> ControlPlane {
+        Self::start_with(token, false).await
+    }
+
+    /// With `separate_admin`, PolicyAdmin listens on a port of its own.
+    pub async fn start_with(token: Option<&str>, separate_admin: bool) -> ControlPlane {
         let data = TempDir::new("control");
         let addr: SocketAddr = format!("127.0.0.1:{}", crate::proxy::free_port()).parse().expect("addr");
+        let admin_addr = if separate_admin {
+            format!("127.0.0.1:{}", crate::proxy::free_port()).parse().expect("addr")
+        } else {
+            addr
+        };
         let log = data.path().join("control.log");
-        let mut cp = ControlPlane { addr, data, token: token.map(str::to_string), child: None, log };
+        let mut cp = ControlPlane { addr, admin_addr, data, token: token.map(str::to_string), child: None, log };
         cp.spawn().await;
         cp
     }
@@ -36,9 +48,14 @@ impl ControlPlane {
         if let Some(t) = &self.token {
             cmd.arg("--token").arg(t);
         }
+        if self.admin_addr != self.addr {
+            cmd.arg("--admin-listen").arg(self.admin_addr.to_string());
+        }
         self.child = Some(cmd.stdout(Stdio::null()).stderr(log).spawn().expect("spawn bulwark-control"));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        while tokio::net::TcpStream::connect(self.addr).await.is_err() {
+        while tokio::net::TcpStream::connect(self.addr).await.is_err()
+            || tokio::net::TcpStream::connect(self.admin_addr).await.is_err()
+        {
             assert!(tokio::time::Instant::now() < deadline, "bulwark-control did not start:\n{}", self.logs());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -78,7 +95,9 @@ impl ControlPlane {
     }
 
     pub async fn admin(&self) -> PolicyAdminClient<Channel> {
-        PolicyAdminClient::new(self.channel().await)
+        let channel =
+            Channel::from_shared(format!("http://{}", self.admin_addr)).expect("uri").connect().await.expect("connect");
+        PolicyAdminClient::new(channel)
     }
 }
 

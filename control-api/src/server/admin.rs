@@ -56,7 +56,7 @@ impl Admin {
                     .map(|e| pb::ValidationError { policy: e.policy, path: e.path, message: e.message })
                     .collect(),
             })),
-            Err(StoreError::NotFound(what)) => Err(Status::not_found(what)),
+            Err(StoreError::NotFound(what)) => Err(Status::not_found(format!("{what} not found"))),
             Err(e @ StoreError::Io(_)) => Err(Status::unavailable(e.to_string())),
         }
     }
@@ -104,7 +104,7 @@ impl pb::policy_admin_server::PolicyAdmin for Admin {
         store
             .get(&id)
             .map(|s| Response::new(to_pb_policy(&id, s)))
-            .ok_or_else(|| Status::not_found(format!("policy {id}")))
+            .ok_or_else(|| Status::not_found(format!("policy {id} not found")))
     }
 
     async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {

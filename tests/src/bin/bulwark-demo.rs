@@ -194,6 +194,8 @@ async fn main() -> anyhow::Result<()> {
     Command::new("kill").args(["-s", "TERM", &child.id().to_string()]).status()?;
     let status = child.wait()?;
     println!("\nSIGTERM: bulwark-proxy drained and exited ({status}).");
+
+    control_plane(&root, &up, &dir).await?;
     Ok(())
 }
 
@@ -303,6 +305,106 @@ async fn faults(addr: SocketAddr, admin: SocketAddr, log: &Path) -> anyhow::Resu
         println!("  proxy log: {}", line.split_once("INFO ").map_or(line, |(_, rest)| rest));
     }
     Ok(())
+}
+
+/// The same policies managed by the control plane: applied with bulwarkctl, pushed to a proxy,
+/// enforced, and a fault toggled live.
+async fn control_plane(root: &Path, up: &Upstream, dir: &bulwark_e2e::TempDir) -> anyhow::Result<()> {
+    println!("\n== With the control plane ==");
+    let (cp_port, listen, health) = (free_port(), free_port(), free_port());
+    let server = format!("127.0.0.1:{cp_port}");
+    let cp_log = std::fs::File::create(dir.path().join("control.log"))?;
+    let mut cp = Command::new(bulwark_e2e::workspace_bin("bulwark-control"))
+        .args(["--listen", &server, "--data-dir"])
+        .arg(dir.path().join("control-data"))
+        .stdout(Stdio::null())
+        .stderr(cp_log)
+        .spawn()?;
+    let config = format!(
+        "admin: 127.0.0.1:{}\nhealth: 127.0.0.1:{health}\ncontrolPlane: {{ address: \"{server}\", cacheFile: \"{}\", node: {{ id: demo-proxy, service: payments }} }}\nlisteners:\n- {{ name: payments, listen: \"127.0.0.1:{listen}\", upstream: \"{}\" }}\n",
+        free_port(),
+        dir.path().join("snapshot.json").display(),
+        up.addr
+    );
+    let config_path = dir.path().join("proxy-cp.yaml");
+    std::fs::write(&config_path, config)?;
+    let log = std::fs::File::create(dir.path().join("proxy-cp.log"))?;
+    let mut proxy = Command::new(bulwark_e2e::workspace_bin("bulwark-proxy"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let health_addr: SocketAddr = format!("127.0.0.1:{health}").parse()?;
+    let addr: SocketAddr = format!("127.0.0.1:{listen}").parse()?;
+    let result = async {
+        if !client::wait_ok(health_addr, "/ready", Duration::from_secs(15)).await {
+            bail!("the control-plane proxy did not become ready");
+        }
+        println!("control plane: bulwark-control on {server}; proxy \"demo-proxy\" takes its policies from it");
+        let ctl = |args: &[&str]| -> anyhow::Result<String> {
+            let o = Command::new(bulwark_e2e::workspace_bin("bulwarkctl"))
+                .arg("--server")
+                .arg(&server)
+                .args(args)
+                .output()?;
+            Ok(format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+        };
+        println!("$ bulwarkctl apply -f examples/policies");
+        print!("{}", ctl(&["apply", "-f", root.join("examples/policies").to_str().unwrap_or_default()])?);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while metric_sum(
+            &client::get(health_addr, "/metrics", &[]).await?.text(),
+            "bulwark_discovery_snapshots_total",
+            &[("result", "ack")],
+        ) < 2.0
+        {
+            if Instant::now() > deadline {
+                bail!("the proxy never acknowledged the pushed policies");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let r = client::get(addr, "/receipts/42", &[("x-delay", "700ms")]).await?;
+        println!(
+            "  pushed and acknowledged: GET /receipts/42 (upstream 700ms) -> {} {}",
+            r.status.as_u16(),
+            r.reason().unwrap_or("")
+        );
+        println!("$ bulwarkctl fault set shop/payments/charge --abort 503 --percent 100 --for 1m");
+        print!(
+            "{}",
+            ctl(&["fault", "set", "shop/payments/charge", "--abort", "503", "--percent", "100", "--for", "1m"])?
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let answer = loop {
+            let r = client::send(addr, request(Method::POST, "/charge", &[])).await?;
+            if r.reason() == Some("fault-abort") || Instant::now() > deadline {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        println!("  POST /charge -> {} {}", answer.status.as_u16(), answer.reason().unwrap_or(""));
+        print!("{}", ctl(&["fault", "clear", "shop/payments/charge"])?);
+        // Four snapshots by now: the empty first one, the apply, the fault, its removal.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while metric_sum(
+            &client::get(health_addr, "/metrics", &[]).await?.text(),
+            "bulwark_discovery_snapshots_total",
+            &[("result", "ack")],
+        ) < 4.0
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!("$ bulwarkctl status");
+        print!("{}", ctl(&["status"])?);
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = proxy.kill();
+    let _ = cp.kill();
+    let _ = (proxy.wait(), cp.wait());
+    result
 }
 
 async fn wait_generation(health: std::net::SocketAddr, at_least: f64) -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 
 mod admin;
 mod balance;
+mod bulwarkctl;
 mod cli;
 mod control;
 mod discovery;
@@ -11,6 +12,7 @@ mod faults;
 mod grpc;
 mod http1;
 mod http2;
+mod python;
 mod reload;
 mod stages;
 mod tcp;

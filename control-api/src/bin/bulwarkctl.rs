@@ -1,0 +1,402 @@
+//! `bulwarkctl`: the command line of bulwark-control.
+//!
+//! Exit codes: 0 done; 1 refused (invalid policy, not found); 2 bad usage; 3 the control plane
+//! could not be reached.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use bulwark_proto::v1 as pb;
+use clap::{Parser, Subcommand, ValueEnum};
+use tonic::transport::Channel;
+use tonic::Request;
+
+#[derive(Parser)]
+#[command(name = "bulwarkctl", version, about = "Manage Bulwark policies on a control plane")]
+struct Cli {
+    /// Control plane address.
+    #[arg(long, global = true, env = "BULWARK_SERVER", default_value = "127.0.0.1:15012")]
+    server: String,
+    /// Bearer token, when the control plane requires one.
+    #[arg(long, global = true, env = "BULWARK_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Output format.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Human)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Human,
+    Yaml,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create or replace the policies of FILE, every *.yaml of DIR, or standard input (-).
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// What applying FILE|DIR|- would change, without changing anything.
+    Diff {
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+    },
+    /// One policy, as YAML: NAMESPACE/NAME (or NAME in namespace "default").
+    Get { policy: String },
+    /// Every policy.
+    List {
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Remove a policy.
+    Delete { policy: String },
+    /// Faults on a route, at runtime.
+    Fault {
+        #[command(subcommand)]
+        action: FaultAction,
+    },
+    /// Connected proxies: version acknowledged, last rejection.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum FaultAction {
+    /// Set faults on ROUTE, written NAMESPACE/POLICY/ROUTE (or POLICY/ROUTE).
+    Set {
+        route: String,
+        /// Abort with this HTTP status.
+        #[arg(long)]
+        abort: Option<u16>,
+        /// Abort with this gRPC status code instead.
+        #[arg(long, conflicts_with = "abort")]
+        grpc_abort: Option<u16>,
+        /// Share of requests aborted, in percent.
+        #[arg(long, default_value_t = 100.0)]
+        percent: f64,
+        /// Delay before the request goes upstream, e.g. 300ms.
+        #[arg(long)]
+        delay: Option<String>,
+        #[arg(long, default_value_t = 100.0)]
+        delay_percent: f64,
+        /// Drop the faults by themselves after this long, e.g. 5m.
+        #[arg(long = "for")]
+        for_: Option<String>,
+    },
+    /// Remove the faults of ROUTE.
+    Clear { route: String },
+}
+
+fn usage(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("bulwarkctl: {message}");
+    ExitCode::from(2)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let channel = match Channel::from_shared(format!("http://{}", cli.server)) {
+        Ok(e) => match e.connect_timeout(std::time::Duration::from_secs(5)).connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!(
+                    "bulwarkctl: cannot reach the control plane at {}: {e} (set --server or BULWARK_SERVER)",
+                    cli.server
+                );
+                return ExitCode::from(3);
+            }
+        },
+        Err(e) => return usage(format!("--server {}: {e}", cli.server)),
+    };
+    let mut admin = pb::policy_admin_client::PolicyAdminClient::new(channel);
+    match run(&cli, &mut admin).await {
+        Ok(code) => code,
+        Err(status) => {
+            eprintln!("bulwarkctl: {}", status.message());
+            ExitCode::from(match status.code() {
+                tonic::Code::Unavailable | tonic::Code::Unknown => 3,
+                tonic::Code::InvalidArgument => 2,
+                _ => 1,
+            })
+        }
+    }
+}
+
+fn req<T>(cli: &Cli, msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    if let Some(t) = &cli.token {
+        if let Ok(v) = format!("Bearer {t}").parse() {
+            r.metadata_mut().insert("authorization", v);
+        }
+    }
+    r
+}
+
+fn split(policy: &str) -> (String, String) {
+    match policy.split_once('/') {
+        Some((ns, name)) => (ns.to_string(), name.to_string()),
+        None => ("default".to_string(), policy.to_string()),
+    }
+}
+
+/// YAML texts from a file, every *.yaml / *.yml of a directory (sorted), or standard input.
+fn read_documents(source: &str) -> Result<Vec<String>, String> {
+    if source == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).map_err(|e| format!("reading standard input: {e}"))?;
+        return Ok(vec![text]);
+    }
+    let path = Path::new(source);
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut f: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| format!("{source}: {e}"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect();
+        f.sort();
+        f
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files.iter().map(|f| std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))).collect()
+}
+
+fn kind_name(kind: i32) -> &'static str {
+    match pb::change::Kind::try_from(kind).unwrap_or(pb::change::Kind::Unspecified) {
+        pb::change::Kind::Created => "created",
+        pb::change::Kind::Updated => "updated",
+        pb::change::Kind::Unchanged => "unchanged",
+        pb::change::Kind::Deleted => "deleted",
+        pb::change::Kind::Unspecified => "?",
+    }
+}
+
+fn print_value(out: Output, value: &serde_json::Value) {
+    match out {
+        Output::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
+        _ => print!("{}", serde_yaml::to_string(value).unwrap_or_default()),
+    }
+}
+
+/// Prints an Apply-like answer; exit 1 when refused.
+fn report(cli: &Cli, r: &pb::ApplyResponse, verb: &str) -> ExitCode {
+    if cli.output != Output::Human {
+        let v = serde_json::json!({
+            "applied": r.applied,
+            "revision": r.revision,
+            "changes": r.changes.iter().map(|c| serde_json::json!({"policy": format!("{}/{}", c.namespace, c.name), "change": kind_name(c.kind)})).collect::<Vec<_>>(),
+            "errors": r.errors.iter().map(|e| serde_json::json!({"policy": e.policy, "path": e.path, "message": e.message})).collect::<Vec<_>>(),
+        });
+        print_value(cli.output, &v);
+    } else if r.errors.is_empty() {
+        for c in &r.changes {
+            println!("policy {}/{} {}{verb}", c.namespace, c.name, kind_name(c.kind));
+        }
+    }
+    if r.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        if cli.output == Output::Human {
+            eprintln!("bulwarkctl: refused, nothing changed:");
+            for e in &r.errors {
+                let at = if e.path.is_empty() { String::new() } else { format!("{}: ", e.path) };
+                eprintln!("  policy {}: {at}{}", e.policy, e.message);
+            }
+        }
+        ExitCode::from(1)
+    }
+}
+
+async fn run(
+    cli: &Cli,
+    admin: &mut pb::policy_admin_client::PolicyAdminClient<Channel>,
+) -> Result<ExitCode, tonic::Status> {
+    match &cli.command {
+        Command::Apply { file, dry_run } => apply(cli, admin, file, *dry_run, false).await,
+        Command::Diff { file } => apply(cli, admin, file, true, true).await,
+        Command::Get { policy } => {
+            let (namespace, name) = split(policy);
+            let p = admin.get(req(cli, pb::GetRequest { namespace, name })).await?.into_inner();
+            match cli.output {
+                Output::Json => {
+                    let v: serde_yaml::Value = serde_yaml::from_str(&p.yaml).unwrap_or_default();
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                }
+                _ => print!("{}", p.yaml),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List { namespace } => {
+            let r = admin
+                .list(req(cli, pb::ListRequest { namespace: namespace.clone().unwrap_or_default() }))
+                .await?
+                .into_inner();
+            if cli.output == Output::Human {
+                println!("{:<40} {:>8}", "POLICY", "REVISION");
+                for p in &r.policies {
+                    println!("{:<40} {:>8}", format!("{}/{}", p.namespace, p.name), p.revision);
+                }
+            } else {
+                let v = serde_json::json!({
+                    "revision": r.revision,
+                    "policies": r.policies.iter().map(|p| serde_json::json!({"namespace": p.namespace, "name": p.name, "revision": p.revision})).collect::<Vec<_>>(),
+                });
+                print_value(cli.output, &v);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Delete { policy } => {
+            let (namespace, name) = split(policy);
+            let r = admin
+                .delete(req(cli, pb::DeleteRequest { namespace: namespace.clone(), name: name.clone() }))
+                .await?
+                .into_inner();
+            println!("policy {namespace}/{name} deleted (revision {})", r.revision);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fault { action } => fault(cli, admin, action).await,
+        Command::Status => {
+            let r = admin.list_proxies(req(cli, pb::ListProxiesRequest {})).await?.into_inner();
+            if cli.output == Output::Human {
+                println!("control plane version {}", r.current_version);
+                println!("{:<32} {:<20} {:<10} {:<8} LAST ERROR", "PROXY", "SERVICE", "CONNECTED", "ACKED");
+                for p in &r.proxies {
+                    let n = p.node.clone().unwrap_or_default();
+                    println!(
+                        "{:<32} {:<20} {:<10} {:<8} {}",
+                        n.id,
+                        n.service,
+                        if p.connected { "yes" } else { "no" },
+                        p.acked_version,
+                        p.last_error
+                    );
+                }
+            } else {
+                let v = serde_json::json!({
+                    "currentVersion": r.current_version,
+                    "proxies": r.proxies.iter().map(|p| {
+                        let n = p.node.clone().unwrap_or_default();
+                        serde_json::json!({"id": n.id, "service": n.service, "connected": p.connected, "connectedSince": p.connected_since,
+                            "ackedVersion": p.acked_version, "nackedVersion": p.nacked_version, "lastError": p.last_error})
+                    }).collect::<Vec<_>>(),
+                });
+                print_value(cli.output, &v);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn apply(
+    cli: &Cli,
+    admin: &mut pb::policy_admin_client::PolicyAdminClient<Channel>,
+    file: &str,
+    dry_run: bool,
+    diff: bool,
+) -> Result<ExitCode, tonic::Status> {
+    let documents = match read_documents(file) {
+        Ok(d) => d,
+        Err(e) => return Ok(usage(e)),
+    };
+    let r = admin.apply(req(cli, pb::ApplyRequest { documents: documents.clone(), dry_run })).await?.into_inner();
+    if diff && cli.output == Output::Human && r.errors.is_empty() {
+        return Ok(print_diff(cli, admin, &r, &documents).await);
+    }
+    Ok(report(cli, &r, if dry_run { " (dry run)" } else { "" }))
+}
+
+/// For each policy that would change, the lines removed (-) and added (+).
+async fn print_diff(
+    cli: &Cli,
+    admin: &mut pb::policy_admin_client::PolicyAdminClient<Channel>,
+    r: &pb::ApplyResponse,
+    documents: &[String],
+) -> ExitCode {
+    let mut incoming = std::collections::BTreeMap::new();
+    for d in documents {
+        for p in bulwark_policy::parse_documents(d, "input").unwrap_or_default() {
+            incoming.insert(p.id(), serde_yaml::to_string(&p).unwrap_or_default());
+        }
+    }
+    for c in &r.changes {
+        let id = format!("{}/{}", c.namespace, c.name);
+        println!("policy {id} {}", kind_name(c.kind));
+        if c.kind == pb::change::Kind::Unchanged as i32 {
+            continue;
+        }
+        let old = admin
+            .get(req(cli, pb::GetRequest { namespace: c.namespace.clone(), name: c.name.clone() }))
+            .await
+            .map(|p| p.into_inner().yaml)
+            .unwrap_or_default();
+        let new = incoming.get(&id).cloned().unwrap_or_default();
+        let (old_lines, new_lines): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
+        for l in old_lines.iter().filter(|l| !new_lines.contains(l)) {
+            println!("  - {l}");
+        }
+        for l in new_lines.iter().filter(|l| !old_lines.contains(l)) {
+            println!("  + {l}");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+async fn fault(
+    cli: &Cli,
+    admin: &mut pb::policy_admin_client::PolicyAdminClient<Channel>,
+    action: &FaultAction,
+) -> Result<ExitCode, tonic::Status> {
+    let route_of = |route: &str| -> Option<(String, String, String)> {
+        let parts: Vec<&str> = route.split('/').collect();
+        match parts.as_slice() {
+            [ns, name, route] => Some((ns.to_string(), name.to_string(), route.to_string())),
+            [name, route] => Some(("default".into(), name.to_string(), route.to_string())),
+            _ => None,
+        }
+    };
+    match action {
+        FaultAction::Set { route, abort, grpc_abort, percent, delay, delay_percent, for_ } => {
+            let Some((namespace, name, route)) = route_of(route) else {
+                return Ok(usage(format!("{route:?}: write NAMESPACE/POLICY/ROUTE or POLICY/ROUTE")));
+            };
+            let mut yaml = String::new();
+            match (abort, grpc_abort) {
+                (Some(s), _) => yaml.push_str(&format!("abort: {{ httpStatus: {s}, percent: {percent} }}\n")),
+                (None, Some(g)) => yaml.push_str(&format!("abort: {{ grpcStatus: {g}, percent: {percent} }}\n")),
+                (None, None) => {}
+            }
+            if let Some(d) = delay {
+                yaml.push_str(&format!("delay: {{ fixed: {d}, percent: {delay_percent} }}\n"));
+            }
+            if yaml.is_empty() {
+                return Ok(usage("nothing to inject: give --abort, --grpc-abort or --delay"));
+            }
+            let for_seconds = match for_ {
+                Some(f) => match bulwark_policy::duration::parse(f) {
+                    Ok(d) => d.as_secs().max(1),
+                    Err(e) => return Ok(usage(format!("--for: {e}"))),
+                },
+                None => 0,
+            };
+            let r = admin
+                .set_fault(req(cli, pb::SetFaultRequest { namespace, name, route, faults_yaml: yaml, for_seconds }))
+                .await?
+                .into_inner();
+            Ok(report(cli, &r, " (faults set)"))
+        }
+        FaultAction::Clear { route } => {
+            let Some((namespace, name, route)) = route_of(route) else {
+                return Ok(usage(format!("{route:?}: write NAMESPACE/POLICY/ROUTE or POLICY/ROUTE")));
+            };
+            let r = admin.clear_fault(req(cli, pb::ClearFaultRequest { namespace, name, route })).await?.into_inner();
+            Ok(report(cli, &r, " (faults cleared)"))
+        }
+    }
+}

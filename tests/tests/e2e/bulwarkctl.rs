@@ -1,0 +1,90 @@
+//! `bulwarkctl` against a real control plane whose admin API is on a port of its own.
+
+use std::process::{Command, Output};
+
+use bulwark_e2e::control::ControlPlane;
+use bulwark_e2e::{workspace_bin, TempDir};
+
+fn ctl(cp: &ControlPlane, args: &[&str]) -> Output {
+    Command::new(workspace_bin("bulwarkctl"))
+        .arg("--server")
+        .arg(cp.admin_addr.to_string())
+        .args(args)
+        .output()
+        .expect("run bulwarkctl")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn policy(name: &str, timeout: &str) -> String {
+    format!(
+        "apiVersion: bulwark.dev/v1\nkind: ResiliencePolicy\nmetadata: {{ name: {name}, namespace: shop }}\nspec:\n  target: {{ service: {name}.shop }}\n  defaults: {{ timeout: {{ request: {timeout} }} }}\n  routes:\n  - name: pay\n    match: {{ pathPrefix: /pay }}\n"
+    )
+}
+
+#[tokio::test]
+async fn the_policy_workflow_from_the_command_line() {
+    let cp = ControlPlane::start_with(None, true).await;
+    let dir = TempDir::new("ctl");
+    std::fs::write(dir.path().join("a.yaml"), policy("a", "1s")).unwrap();
+    std::fs::write(dir.path().join("b.yaml"), policy("b", "2s")).unwrap();
+
+    let o = ctl(&cp, &["apply", "-f", dir.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("policy shop/a created") && text(&o).contains("policy shop/b created"), "{}", text(&o));
+
+    let o = ctl(&cp, &["list", "-o", "json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(listed["policies"].as_array().unwrap().len(), 2, "{listed}");
+
+    let o = ctl(&cp, &["get", "shop/b"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("request: 2s"), "{}", text(&o));
+
+    std::fs::write(dir.path().join("b.yaml"), policy("b", "4s")).unwrap();
+    let o = ctl(&cp, &["diff", "-f", dir.path().to_str().unwrap()]);
+    let diff = text(&o);
+    assert!(diff.contains("policy shop/a unchanged") && diff.contains("policy shop/b updated"), "{diff}");
+    assert!(
+        diff.contains("- ") && diff.contains("request: 2s") && diff.contains("+ ") && diff.contains("request: 4s"),
+        "{diff}"
+    );
+    assert!(
+        String::from_utf8_lossy(&ctl(&cp, &["get", "shop/b"]).stdout).contains("request: 2s"),
+        "diff changes nothing"
+    );
+
+    std::fs::write(dir.path().join("bad.yaml"), policy("c", "3x")).unwrap();
+    let o = ctl(&cp, &["apply", "-f", dir.path().join("bad.yaml").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("policy shop/c: spec.defaults.timeout.request: invalid duration"), "{}", text(&o));
+
+    let o = ctl(&cp, &["fault", "set", "shop/a/pay", "--abort", "503", "--percent", "10", "--for", "5m"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let yaml = String::from_utf8_lossy(&ctl(&cp, &["get", "shop/a"]).stdout).into_owned();
+    assert!(yaml.contains("httpStatus: 503") && yaml.contains("percent: 10") && yaml.contains("expiresAt"), "{yaml}");
+    assert!(ctl(&cp, &["fault", "clear", "shop/a/pay"]).status.success());
+    assert!(!String::from_utf8_lossy(&ctl(&cp, &["get", "shop/a"]).stdout).contains("abort"));
+
+    let o = ctl(&cp, &["status"]);
+    assert!(o.status.success() && text(&o).contains("PROXY"), "{}", text(&o));
+    assert!(ctl(&cp, &["delete", "shop/a"]).status.success());
+    let o = ctl(&cp, &["get", "shop/a"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("not found"), "{}", text(&o));
+}
+
+#[tokio::test]
+async fn clear_errors_when_the_control_plane_is_unreachable_or_the_file_is_missing() {
+    let cp = ControlPlane::start(None).await;
+    let o = Command::new(workspace_bin("bulwarkctl"))
+        .args(["--server", &format!("127.0.0.1:{}", bulwark_e2e::proxy::free_port()), "list"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    assert!(text(&o).contains("cannot reach the control plane"), "{}", text(&o));
+    let o = ctl(&cp, &["apply", "-f", "/nonexistent/policy.yaml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("/nonexistent/policy.yaml"), "{}", text(&o));
+}
