@@ -141,3 +141,21 @@ impl pb::policy_discovery_server::PolicyDiscovery for Discovery {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(direction: &str, service: &str) -> String {
+        format!("apiVersion: bulwark.dev/v1\nkind: ResiliencePolicy\nmetadata: {{ name: p }}\nspec:\n  target: {{ service: \"{service}\", direction: {direction} }}\n")
+    }
+
+    #[test]
+    fn inbound_policies_go_only_to_their_service_and_others_to_everyone() {
+        let node = |service: &str| pb::Node { id: "n".into(), service: service.into(), ..Default::default() };
+        assert!(selects(&policy("inbound", "payments"), &node("payments")));
+        assert!(!selects(&policy("inbound", "payments"), &node("checkout")));
+        assert!(selects(&policy("inbound", "*.shop.svc"), &node("payments.shop.svc")));
+        assert!(selects(&policy("outbound", "payments"), &node("checkout")), "any proxy may call payments");
+    }
+}
