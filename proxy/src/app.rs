@@ -58,7 +58,11 @@ pub async fn run(config_path: PathBuf, control_plane: Option<String>, log: Arc<d
         tracing::info!(%endpoint, "outlier detection ejected an endpoint");
         ejections.ejection();
     }));
-    let proxy = Arc::new(Proxy { store: store.clone(), pool, clusters, metrics: metrics.clone() });
+    let access_log = config
+        .access_log
+        .enabled
+        .then(|| crate::access_log::AccessLog::start(config.access_log.sample, metrics.access_log_dropped()));
+    let proxy = Arc::new(Proxy { store: store.clone(), access_log, pool, clusters, metrics: metrics.clone() });
 
     let life = Lifecycle {
         stop_accept: CancellationToken::new(),
@@ -182,6 +186,9 @@ async fn reload(
         if old != new {
             tracing::warn!(field = what, "changed address takes effect at the next restart");
         }
+    }
+    if current.access_log != loaded.config.access_log {
+        tracing::warn!(field = "accessLog", "changed access log settings take effect at the next restart");
     }
     if let Err(errors) = explicit.reconcile(&loaded.config.listeners, proxy, life).await {
         tracing::error!(errors = %errors.join("; "), "reload rejected; the configuration in force is kept");

@@ -35,6 +35,8 @@ pub struct ProxyConfig {
     #[serde(default)]
     pub upstream: UpstreamDefaults,
     #[serde(default)]
+    pub access_log: AccessLogConfig,
+    #[serde(default)]
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
     pub policies: Vec<serde_yaml::Value>,
@@ -121,6 +123,21 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits { max_connections_per_listener: 10_000, header_read_timeout: Dur(Duration::from_secs(10)) }
+    }
+}
+
+/// One JSON line per request on stdout.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AccessLogConfig {
+    pub enabled: bool,
+    /// Share of requests logged, 0 to 1.
+    pub sample: f64,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig { enabled: false, sample: 1.0 }
     }
 }
 
@@ -314,6 +331,9 @@ fn check_listeners(c: &ProxyConfig, file: &str) -> Vec<String> {
                 "{file}: controlPlane: policies come from the control plane; remove policies and policyDir"
             ));
         }
+    }
+    if !(0.0..=1.0).contains(&c.access_log.sample) {
+        errors.push(format!("{file}: accessLog.sample: {} is not a share between 0 and 1", c.access_log.sample));
     }
     if c.limits.max_connections_per_listener == 0 {
         errors.push(format!("{file}: limits.maxConnectionsPerListener: must be at least 1"));

@@ -19,11 +19,12 @@ pub fn handler(store: Arc<Store>, metrics: Arc<Metrics>) -> Handler {
                 endpoint::text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             }
         }
-        (&Method::GET, "/metrics") => endpoint::typed(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.encode(),
-        ),
+        (&Method::GET, "/metrics") => {
+            endpoint::typed(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", {
+                metrics.refresh_process();
+                metrics.encode()
+            })
+        }
         _ => endpoint::text(StatusCode::NOT_FOUND, "endpoints: /live /ready /metrics\n"),
     })
 }

@@ -7,6 +7,7 @@
 //! data path reads; `app` wires everything and owns the lifecycle; `admin`, `health` and
 //! `metrics` are what operators see; `init` writes the iptables redirect.
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod config;

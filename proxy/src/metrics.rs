@@ -144,6 +144,9 @@ pub struct Metrics {
     retry_budget_exhausted: Family<StageLabels, Counter>,
     rate_limited: Family<ScopeLabels, Counter>,
     ejections: Counter,
+    access_log_dropped: Counter,
+    resident_memory: Gauge,
+    open_fds: Gauge,
     discovery: Family<ResultLabels, Counter>,
     control_plane_connected: Gauge,
     faults_injected: Family<FaultLabels, Counter>,
@@ -268,7 +271,24 @@ impl Metrics {
             "1 while the discovery stream to the control plane is open",
             control_plane_connected.clone(),
         );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because stdout could not keep up",
+            access_log_dropped.clone(),
+        );
+        let resident_memory = Gauge::default();
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the proxy process",
+            resident_memory.clone(),
+        );
+        let open_fds = Gauge::default();
+        registry.register("process_open_fds", "File descriptors the proxy process has open", open_fds.clone());
         Metrics {
+            access_log_dropped,
+            resident_memory,
+            open_fds,
             discovery,
             control_plane_connected,
             faults_injected,
@@ -357,6 +377,25 @@ impl Metrics {
 
     pub fn fault_counter(&self, policy: &str, route: &str, kind: &'static str) -> Counter {
         self.faults_injected.get_or_create(&FaultLabels { policy: policy.into(), route: route.into(), kind }).clone()
+    }
+
+    pub fn access_log_dropped(&self) -> Counter {
+        self.access_log_dropped.clone()
+    }
+
+    /// Reads RSS and open descriptors from /proc (at scrape time; Linux only).
+    pub fn refresh_process(&self) {
+        let rss_kb = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        });
+        if let Some(kb) = rss_kb {
+            self.resident_memory.set(kb * 1024);
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds.set(fds.count() as i64);
+        }
     }
 
     pub fn discovery(&self, acked: bool) {

@@ -9,6 +9,8 @@ use crate::upstream::pool::Pool;
 
 pub struct Proxy {
     pub store: Arc<Store>,
+    /// Set when `accessLog.enabled`.
+    pub access_log: Option<crate::access_log::AccessLog>,
     pub pool: Arc<Pool>,
     pub clusters: Clusters,
     pub metrics: Arc<Metrics>,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::time::Duration;
 
 use crate::TempDir;
@@ -119,11 +119,12 @@ impl ProxyBuilder {
             }
             None => Command::new(&bin),
         };
+        let stdout = std::fs::File::create(dir.path().join("stdout.log")).expect("stdout file");
         let child = command
             .args(["run", "--config"])
             .arg(&config_path)
             .env("BULWARK_LOG", "info,bulwark_proxy=debug")
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(log)
             .spawn()
             .expect("spawn bulwark-proxy");
@@ -149,6 +150,11 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     pub fn listener(&self, name: &str) -> SocketAddr {
         *self.listeners.get(name).unwrap_or_else(|| panic!("no listener {name}"))
+    }
+
+    /// What the proxy wrote on stdout (the access log).
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
     }
 
     pub fn logs(&self) -> String {

@@ -23,6 +23,8 @@ pub struct IdleElapsed(pub Duration);
 pub enum ProxyBody {
     /// Another body, sent at most `rate` bytes per second (an injected bandwidth fault).
     Throttled(Box<Throttled>),
+    /// Another body, counted, with a call when it ends (the access log).
+    Counted(Box<Counted>),
     Local(Full<Bytes>),
     Upstream(Incoming),
     UpstreamIdle {
@@ -58,6 +60,36 @@ impl ProxyBody {
             wait: Box::pin(tokio::time::sleep(Duration::ZERO)),
             waiting: false,
         }))
+    }
+}
+
+impl ProxyBody {
+    /// Counts the bytes of this body and calls `on_end(bytes, complete)` once, when it ends or
+    /// is dropped.
+    pub fn counted(self, on_end: Box<dyn FnOnce(u64, bool) + Send + Sync>) -> ProxyBody {
+        ProxyBody::Counted(Box::new(Counted { inner: self, bytes: 0, on_end: Some(on_end) }))
+    }
+}
+
+pub struct Counted {
+    inner: ProxyBody,
+    bytes: u64,
+    on_end: Option<Box<dyn FnOnce(u64, bool) + Send + Sync>>,
+}
+
+impl Counted {
+    fn finish(&mut self, complete: bool) {
+        if let Some(f) = self.on_end.take() {
+            f(self.bytes, complete);
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        // A body with nothing left (HEAD, 204) may never be polled to its end.
+        let complete = self.inner.is_end_stream();
+        self.finish(complete);
     }
 }
 
@@ -106,6 +138,16 @@ impl Body for ProxyBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Throttled(t) => t.poll_frame(cx),
+            ProxyBody::Counted(c) => {
+                let polled = Pin::new(&mut c.inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => c.bytes += frame.data_ref().map_or(0, |d| d.len() as u64),
+                    Poll::Ready(None) => c.finish(true),
+                    Poll::Ready(Some(Err(_))) => c.finish(false),
+                    Poll::Pending => {}
+                }
+                polled
+            }
             ProxyBody::Local(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
             ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ProxyBody::UpstreamIdle { inner, idle, timer } => {
@@ -128,6 +170,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Throttled(t) => t.pending.is_empty() && t.inner.is_end_stream(),
+            ProxyBody::Counted(c) => c.inner.is_end_stream(),
             ProxyBody::Local(b) => b.is_end_stream(),
             ProxyBody::Upstream(b) => b.is_end_stream(),
             ProxyBody::UpstreamIdle { inner, .. } => inner.is_end_stream(),
@@ -137,6 +180,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Throttled(t) => t.inner.size_hint(),
+            ProxyBody::Counted(c) => c.inner.size_hint(),
             ProxyBody::Local(b) => b.size_hint(),
             ProxyBody::Upstream(b) => b.size_hint(),
             ProxyBody::UpstreamIdle { inner, .. } => inner.size_hint(),

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use super::body::ProxyBody;
 use super::replay::{Kept, UpstreamBody};
 use super::{headers, respond};
+use crate::access_log;
 use crate::metrics::RouteLabels;
 use crate::proxy::Proxy;
 use crate::reason::Reason;
@@ -87,7 +88,26 @@ pub async fn handle(
         policy: selected.route.as_ref().map(|r| r.policy.to_string()).unwrap_or_default(),
         route: selected.route.as_ref().map(|r| r.name.to_string()).unwrap_or_default(),
     };
-    let (resp, reason) = match run_stages(&proxy, &conn, &selected, req).await {
+    let logged = proxy.access_log.as_ref().is_some_and(|l| l.sampled()).then(|| access_log::Entry {
+        time: access_log::now(),
+        request_id: req
+            .headers()
+            .get(headers::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+        trace_id: access_log::trace_id(req.headers()),
+        direction: conn.direction.as_str(),
+        listener: labels.listener.clone(),
+        policy: labels.policy.clone(),
+        route: labels.route.clone(),
+        method: req.method().to_string(),
+        authority: request_host(&req).unwrap_or_default(),
+        path: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        ..Default::default()
+    });
+    let mut exchange = Exchange::default();
+    let (resp, reason) = match run_stages(&proxy, &conn, &selected, req, &mut exchange).await {
         Ok(resp) => (resp, None),
         Err(refusal) => {
             let mut resp = match refusal.abort {
@@ -101,7 +121,29 @@ pub async fn handle(
         }
     };
     proxy.metrics.request(&labels, resp.status().as_u16(), reason, start.elapsed());
-    Ok(resp)
+    let Some(mut entry) = logged else { return Ok(resp) };
+    entry.status = resp.status().as_u16();
+    entry.reason = reason.map(Reason::as_str);
+    entry.upstream = exchange.upstream.map(|a| a.to_string());
+    entry.retries = exchange.retries;
+    let log = proxy.clone();
+    Ok(resp.map(move |body| {
+        body.counted(Box::new(move |bytes, complete| {
+            entry.bytes = bytes;
+            entry.incomplete = !complete;
+            entry.duration_ms = start.elapsed().as_secs_f64() * 1000.0;
+            if let Some(l) = &log.access_log {
+                l.write(&entry);
+            }
+        }))
+    }))
+}
+
+/// What the access log wants to know about the upstream side of an exchange.
+#[derive(Default)]
+struct Exchange {
+    upstream: Option<SocketAddr>,
+    retries: u32,
 }
 
 /// Phase 1.
@@ -148,6 +190,7 @@ async fn run_stages(
     conn: &ConnTarget,
     sel: &Selected,
     mut req: Request<Incoming>,
+    exchange: &mut Exchange,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let timeouts = sel.route.as_ref().map(|r| r.timeouts).unwrap_or_default();
     let retries = sel.route.as_ref().and_then(|r| r.retries.as_ref());
@@ -263,6 +306,11 @@ async fn run_stages(
         })),
         None => tries.run(req).await,
     };
+    {
+        let tried = tries.tried.lock().expect("tried lock");
+        exchange.upstream = tried.last().copied();
+        exchange.retries = tried.len().saturating_sub(1) as u32;
+    }
     let outcome = match &result {
         Ok(resp) => response_outcome(resp),
         Err(f) => f.outcome,

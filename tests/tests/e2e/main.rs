@@ -1,6 +1,7 @@
 //! Bulwark end to end: the real `bulwark-proxy` binary between real clients and upstreams
 //! that misbehave on command. One test binary, a module per scenario family.
 
+mod access_log;
 mod admin;
 mod balance;
 mod bulwarkctl;
