@@ -7,6 +7,7 @@ mod balance;
 mod bulwarkctl;
 mod cli;
 mod control;
+mod dashboard;
 mod discovery;
 mod drain;
 mod faults;
