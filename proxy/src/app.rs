@@ -62,7 +62,14 @@ pub async fn run(config_path: PathBuf, control_plane: Option<String>, log: Arc<d
         .access_log
         .enabled
         .then(|| crate::access_log::AccessLog::start(config.access_log.sample, metrics.access_log_dropped()));
-    let proxy = Arc::new(Proxy { store: store.clone(), access_log, pool, clusters, metrics: metrics.clone() });
+    let tracing = match &config.tracing {
+        Some(t) => {
+            let (dropped, exported) = metrics.span_counters();
+            Some(crate::trace::Tracing::start(t, dropped, exported).context("starting the OTLP span exporter")?)
+        }
+        None => None,
+    };
+    let proxy = Arc::new(Proxy { store: store.clone(), access_log, tracing, pool, clusters, metrics: metrics.clone() });
 
     let life = Lifecycle {
         stop_accept: CancellationToken::new(),
@@ -187,8 +194,8 @@ async fn reload(
             tracing::warn!(field = what, "changed address takes effect at the next restart");
         }
     }
-    if current.access_log != loaded.config.access_log {
-        tracing::warn!(field = "accessLog", "changed access log settings take effect at the next restart");
+    if current.access_log != loaded.config.access_log || current.tracing != loaded.config.tracing {
+        tracing::warn!("changed accessLog or tracing settings take effect at the next restart");
     }
     if let Err(errors) = explicit.reconcile(&loaded.config.listeners, proxy, life).await {
         tracing::error!(errors = %errors.join("; "), "reload rejected; the configuration in force is kept");

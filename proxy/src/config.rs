@@ -36,6 +36,9 @@ pub struct ProxyConfig {
     pub upstream: UpstreamDefaults,
     #[serde(default)]
     pub access_log: AccessLogConfig,
+    /// OTLP tracing; off unless given.
+    #[serde(default)]
+    pub tracing: Option<crate::trace::TracingConfig>,
     #[serde(default)]
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
@@ -329,6 +332,17 @@ fn check_listeners(c: &ProxyConfig, file: &str) -> Vec<String> {
         if !c.policies.is_empty() || c.policy_dir.is_some() {
             errors.push(format!(
                 "{file}: controlPlane: policies come from the control plane; remove policies and policyDir"
+            ));
+        }
+    }
+    if let Some(t) = &c.tracing {
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            errors.push(format!("{file}: tracing.sampleRatio: {} is not a share between 0 and 1", t.sample_ratio));
+        }
+        if !(t.endpoint.starts_with("http://") || t.endpoint.starts_with("https://")) {
+            errors.push(format!(
+                "{file}: tracing.endpoint: {:?} must be a URL such as http://collector:4317",
+                t.endpoint
             ));
         }
     }

@@ -24,4 +24,5 @@ pub mod stage;
 pub mod store;
 pub mod target;
 pub mod tcp;
+pub mod trace;
 pub mod upstream;

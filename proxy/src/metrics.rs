@@ -145,6 +145,8 @@ pub struct Metrics {
     rate_limited: Family<ScopeLabels, Counter>,
     ejections: Counter,
     access_log_dropped: Counter,
+    spans_dropped: Counter,
+    spans_exported: Counter,
     resident_memory: Gauge,
     open_fds: Gauge,
     discovery: Family<ResultLabels, Counter>,
@@ -285,8 +287,18 @@ impl Metrics {
         );
         let open_fds = Gauge::default();
         registry.register("process_open_fds", "File descriptors the proxy process has open", open_fds.clone());
+        let spans_dropped = Counter::default();
+        registry.register(
+            "trace_spans_dropped",
+            "Spans dropped: export queue full, collector absent, slow or refusing",
+            spans_dropped.clone(),
+        );
+        let spans_exported = Counter::default();
+        registry.register("trace_spans_exported", "Spans the collector accepted", spans_exported.clone());
         Metrics {
             access_log_dropped,
+            spans_dropped,
+            spans_exported,
             resident_memory,
             open_fds,
             discovery,
@@ -377,6 +389,11 @@ impl Metrics {
 
     pub fn fault_counter(&self, policy: &str, route: &str, kind: &'static str) -> Counter {
         self.faults_injected.get_or_create(&FaultLabels { policy: policy.into(), route: route.into(), kind }).clone()
+    }
+
+    /// (dropped, exported) span counters.
+    pub fn span_counters(&self) -> (Counter, Counter) {
+        (self.spans_dropped.clone(), self.spans_exported.clone())
     }
 
     pub fn access_log_dropped(&self) -> Counter {

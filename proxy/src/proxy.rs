@@ -11,6 +11,8 @@ pub struct Proxy {
     pub store: Arc<Store>,
     /// Set when `accessLog.enabled`.
     pub access_log: Option<crate::access_log::AccessLog>,
+    /// Set when `tracing` is configured.
+    pub tracing: Option<crate::trace::Tracing>,
     pub pool: Arc<Pool>,
     pub clusters: Clusters,
     pub metrics: Arc<Metrics>,

@@ -6,6 +6,7 @@ pub mod client;
 pub mod control;
 pub mod grpc;
 pub mod netns;
+pub mod otlp;
 pub mod proxy;
 pub mod tcp;
 pub mod upstream;

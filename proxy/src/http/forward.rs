@@ -27,6 +27,7 @@ use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use opentelemetry::KeyValue;
 use tokio::time::Instant;
 
 use super::body::ProxyBody;
@@ -106,6 +107,23 @@ pub async fn handle(
         path: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
         ..Default::default()
     });
+    let span = proxy.tracing.as_ref().map(|t| {
+        let name = format!("{} {}", req.method(), if labels.route.is_empty() { "(no route)" } else { &labels.route });
+        let attributes = vec![
+            KeyValue::new("http.request.method", req.method().to_string()),
+            KeyValue::new("url.path", req.uri().path().to_string()),
+            KeyValue::new("url.scheme", "http"),
+            KeyValue::new("server.address", request_host(&req).unwrap_or_default()),
+            KeyValue::new("network.protocol.version", if req.version() == Version::HTTP_2 { "2" } else { "1.1" }),
+            KeyValue::new("client.address", conn.client.ip().to_string()),
+            KeyValue::new("bulwark.listener", labels.listener.clone()),
+            KeyValue::new("bulwark.policy", labels.policy.clone()),
+            KeyValue::new("bulwark.route", labels.route.clone()),
+        ];
+        let cx = t.start_span(req.headers(), conn.direction == bulwark_policy::Direction::Inbound, name, attributes);
+        t.inject(&cx, req.headers_mut());
+        cx
+    });
     let mut exchange = Exchange::default();
     let (resp, reason) = match run_stages(&proxy, &conn, &selected, req, &mut exchange).await {
         Ok(resp) => (resp, None),
@@ -121,6 +139,25 @@ pub async fn handle(
         }
     };
     proxy.metrics.request(&labels, resp.status().as_u16(), reason, start.elapsed());
+    if let Some(cx) = span {
+        let mut attributes = vec![KeyValue::new("bulwark.retries", i64::from(exchange.retries))];
+        attributes.extend(reason.map(|r| KeyValue::new("bulwark.reason", r.as_str())));
+        attributes.extend(exchange.fault.clone().map(|f| KeyValue::new("bulwark.fault", f)));
+        attributes.extend(exchange.breaker.map(|b| KeyValue::new("bulwark.breaker.state", b)));
+        attributes.extend(
+            exchange.bulkhead_wait.map(|w| KeyValue::new("bulwark.bulkhead.wait_ms", w.as_secs_f64() * 1000.0)),
+        );
+        attributes.extend(exchange.upstream.map(|u| KeyValue::new("network.peer.address", u.to_string())));
+        let status = resp.status().as_u16();
+        let tries = exchange.tries.iter().enumerate().map(|(i, (endpoint, outcome))| {
+            vec![
+                KeyValue::new("bulwark.try", i as i64 + 1),
+                KeyValue::new("network.peer.address", endpoint.to_string()),
+                KeyValue::new("bulwark.outcome", outcome.clone()),
+            ]
+        });
+        crate::trace::finish(cx, status, attributes, tries.collect(), status >= 500 || reason.is_some());
+    }
     let Some(mut entry) = logged else { return Ok(resp) };
     entry.status = resp.status().as_u16();
     entry.reason = reason.map(Reason::as_str);
@@ -139,11 +176,28 @@ pub async fn handle(
     }))
 }
 
-/// What the access log wants to know about the upstream side of an exchange.
+/// What the access log and the trace want to know about how an exchange went.
 #[derive(Default)]
 struct Exchange {
     upstream: Option<SocketAddr>,
     retries: u32,
+    /// Injected fault kinds, comma separated.
+    fault: Option<String>,
+    breaker: Option<&'static str>,
+    bulkhead_wait: Option<Duration>,
+    /// Every try: its endpoint and how it ended.
+    tries: Vec<(SocketAddr, String)>,
+}
+
+fn describe(o: Outcome) -> String {
+    match o {
+        Outcome::Response { status, grpc: Some(g) } => format!("{status} grpc-status {g}"),
+        Outcome::Response { status, grpc: None } => status.to_string(),
+        Outcome::ConnectFailure => "connect-failure".into(),
+        Outcome::Reset => "reset".into(),
+        Outcome::PerTryTimeout => "per-try-timeout".into(),
+        Outcome::Timeout => "timeout".into(),
+    }
 }
 
 /// Phase 1.
@@ -233,6 +287,18 @@ async fn run_stages(
         }
         _ => Decision::default(),
     };
+    let kinds: Vec<&str> = [
+        (faults.abort.is_some(), "abort"),
+        (faults.abort.is_none() && faults.delay.is_some(), "delay"),
+        (faults.abort.is_none() && faults.response_delay.is_some(), "response-delay"),
+        (faults.abort.is_none() && faults.bandwidth.is_some(), "bandwidth"),
+    ]
+    .into_iter()
+    .filter_map(|(hit, kind)| hit.then_some(kind))
+    .collect();
+    if !kinds.is_empty() {
+        exchange.fault = Some(kinds.join(","));
+    }
     if let Some(with) = faults.abort {
         return Err(Refusal { reason: Reason::FaultAbort, retry_after: None, abort: Some(with) });
     }
@@ -242,18 +308,32 @@ async fn run_stages(
 
     let target = state.map(|s| s.target(&conn.target_key));
     let permit = match target.as_ref().and_then(|t| t.breaker.as_ref()) {
-        Some(b) => Some(b.admit(Instant::now()).map_err(|_| Reason::CircuitOpen)?),
+        Some(b) => match b.admit(Instant::now()) {
+            Ok(p) => {
+                exchange.breaker = Some(if p.is_trial() { "half-open" } else { "closed" });
+                Some(p)
+            }
+            Err(_) => {
+                exchange.breaker = Some("open");
+                return Err(Reason::CircuitOpen.into());
+            }
+        },
         None => None,
     };
 
     let _slot = match state.and_then(|s| s.bulkhead.as_ref().map(|b| (s, b))) {
-        Some((s, b)) => match b.acquire().await {
-            Ok(slot) => Some(InFlight::new(slot, &s.metrics.bulkhead_in_flight)),
-            Err(_) => {
-                s.metrics.bulkhead_rejected.inc();
-                return Err(Reason::BulkheadFull.into());
+        Some((s, b)) => {
+            let waited = Instant::now();
+            let acquired = b.acquire().await;
+            exchange.bulkhead_wait = Some(waited.elapsed());
+            match acquired {
+                Ok(slot) => Some(InFlight::new(slot, &s.metrics.bulkhead_in_flight)),
+                Err(_) => {
+                    s.metrics.bulkhead_rejected.inc();
+                    return Err(Reason::BulkheadFull.into());
+                }
             }
-        },
+        }
         None => None,
     };
     if let (Some(t), Some(_)) = (&target, retries) {
@@ -295,6 +375,7 @@ async fn run_stages(
         limits,
         cluster,
         tried: Mutex::new(Vec::new()),
+        outcomes: Mutex::new(Vec::new()),
         proto,
         upgrade,
     };
@@ -310,6 +391,7 @@ async fn run_stages(
         let tried = tries.tried.lock().expect("tried lock");
         exchange.upstream = tried.last().copied();
         exchange.retries = tried.len().saturating_sub(1) as u32;
+        exchange.tries = std::mem::take(&mut *tries.outcomes.lock().expect("outcomes lock"));
     }
     let outcome = match &result {
         Ok(resp) => response_outcome(resp),
@@ -379,6 +461,8 @@ struct Tries<'a> {
     cluster: Arc<Cluster>,
     /// Endpoints this request already tried; a retry prefers another.
     tried: Mutex<Vec<SocketAddr>>,
+    /// Each try's endpoint and outcome, for the trace.
+    outcomes: Mutex<Vec<(SocketAddr, String)>>,
     proto: Proto,
     upgrade: bool,
 }
@@ -483,6 +567,7 @@ impl Tries<'_> {
             Err(f) => f.outcome,
         };
         self.cluster.report(endpoint, outcome, &set, Instant::now());
+        self.outcomes.lock().expect("outcomes lock").push((endpoint, describe(outcome)));
         result
     }
 

@@ -251,6 +251,11 @@ fn window_counts(inner: &Inner, epoch: u64) -> (u32, u32, u32) {
 }
 
 impl Permit {
+    /// A half-open trial (otherwise the breaker was closed).
+    pub fn is_trial(&self) -> bool {
+        self.trial
+    }
+
     pub fn record(mut self, outcome: Outcome, elapsed: Duration, now: Instant) {
         self.done = true;
         self.breaker.on_outcome(self.trial, outcome, elapsed, now);

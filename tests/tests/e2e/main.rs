@@ -19,6 +19,7 @@ mod reload;
 mod stages;
 mod tcp;
 mod timeouts;
+mod tracing;
 mod transparent;
 
 /// A policy selecting the explicit listener `web`, with the given `spec` lines after `target`.
