@@ -16,6 +16,7 @@ pub mod endpoint;
 pub mod health;
 pub mod http;
 pub mod init;
+mod io;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;

@@ -135,17 +135,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Faulty<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Faulty<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
+crate::io::delegate_async_write!(Faulty);
 
 /// Records the time of the last byte read, for the idle timer.
 struct Activity<S> {
@@ -166,17 +156,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
+crate::io::delegate_async_write!(Activity);
 
 #[cfg(test)]
 mod tests {
