@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use bulwark_policy::spec::FaultSpec;
-use bulwark_policy::{ResiliencePolicy, Snapshot, DEFAULT_ROUTE};
+use bulwark_policy::{ResiliencePolicy, Snapshot};
 
 use crate::config::ProxyConfig;
 use crate::metrics::Metrics;
@@ -167,18 +167,16 @@ impl Store {
 }
 
 fn route_exists(docs: &[ResiliencePolicy], policy: &str, route: &str) -> bool {
-    docs.iter().any(|d| d.id() == policy && (route == DEFAULT_ROUTE || d.spec.routes.iter().any(|r| r.name == route)))
+    docs.iter().any(|d| d.id() == policy && d.has_route(route))
 }
 
 /// The file's policies with the overlay's faults written into their routes, compiled.
 fn compile(base: &[ResiliencePolicy], overlay: &Overlay, version: &str) -> Result<Snapshot, String> {
     let mut docs = base.to_vec();
     for ((policy, route), spec) in overlay {
-        let Some(doc) = docs.iter_mut().find(|d| d.id() == *policy) else { continue };
-        if route == DEFAULT_ROUTE {
-            doc.spec.defaults.faults = Some(spec.clone());
-        } else if let Some(r) = doc.spec.routes.iter_mut().find(|r| r.name == *route) {
-            r.faults = Some(spec.clone());
+        if let Some(doc) = docs.iter_mut().find(|d| d.id() == *policy) {
+            // Entries whose route disappeared were dropped when the file changed.
+            let _ = doc.set_route_faults(route, Some(spec.clone()));
         }
     }
     Snapshot::compile(version, docs)

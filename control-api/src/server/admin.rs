@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bulwark_policy::spec::FaultSpec;
-use bulwark_policy::DEFAULT_ROUTE;
 use bulwark_proto::v1 as pb;
 use tokio::sync::{watch, Mutex};
 use tonic::{Request, Response, Status};
@@ -140,7 +139,7 @@ impl pb::policy_admin_server::PolicyAdmin for Admin {
         }
         let route = req.route.clone();
         let mut store = self.store.lock().await;
-        let result = store.edit(&id(&req.namespace, &req.name), move |doc| set_route_faults(doc, &route, Some(spec)));
+        let result = store.edit(&id(&req.namespace, &req.name), move |doc| doc.set_route_faults(&route, Some(spec)));
         self.respond(&store, result, false)
     }
 
@@ -148,7 +147,7 @@ impl pb::policy_admin_server::PolicyAdmin for Admin {
         let req = req.into_inner();
         let route = req.route.clone();
         let mut store = self.store.lock().await;
-        let result = store.edit(&id(&req.namespace, &req.name), move |doc| set_route_faults(doc, &route, None));
+        let result = store.edit(&id(&req.namespace, &req.name), move |doc| doc.set_route_faults(&route, None));
         self.respond(&store, result, false)
     }
 
@@ -159,24 +158,4 @@ impl pb::policy_admin_server::PolicyAdmin for Admin {
         let current_version = self.store.lock().await.revision().to_string();
         Ok(Response::new(pb::ListProxiesResponse { proxies: self.proxies.list(), current_version }))
     }
-}
-
-fn set_route_faults(
-    doc: &mut bulwark_policy::ResiliencePolicy,
-    route: &str,
-    faults: Option<FaultSpec>,
-) -> Result<(), String> {
-    if route == DEFAULT_ROUTE {
-        doc.spec.defaults.faults = faults;
-        return Ok(());
-    }
-    let id = doc.id();
-    let r = doc
-        .spec
-        .routes
-        .iter_mut()
-        .find(|r| r.name == route)
-        .ok_or_else(|| format!("route {route:?} in policy {id}"))?;
-    r.faults = faults;
-    Ok(())
 }

@@ -26,6 +26,29 @@ impl ResiliencePolicy {
     pub fn id(&self) -> String {
         format!("{}/{}", self.metadata.namespace, self.metadata.name)
     }
+
+    /// True when `route` names one of the policy's routes, or is `default` (its defaults).
+    pub fn has_route(&self, route: &str) -> bool {
+        route == crate::compile::DEFAULT_ROUTE || self.spec.routes.iter().any(|r| r.name == route)
+    }
+
+    /// Sets (or with `None` removes) the `faults` block of a route; route `default` is the
+    /// policy's `defaults`. Errs when the policy has no such route.
+    pub fn set_route_faults(&mut self, route: &str, faults: Option<FaultSpec>) -> Result<(), String> {
+        if route == crate::compile::DEFAULT_ROUTE {
+            self.spec.defaults.faults = faults;
+            return Ok(());
+        }
+        let id = self.id();
+        let r = self
+            .spec
+            .routes
+            .iter_mut()
+            .find(|r| r.name == route)
+            .ok_or_else(|| format!("route {route:?} in policy {id}"))?;
+        r.faults = faults;
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]

@@ -82,7 +82,8 @@ pub async fn handle(
     let grpc = respond::is_grpc(req.headers());
     headers::ensure_request_id(req.headers_mut());
 
-    let selected = select_route(&proxy, &conn, &req);
+    let host = request_host(&req);
+    let selected = select_route(&proxy, &conn, &req, host.as_deref());
     let labels = RouteLabels {
         direction: conn.direction.as_str(),
         listener: conn.label.to_string(),
@@ -103,7 +104,7 @@ pub async fn handle(
         policy: labels.policy.clone(),
         route: labels.route.clone(),
         method: req.method().to_string(),
-        authority: request_host(&req).unwrap_or_default(),
+        authority: host.clone().unwrap_or_default(),
         path: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
         ..Default::default()
     });
@@ -113,7 +114,7 @@ pub async fn handle(
             KeyValue::new("http.request.method", req.method().to_string()),
             KeyValue::new("url.path", req.uri().path().to_string()),
             KeyValue::new("url.scheme", "http"),
-            KeyValue::new("server.address", request_host(&req).unwrap_or_default()),
+            KeyValue::new("server.address", host.clone().unwrap_or_default()),
             KeyValue::new("network.protocol.version", if req.version() == Version::HTTP_2 { "2" } else { "1.1" }),
             KeyValue::new("client.address", conn.client.ip().to_string()),
             KeyValue::new("bulwark.listener", labels.listener.clone()),
@@ -201,11 +202,10 @@ fn describe(o: Outcome) -> String {
 }
 
 /// Phase 1.
-fn select_route(proxy: &Proxy, conn: &ConnTarget, req: &Request<Incoming>) -> Selected {
-    let host = request_host(req);
+fn select_route(proxy: &Proxy, conn: &ConnTarget, req: &Request<Incoming>, host: Option<&str>) -> Selected {
     let installed = proxy.store.installed();
     let default_connect = proxy.store.config().upstream.connect_timeout.get();
-    let Some(policy) = installed.snapshot.select(&conn.destination(host.as_deref())) else {
+    let Some(policy) = installed.snapshot.select(&conn.destination(host)) else {
         return Selected {
             route: None,
             state: None,
@@ -214,8 +214,7 @@ fn select_route(proxy: &Proxy, conn: &ConnTarget, req: &Request<Incoming>) -> Se
             upstream: UpstreamPolicy::default(),
         };
     };
-    let info =
-        RequestInfo { method: req.method(), path: req.uri().path(), host: host.as_deref(), headers: req.headers() };
+    let info = RequestInfo { method: req.method(), path: req.uri().path(), host, headers: req.headers() };
     let route = policy.routes.iter().find(|r| r.matcher.matches(&info)).unwrap_or(&policy.default_route);
     Selected {
         state: installed.states.get(route.index).cloned(),
