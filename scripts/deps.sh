@@ -45,9 +45,10 @@ missing=()
 have iptables || missing+=(iptables)
 have ip || missing+=(iproute2)
 have setpriv || missing+=(util-linux)
+have openssl || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
     if $root && have apt-get; then
-        echo "deps: installing ${missing[*]} (for bulwark-proxy init and the namespaced tests)"
+        echo "deps: installing ${missing[*]} (for bulwark-proxy init, the namespaced tests and the webhook's test certificates)"
         apt-get update -qq >/dev/null
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else

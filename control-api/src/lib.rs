@@ -1,5 +1,7 @@
 //! Bulwark's control plane: a durable policy store (`store`) served over gRPC
 //! (`server::admin`), validated with the proxies' own policy code.
 
+pub mod inject;
 pub mod server;
 pub mod store;
+pub mod webhook;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use bulwark_control::inject::Values;
 use bulwark_control::server::discovery::{Discovery, Proxies};
 use bulwark_control::server::{admin::Admin, RequireToken};
 use bulwark_control::store::Store;
@@ -33,6 +34,19 @@ struct Cli {
     token: Option<String>,
     #[arg(long, env = "BULWARK_LOG", default_value = "info")]
     log: String,
+    /// Serve the sidecar-injection admission webhook over HTTPS (needs --webhook-cert and
+    /// --webhook-key).
+    #[arg(long, env = "BULWARK_WEBHOOK_LISTEN", requires_all = ["webhook_cert", "webhook_key"])]
+    webhook_listen: Option<SocketAddr>,
+    /// PEM certificate chain of the webhook; re-read when the file changes.
+    #[arg(long, env = "BULWARK_WEBHOOK_CERT")]
+    webhook_cert: Option<PathBuf>,
+    /// PEM private key of the webhook; re-read when the file changes.
+    #[arg(long, env = "BULWARK_WEBHOOK_KEY")]
+    webhook_key: Option<PathBuf>,
+    /// Injection defaults (the chart's proxy values) as YAML; built-in defaults when absent.
+    #[arg(long, env = "BULWARK_INJECTION_VALUES")]
+    injection_values: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -43,6 +57,30 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
+    // Checked before anything is served, so that a bad certificate or values file stops the
+    // start with its reason.
+    let webhook = match &cli.webhook_listen {
+        Some(addr) => {
+            let (cert, key) = cli
+                .webhook_cert
+                .as_deref()
+                .zip(cli.webhook_key.as_deref())
+                .context("--webhook-cert and --webhook-key")?;
+            let certs = bulwark_control::webhook::CertFiles::load(cert, key)?;
+            let values = match &cli.injection_values {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("--injection-values {}", path.display()))?;
+                    Values::from_yaml(&text, &path.display().to_string()).map_err(anyhow::Error::msg)?
+                }
+                None => Values::default(),
+            };
+            let socket =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--webhook-listen {addr}"))?;
+            Some((socket, certs, Arc::new(values)))
+        }
+        None => None,
+    };
     let mut store =
         Store::open(&cli.data_dir).with_context(|| format!("opening the store in {}", cli.data_dir.display()))?;
     if let Some(dir) = &cli.policy_dir {
@@ -86,6 +124,10 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    if let Some((socket, certs, values)) = webhook {
+        tracing::info!(listen = ?socket.local_addr().ok(), "injection webhook serving");
+        tokio::spawn(bulwark_control::webhook::serve(socket, certs, values));
+    }
     tracing::info!(listen = %cli.listen, admin_listen = ?cli.admin_listen, token = cli.token.is_some(), "bulwark-control serving");
     match cli.admin_listen {
         None => {

@@ -1,6 +1,6 @@
 //! 127.0.0.1:15000 — operator endpoints, loopback only because they reveal and change
-//! configuration: `/config` (listeners and policies in force, as YAML) and `/logging`
-//! (read or set the log filter).
+//! configuration: `/config` (listeners and policies in force, as YAML), `/faults`, `/breakers`,
+//! `/bulkheads`, `/logging` (read or set the log filter) and `POST /quitquitquit` (drain and exit).
 
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::config::ListenerConfig;
 use crate::endpoint::{self, Handler};
 use crate::store::Store;
+use tokio_util::sync::CancellationToken;
 
 /// Reads and replaces the process's log filter (`info`, `bulwark_proxy=debug`, ...).
 pub trait LogControl: Send + Sync {
@@ -26,8 +27,32 @@ struct ConfigView<'a> {
     policies: &'a [ResiliencePolicy],
 }
 
-pub fn handler(store: Arc<Store>, log: Arc<dyn LogControl>) -> Handler {
-    Arc::new(move |req| match (req.method(), req.uri().path()) {
+/// `shutdown` is cancelled by `POST /quitquitquit`: the proxy then drains and exits as on
+/// SIGTERM. A Job's app calls it when done on clusters without native sidecars, so the pod can
+/// complete.
+pub fn handler(store: Arc<Store>, log: Arc<dyn LogControl>, shutdown: CancellationToken) -> Handler {
+    Arc::new(move |req| endpoint::ready(route(&store, &*log, &shutdown, req)))
+}
+
+fn route(
+    store: &Store,
+    log: &dyn LogControl,
+    shutdown: &CancellationToken,
+    req: http::Request<bytes::Bytes>,
+) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::POST, "/quitquitquit") => {
+            // Loopback only, even when the admin port is bound wider: anyone who can reach it
+            // could otherwise stop the pod's traffic.
+            match req.extensions().get::<endpoint::Peer>() {
+                Some(peer) if peer.0.ip().is_loopback() => {
+                    tracing::info!(peer = %peer.0, "shutdown requested on the admin port");
+                    shutdown.cancel();
+                    endpoint::text(StatusCode::OK, "draining, then exiting\n")
+                }
+                _ => endpoint::text(StatusCode::FORBIDDEN, "/quitquitquit is accepted from loopback only\n"),
+            }
+        }
         (&Method::GET, "/config") => {
             let config = store.config();
             let installed = store.installed();
@@ -41,8 +66,8 @@ pub fn handler(store: Arc<Store>, log: Arc<dyn LogControl>) -> Handler {
                 Err(e) => endpoint::text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render config: {e}\n")),
             }
         }
-        (&Method::GET, "/faults") => json(&faults(&store)),
-        (&Method::POST | &Method::PUT, "/faults") => set_fault(&store, &req),
+        (&Method::GET, "/faults") => json(&faults(store)),
+        (&Method::POST | &Method::PUT, "/faults") => set_fault(store, &req),
         (&Method::DELETE, "/faults") => match query(&req, "policy").zip(query(&req, "route")) {
             Some((policy, route)) => match store.clear_fault(&policy, &route) {
                 Ok(generation) => json(&serde_json::json!({ "cleared": true, "generation": generation })),
@@ -50,8 +75,8 @@ pub fn handler(store: Arc<Store>, log: Arc<dyn LogControl>) -> Handler {
             },
             None => endpoint::text(StatusCode::BAD_REQUEST, "DELETE /faults?policy=NAMESPACE/NAME&route=ROUTE\n"),
         },
-        (&Method::GET, "/breakers") => json(&breakers(&store)),
-        (&Method::GET, "/bulkheads") => json(&bulkheads(&store)),
+        (&Method::GET, "/breakers") => json(&breakers(store)),
+        (&Method::GET, "/bulkheads") => json(&bulkheads(store)),
         (&Method::GET, "/logging") => endpoint::text(StatusCode::OK, format!("{}\n", log.current())),
         (&Method::POST | &Method::PUT, "/logging") => {
             let level = req
@@ -65,8 +90,11 @@ pub fn handler(store: Arc<Store>, log: Arc<dyn LogControl>) -> Handler {
                 Err(e) => endpoint::text(StatusCode::BAD_REQUEST, format!("{e}\n")),
             }
         }
-        _ => endpoint::text(StatusCode::NOT_FOUND, "endpoints: GET /config, GET|POST /logging?level=FILTER\n"),
-    })
+        _ => endpoint::text(
+            StatusCode::NOT_FOUND,
+            "endpoints: GET /config, GET|POST|DELETE /faults, GET /breakers, GET /bulkheads, GET|POST /logging?level=FILTER, POST /quitquitquit\n",
+        ),
+    }
 }
 
 fn json<T: Serialize>(v: &T) -> http::Response<http_body_util::Full<bytes::Bytes>> {

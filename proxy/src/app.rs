@@ -5,7 +5,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,9 +31,14 @@ use crate::upstream::resolve::Resolver;
 /// How often the config file and policy directory are checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-pub async fn run(config_path: PathBuf, control_plane: Option<String>, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
-    let mut loaded = config::load(&config_path, "1")
-        .map_err(|errors| anyhow::anyhow!("{} is invalid:\n  {}", config_path.display(), errors.join("\n  ")))?;
+pub async fn run(
+    source: config::Source,
+    control_plane: Option<String>,
+    log: Arc<dyn LogControl>,
+) -> anyhow::Result<()> {
+    let mut loaded =
+        source.load("1").map_err(|errors| anyhow::anyhow!("{source} is invalid:\n  {}", errors.join("\n  ")))?;
+    let app_health = Arc::new(crate::app_health::AppHealth::from_env()?);
     with_control_plane(&mut loaded.config, &control_plane);
     let config = loaded.config.clone();
     let metrics = Arc::new(Metrics::new());
@@ -80,11 +85,16 @@ pub async fn run(config_path: PathBuf, control_plane: Option<String>, log: Arc<d
     let health = bind(config.health, "health").await?;
     tokio::spawn(crate::endpoint::serve(
         health,
-        crate::health::handler(store.clone(), metrics.clone()),
+        crate::health::handler(store.clone(), metrics.clone(), app_health),
         background.child_token(),
     ));
     let admin = bind(config.admin, "admin").await?;
-    tokio::spawn(crate::endpoint::serve(admin, crate::admin::handler(store.clone(), log), background.child_token()));
+    let shutdown = CancellationToken::new();
+    tokio::spawn(crate::endpoint::serve(
+        admin,
+        crate::admin::handler(store.clone(), log, shutdown.clone()),
+        background.child_token(),
+    ));
 
     for (addr, direction) in
         [(config.transparent.outbound, Direction::Outbound), (config.transparent.inbound, Direction::Inbound)]
@@ -106,26 +116,27 @@ pub async fn run(config_path: PathBuf, control_plane: Option<String>, log: Arc<d
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut seen = fingerprint(&config_path, &config);
+    let mut seen = fingerprint(&source, &config);
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
-    tracing::info!(config = %config_path.display(), policies = store.installed().snapshot.policies.len(), "bulwark-proxy serving");
+    tracing::info!(config = %source, policies = store.installed().snapshot.policies.len(), "bulwark-proxy serving");
     loop {
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading configuration");
-                reload(&config_path, &control_plane, &proxy, &mut explicit, &life).await;
-                seen = fingerprint(&config_path, &store.config());
+                reload(&source, &control_plane, &proxy, &mut explicit, &life).await;
+                seen = fingerprint(&source, &store.config());
             }
-            _ = tick.tick() => {
-                let now = fingerprint(&config_path, &store.config());
+            _ = tick.tick(), if source.path().is_some() => {
+                let now = fingerprint(&source, &store.config());
                 if now != seen {
                     tracing::info!("configuration changed on disk: reloading");
-                    reload(&config_path, &control_plane, &proxy, &mut explicit, &life).await;
+                    reload(&source, &control_plane, &proxy, &mut explicit, &life).await;
                     seen = now;
                 }
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = shutdown.cancelled() => break,
         }
     }
 
@@ -167,17 +178,17 @@ async fn drain(store: &Store, life: &Lifecycle, deadline: Duration) {
 
 /// Re-reads the config; applies it whole or not at all.
 async fn reload(
-    path: &Path,
+    source: &config::Source,
     control_plane: &Option<String>,
     proxy: &Arc<Proxy>,
     explicit: &mut ExplicitListeners,
     life: &Lifecycle,
 ) {
     let next = proxy.store.generation() + 1;
-    let mut loaded = match config::load(path, &next.to_string()) {
+    let mut loaded = match source.load(&next.to_string()) {
         Ok(l) => l,
         Err(errors) => {
-            tracing::error!(config = %path.display(), errors = %errors.join("\n  "), "reload rejected; the configuration in force is kept");
+            tracing::error!(config = %source, errors = %errors.join("\n  "), "reload rejected; the configuration in force is kept");
             proxy.metrics.config_reload(false);
             return;
         }
@@ -214,8 +225,9 @@ async fn reload(
 
 /// Content hash of the config file and every policy file, so that edits, `kubectl`'s
 /// symlink swaps and touched-but-unchanged files are told apart.
-fn fingerprint(path: &Path, config: &ProxyConfig) -> u64 {
+fn fingerprint(source: &config::Source, config: &ProxyConfig) -> u64 {
     let mut h = DefaultHasher::new();
+    let Some(path) = source.path() else { return 0 };
     std::fs::read(path).ok().hash(&mut h);
     if let Some(dir) = &config.policy_dir {
         let dir = if dir.is_relative() { path.parent().unwrap_or(Path::new(".")).join(dir) } else { dir.clone() };

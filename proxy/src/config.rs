@@ -238,8 +238,65 @@ pub struct Loaded {
 /// policies, each with its location.
 pub fn load(path: &Path, version: &str) -> Result<Loaded, Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
-    let file = path.display().to_string();
-    let value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| vec![format!("{file}: {e}")])?;
+    load_text(&text, &path.display().to_string(), path.parent().unwrap_or(Path::new(".")), version)
+}
+
+/// The sidecar's bootstrap when no file is given: transparent capture on the standard ports,
+/// everything else at its default. The injector passes its own in `BULWARK_BOOTSTRAP`.
+pub const SIDECAR_BOOTSTRAP: &str = "transparent: { outbound: \"0.0.0.0:15001\", inbound: \"0.0.0.0:15006\" }\n";
+
+/// Where the configuration comes from: a file (watched and reloaded) or, in a pod, a bootstrap
+/// text from the environment.
+#[derive(Clone, Debug)]
+pub enum Source {
+    File(PathBuf),
+    Bootstrap(String),
+}
+
+impl Source {
+    /// `--config` when given, else `BULWARK_BOOTSTRAP`, else [`SIDECAR_BOOTSTRAP`].
+    pub fn from_args(config: Option<PathBuf>) -> Self {
+        match config {
+            Some(path) => Source::File(path),
+            None => Source::Bootstrap(
+                std::env::var("BULWARK_BOOTSTRAP")
+                    .ok()
+                    .filter(|t| !t.trim().is_empty())
+                    .unwrap_or_else(|| SIDECAR_BOOTSTRAP.to_string()),
+            ),
+        }
+    }
+
+    pub fn load(&self, version: &str) -> Result<Loaded, Vec<String>> {
+        match self {
+            Source::File(path) => load(path, version),
+            Source::Bootstrap(text) => load_text(text, "BULWARK_BOOTSTRAP", Path::new("."), version),
+        }
+    }
+
+    /// The file, or `None` for a bootstrap text (nothing to watch).
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Source::File(path) => Some(path),
+            Source::Bootstrap(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(path) => write!(f, "{}", path.display()),
+            Source::Bootstrap(_) => f.write_str("the bootstrap (BULWARK_BOOTSTRAP or the built-in sidecar default)"),
+        }
+    }
+}
+
+/// Validates a configuration text; `file` names it in errors, `base` anchors a relative
+/// `policyDir`.
+pub fn load_text(text: &str, file: &str, base: &Path, version: &str) -> Result<Loaded, Vec<String>> {
+    let file = file.to_string();
+    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| vec![format!("{file}: {e}")])?;
     let config: ProxyConfig = serde_path_to_error::deserialize(value).map_err(|e| {
         let at = e.path().to_string();
         vec![format!("{file}: {at}: {}", e.into_inner())]
@@ -255,7 +312,7 @@ pub fn load(path: &Path, version: &str) -> Result<Loaded, Vec<String>> {
         }
     }
     if let Some(dir) = &config.policy_dir {
-        let dir = if dir.is_relative() { path.parent().unwrap_or(Path::new(".")).join(dir) } else { dir.clone() };
+        let dir = if dir.is_relative() { base.join(dir) } else { dir.clone() };
         match policy_files(&dir) {
             Ok(files) => {
                 for f in files {

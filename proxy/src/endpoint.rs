@@ -1,7 +1,11 @@
 //! A small HTTP/1.1 server for the proxy's own endpoints (admin, health). Requests are
-//! answered by a plain function; bodies are small and complete.
+//! answered by a function returning a future; bodies are small and complete. The peer's address
+//! is in the request's extensions as [`Peer`].
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,7 +17,17 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub type Handler = Arc<dyn Fn(Request<Bytes>) -> Response<Full<Bytes>> + Send + Sync>;
+pub type Reply = Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>;
+pub type Handler = Arc<dyn Fn(Request<Bytes>) -> Reply + Send + Sync>;
+
+/// Who sent the request.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+/// A reply that is already known.
+pub fn ready(response: Response<Full<Bytes>>) -> Reply {
+    Box::pin(std::future::ready(response))
+}
 
 const MAX_BODY: usize = 64 * 1024;
 
@@ -22,18 +36,20 @@ pub async fn serve(socket: TcpListener, handler: Handler, stop: CancellationToke
         let stream = tokio::select! {
             _ = stop.cancelled() => return,
             r = socket.accept() => match r {
-                Ok((s, _)) => s,
+                Ok(s) => s,
                 Err(_) => continue,
             },
         };
+        let (stream, peer) = stream;
         let handler = handler.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let handler = handler.clone();
                 async move {
-                    let (parts, body) = req.into_parts();
+                    let (mut parts, body) = req.into_parts();
+                    parts.extensions.insert(Peer(peer));
                     let resp = match Limited::new(body, MAX_BODY).collect().await {
-                        Ok(b) => handler(Request::from_parts(parts, b.to_bytes())),
+                        Ok(b) => handler(Request::from_parts(parts, b.to_bytes())).await,
                         Err(_) => text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n"),
                     };
                     Ok::<_, Infallible>(resp)

@@ -10,6 +10,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod app;
+pub mod app_health;
 pub mod config;
 pub mod discovery;
 pub mod endpoint;
@@ -27,3 +28,4 @@ pub mod target;
 pub mod tcp;
 pub mod trace;
 pub mod upstream;
+pub mod wait_ready;

@@ -21,10 +21,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve with a static configuration file.
+    /// Serve. Without --config, as a sidecar: transparent capture on 15001/15006, configured by
+    /// BULWARK_BOOTSTRAP when set.
     Run {
         #[arg(long, short, env = "BULWARK_CONFIG")]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// Take policies from this control plane (host:port) instead of the config file.
         #[arg(long, env = "BULWARK_CONTROL_PLANE")]
         control_plane: Option<String>,
@@ -42,6 +43,14 @@ enum Command {
     },
     /// Write the iptables redirect for transparent capture (run as root, before the app).
     Init(InitArgs),
+    /// Wait until the proxy on this host answers ready (exit 0), or fail after --timeout. Holds
+    /// the app back on clusters without native sidecars.
+    WaitReady {
+        #[arg(long, default_value = "http://127.0.0.1:15020/ready")]
+        url: String,
+        #[arg(long, default_value = "120s")]
+        timeout: String,
+    },
 }
 
 #[derive(Args)]
@@ -120,7 +129,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(app::run(config, control_plane, Arc::new(ReloadableFilter(handle)))) {
+            let source = config::Source::from_args(config);
+            match rt.block_on(app::run(source, control_plane, Arc::new(ReloadableFilter(handle)))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("bulwark-proxy: {e:#}");
@@ -149,6 +159,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::WaitReady { url, timeout } => {
+            match bulwark_policy::duration::parse(&timeout)
+                .map_err(|e| format!("--timeout {timeout:?}: {e}"))
+                .and_then(|t| bulwark_proxy::wait_ready::wait(&url, t))
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bulwark-proxy wait-ready: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Init(a) => {
             let opts = init::Options {
                 proxy_uid: a.proxy_uid,

@@ -17,6 +17,7 @@ pub struct ControlPlane {
     pub admin_addr: SocketAddr,
     pub data: TempDir,
     token: Option<String>,
+    args: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -36,7 +37,27 @@ impl ControlPlane {
             addr
         };
         let log = data.path().join("control.log");
-        let mut cp = ControlPlane { addr, admin_addr, data, token: token.map(str::to_string), child: None, log };
+        let mut cp = ControlPlane {
+            addr,
+            admin_addr,
+            data,
+            token: token.map(str::to_string),
+            args: Vec::new(),
+            child: None,
+            log,
+        };
+        cp.spawn().await;
+        cp
+    }
+
+    /// With extra command-line arguments (e.g. the webhook's), made by `args` from the data
+    /// directory, which is created first.
+    pub async fn start_with_args(args: impl FnOnce(&std::path::Path) -> Vec<String>) -> ControlPlane {
+        let data = TempDir::new("control");
+        let addr: SocketAddr = format!("127.0.0.1:{}", crate::proxy::free_port()).parse().expect("addr");
+        let log = data.path().join("control.log");
+        let args = args(data.path());
+        let mut cp = ControlPlane { addr, admin_addr: addr, data, token: None, args, child: None, log };
         cp.spawn().await;
         cp
     }
@@ -48,6 +69,7 @@ impl ControlPlane {
         if let Some(t) = &self.token {
             cmd.arg("--token").arg(t);
         }
+        cmd.args(&self.args);
         if self.admin_addr != self.addr {
             cmd.arg("--admin-listen").arg(self.admin_addr.to_string());
         }

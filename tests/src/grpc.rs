@@ -1,4 +1,4 @@
-//! A tonic gRPC server implementing the test `Echo` service, on h2c.
+//! A tonic gRPC server implementing the test `Echo` service and gRPC health checking, on h2c.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -8,6 +8,9 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::health_pb::health_check_response::ServingStatus;
+use crate::health_pb::health_server::{Health, HealthServer};
+use crate::health_pb::{HealthCheckRequest, HealthCheckResponse};
 use crate::pb::echo_server::{Echo, EchoServer};
 use crate::pb::{EchoReply, EchoRequest};
 
@@ -50,9 +53,34 @@ impl Echo for EchoService {
     }
 }
 
+/// grpc.health.v1: answers what `status` holds (SERVING by default) for every service name.
+pub struct HealthService {
+    pub status: std::sync::atomic::AtomicI32,
+}
+
+impl Default for HealthService {
+    fn default() -> Self {
+        Self { status: std::sync::atomic::AtomicI32::new(ServingStatus::Serving as i32) }
+    }
+}
+
+impl HealthService {
+    pub fn set(&self, status: ServingStatus) {
+        self.status.store(status as i32, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tonic::async_trait]
+impl Health for HealthService {
+    async fn check(&self, _: Request<HealthCheckRequest>) -> Result<Response<HealthCheckResponse>, Status> {
+        Ok(Response::new(HealthCheckResponse { status: self.status.load(std::sync::atomic::Ordering::SeqCst) }))
+    }
+}
+
 pub struct GrpcUpstream {
     pub addr: SocketAddr,
     pub service: std::sync::Arc<EchoService>,
+    pub health: std::sync::Arc<HealthService>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -61,15 +89,16 @@ impl GrpcUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc upstream");
         let addr = listener.local_addr().expect("addr");
         let service = std::sync::Arc::new(EchoService::default());
-        let shared = service.clone();
+        let health = std::sync::Arc::new(HealthService::default());
+        let (shared, shared_health) = (service.clone(), health.clone());
         let task = tokio::spawn(async move {
-            let service = shared;
             let _ = tonic::transport::Server::builder()
-                .add_service(EchoServer::from_arc(service))
+                .add_service(EchoServer::from_arc(shared))
+                .add_service(HealthServer::from_arc(shared_health))
                 .serve_with_incoming(TcpListenerStream::new(listener))
                 .await;
         });
-        GrpcUpstream { addr, service, task }
+        GrpcUpstream { addr, service, health, task }
     }
 }
 

@@ -5,14 +5,20 @@
 pub mod client;
 pub mod control;
 pub mod grpc;
+pub mod helm;
 pub mod netns;
 pub mod otlp;
 pub mod proxy;
 pub mod tcp;
+pub mod tls;
 pub mod upstream;
 
 pub mod pb {
     tonic::include_proto!("bulwark.test.v1");
+}
+
+pub mod health_pb {
+    tonic::include_proto!("grpc.health.v1");
 }
 
 /// Directory of the workspace's build output for the current profile (`target/debug`).

@@ -21,6 +21,8 @@ pub struct ProxyBuilder {
     extra: String,
     prefix: Vec<String>,
     control_plane: Option<(SocketAddr, PathBuf, String)>,
+    env: Vec<(String, String)>,
+    bootstrap: bool,
 }
 
 impl Default for ProxyBuilder {
@@ -37,7 +39,22 @@ impl ProxyBuilder {
             extra: String::new(),
             prefix: Vec::new(),
             control_plane: None,
+            env: Vec::new(),
+            bootstrap: false,
         }
+    }
+
+    /// An environment variable of the proxy process.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    /// Starts it as the injector does in a pod: `run` without `--config`, the configuration in
+    /// `BULWARK_BOOTSTRAP` (so it is not watched for changes).
+    pub fn as_sidecar(mut self) -> Self {
+        self.bootstrap = true;
+        self
     }
 
     /// An explicit listener on a free port forwarding to `upstream` (`host:port`).
@@ -94,7 +111,11 @@ impl ProxyBuilder {
                 cache.display(),
                 self.extra
             ),
-            None => format!("admin: {admin}\nhealth: {health}\npolicyDir: policies\n{}", self.extra),
+            None => format!(
+                "admin: {admin}\nhealth: {health}\npolicyDir: \"{}\"\n{}",
+                dir.path().join("policies").display(),
+                self.extra
+            ),
         };
         if !self.listeners.is_empty() {
             yaml.push_str("listeners:\n");
@@ -120,9 +141,14 @@ impl ProxyBuilder {
             None => Command::new(&bin),
         };
         let stdout = std::fs::File::create(dir.path().join("stdout.log")).expect("stdout file");
+        command.arg("run");
+        if self.bootstrap {
+            command.env("BULWARK_BOOTSTRAP", std::fs::read_to_string(&config_path).expect("config"));
+        } else {
+            command.arg("--config").arg(&config_path);
+        }
         let child = command
-            .args(["run", "--config"])
-            .arg(&config_path)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("BULWARK_LOG", "info,bulwark_proxy=debug")
             .stdout(stdout)
             .stderr(log)

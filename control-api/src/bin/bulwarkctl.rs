@@ -65,6 +65,21 @@ enum Command {
     },
     /// Connected proxies: version acknowledged, last rejection.
     Status,
+    /// Add the Bulwark sidecar to the workloads of FILE or - (a multi-document YAML stream),
+    /// offline: writes the result to standard output and a line per object to standard error.
+    Inject {
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+        /// Injection defaults (the chart's `proxy` values) as YAML.
+        #[arg(long)]
+        values: Option<PathBuf>,
+        /// Proxy image, over the values.
+        #[arg(long)]
+        proxy_image: Option<String>,
+        /// Control plane address the proxies connect to, over the values.
+        #[arg(long)]
+        control_plane: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -94,6 +109,49 @@ enum FaultAction {
     Clear { route: String },
 }
 
+/// Offline injection: exit 0 with the stream on stdout, 1 when an object cannot be injected
+/// (nothing is written then), 2 when the input cannot be read.
+fn inject(file: &str, values: Option<&Path>, proxy_image: &Option<String>, control_plane: &Option<String>) -> ExitCode {
+    use bulwark_control::inject::{manifest, Outcome, Values};
+    let mut v = match values {
+        Some(path) => match std::fs::read_to_string(path)
+            .map_err(|e| format!("--values {}: {e}", path.display()))
+            .and_then(|t| Values::from_yaml(&t, &path.display().to_string()))
+        {
+            Ok(v) => v,
+            Err(e) => return usage(e),
+        },
+        None => Values::default(),
+    };
+    if let Some(image) = proxy_image {
+        v.image = image.clone();
+    }
+    if let Some(cp) = control_plane {
+        v.control_plane = cp.clone();
+    }
+    let text = match read_documents(file) {
+        Ok(texts) => texts.join("---\n"),
+        Err(e) => return usage(e),
+    };
+    match manifest::inject_stream(&v, &text) {
+        Ok((out, lines)) => {
+            print!("{out}");
+            for line in lines {
+                match line.outcome {
+                    Some(Outcome::Injected) => eprintln!("{} injected", line.object),
+                    Some(Outcome::Unchanged(why)) => eprintln!("{} skipped: {why}", line.object),
+                    None => eprintln!("{} unchanged: not a workload", line.object),
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bulwarkctl inject: {file}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn usage(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("bulwarkctl: {message}");
     ExitCode::from(2)
@@ -102,6 +160,9 @@ fn usage(message: impl std::fmt::Display) -> ExitCode {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Inject { file, values, proxy_image, control_plane } = &cli.command {
+        return inject(file, values.as_deref(), proxy_image, control_plane);
+    }
     let channel = match Channel::from_shared(format!("http://{}", cli.server)) {
         Ok(e) => match e.connect_timeout(std::time::Duration::from_secs(5)).connect().await {
             Ok(c) => c,
@@ -262,6 +323,7 @@ async fn run(
             Ok(ExitCode::SUCCESS)
         }
         Command::Fault { action } => fault(cli, admin, action).await,
+        Command::Inject { .. } => unreachable!("inject runs offline, before connecting"),
         Command::Status => {
             let r = admin.list_proxies(req(cli, pb::ListProxiesRequest {})).await?.into_inner();
             if cli.output == Output::Human {

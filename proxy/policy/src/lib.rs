@@ -3,6 +3,7 @@
 //! The proxy and the control plane both depend on this crate so that they accept and refuse
 //! exactly the same documents.
 
+pub mod app_probe;
 pub mod compile;
 pub mod document;
 pub mod duration;

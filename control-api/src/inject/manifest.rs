@@ -1,0 +1,127 @@
+//! `bulwarkctl inject`: injection into a multi-document YAML stream, offline. Pods and the pod
+//! templates of Deployments, StatefulSets, DaemonSets, ReplicaSets, ReplicationControllers,
+//! Jobs and CronJobs (and `List`s of them) are injected; every other document is written back
+//! byte for byte. An injected document is patched in place, so fields Bulwark does not know
+//! survive.
+
+use serde_json::Value;
+
+use super::{inject_json, Outcome, Values};
+
+/// What happened to one object of the stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Line {
+    /// `deployment/web`, `pod/debug`.
+    pub object: String,
+    /// None: not a workload, left untouched.
+    pub outcome: Option<Outcome>,
+}
+
+/// The injected stream and a line per object; an error names the document and the object.
+pub fn inject_stream(values: &Values, text: &str) -> Result<(String, Vec<Line>), String> {
+    let mut out = Vec::new();
+    let mut lines = Vec::new();
+    for (index, doc) in split(text).into_iter().enumerate() {
+        let at = |e: String| format!("document {}: {e}", index + 1);
+        let yaml: serde_yaml::Value = serde_yaml::from_str(doc).map_err(|e| at(e.to_string()))?;
+        if yaml.is_null() {
+            out.push(doc.to_string());
+            continue;
+        }
+        let mut value: Value = serde_json::to_value(&yaml).map_err(|e| at(e.to_string()))?;
+        let before = lines.len();
+        inject_object(values, &mut value, &mut lines).map_err(at)?;
+        if lines[before..].iter().any(|l| l.outcome == Some(Outcome::Injected)) {
+            out.push(serde_yaml::to_string(&value).map_err(|e| at(e.to_string()))?);
+        } else {
+            out.push(doc.to_string());
+        }
+    }
+    Ok((join(&out), lines))
+}
+
+fn inject_object(values: &Values, object: &mut Value, lines: &mut Vec<Line>) -> Result<(), String> {
+    let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+    let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("<unnamed>").to_string();
+    let label = format!("{}/{name}", kind.to_ascii_lowercase());
+    if kind == "List" {
+        for item in object.get_mut("items").and_then(Value::as_array_mut).into_iter().flatten() {
+            inject_object(values, item, lines)?;
+        }
+        return Ok(());
+    }
+    let template = match kind.as_str() {
+        "Pod" => "",
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "ReplicationController" | "Job" => "/spec/template",
+        "CronJob" => "/spec/jobTemplate/spec/template",
+        _ => {
+            lines.push(Line { object: label, outcome: None });
+            return Ok(());
+        }
+    };
+    typed_check(&kind, object).map_err(|e| format!("{label}: {e}"))?;
+    let Some(pod) = object.pointer_mut(template) else {
+        return Err(format!("{label}: {} is missing", template.trim_start_matches('/').replace('/', ".")));
+    };
+    if let Value::Object(map) = pod {
+        map.entry("metadata").or_insert_with(|| Value::Object(Default::default()));
+    }
+    let (outcome, patch) = inject_json(values, pod).map_err(|e| format!("{label}: {e}"))?;
+    json_patch::patch(pod, &patch).map_err(|e| format!("{label}: {e}"))?;
+    lines.push(Line { object: label, outcome: Some(outcome) });
+    Ok(())
+}
+
+/// Refuses an object that is not a valid instance of its kind, naming the field.
+fn typed_check(kind: &str, object: &Value) -> Result<(), String> {
+    use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, core::v1 as core};
+    fn check<T: serde::de::DeserializeOwned>(object: &Value) -> Result<(), String> {
+        serde_path_to_error::deserialize::<_, T>(object).map(drop).map_err(|e| format!("{}: {}", e.path(), e.inner()))
+    }
+    match kind {
+        "Pod" => check::<core::Pod>(object),
+        "ReplicationController" => check::<core::ReplicationController>(object),
+        "Deployment" => check::<apps::Deployment>(object),
+        "StatefulSet" => check::<apps::StatefulSet>(object),
+        "DaemonSet" => check::<apps::DaemonSet>(object),
+        "ReplicaSet" => check::<apps::ReplicaSet>(object),
+        "Job" => check::<batch::Job>(object),
+        "CronJob" => check::<batch::CronJob>(object),
+        _ => Ok(()),
+    }
+}
+
+/// The documents of a YAML stream, as written (separator lines excluded).
+fn split(text: &str) -> Vec<&str> {
+    let mut docs = Vec::new();
+    let mut start = 0;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let bare = line.trim_end();
+        if bare == "---" || bare.starts_with("--- ") {
+            if offset > start || !docs.is_empty() {
+                docs.push(&text[start..offset]);
+            }
+            start = offset + line.len();
+        }
+        offset += line.len();
+    }
+    if start < text.len() || docs.is_empty() {
+        docs.push(&text[start..]);
+    }
+    docs
+}
+
+fn join(docs: &[String]) -> String {
+    let mut out = String::new();
+    for (i, d) in docs.iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        out.push_str(d);
+        if !d.is_empty() && !d.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
+}

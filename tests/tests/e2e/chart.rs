@@ -1,0 +1,237 @@
+//! `charts/bulwark` renders to valid Kubernetes objects, with no Helm binary: every template is
+//! rendered by `bulwark_e2e::helm` (the subset the chart uses) with the default values and with
+//! the other modes, and every object must deserialize as its k8s-openapi type and serialize
+//! back to exactly what was rendered (a misspelled field would be dropped and show up).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+
+use bulwark_control::inject::Values as InjectionValues;
+use bulwark_e2e::{helm, workspace_bin};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use serde_json::{json, Value};
+
+fn chart() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/bulwark")
+}
+
+fn merge(base: &mut Value, over: &Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                merge(b.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+/// Every rendered object of the chart with `overrides` on its values, and NOTES.txt.
+fn render(overrides: Value) -> (Vec<Value>, String) {
+    let values: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap()).unwrap();
+    let mut values = serde_json::to_value(values).unwrap();
+    merge(&mut values, &overrides);
+    let meta: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).unwrap()).unwrap();
+    let meta = serde_json::to_value(meta).unwrap();
+    let root = json!({
+        "Values": values,
+        "Release": { "Name": "bulwark", "Namespace": "bulwark-system", "Service": "Helm" },
+        "Chart": { "Name": meta["name"], "Version": meta["version"], "AppVersion": meta["appVersion"] },
+    });
+    let mut objects = Vec::new();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(chart().join("templates")).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let mut notes = String::new();
+    for f in files {
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        let text = helm::render(&std::fs::read_to_string(&f).unwrap(), &name, &root).unwrap_or_else(|e| panic!("{e}"));
+        if name == "NOTES.txt" {
+            notes = text;
+            continue;
+        }
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v: serde_yaml::Value =
+                serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("{name} is not YAML: {e}\n{text}"));
+            if !v.is_null() {
+                objects.push(serde_json::to_value(v).unwrap());
+            }
+        }
+    }
+    (objects, notes)
+}
+
+fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(object: &Value) -> T {
+    let t: T = serde_path_to_error::deserialize(object)
+        .unwrap_or_else(|e| panic!("{} {}: {}: {}", object["kind"], object["metadata"]["name"], e.path(), e.inner()));
+    let back = serde_json::to_value(&t).unwrap();
+    assert_eq!(&back, object, "{} has fields its type does not know", object["kind"]);
+    t
+}
+
+/// Checks each object against its type; returns "Kind/name" of each.
+fn check_types(objects: &[Value]) -> BTreeSet<String> {
+    objects
+        .iter()
+        .map(|o| {
+            let kind = o["kind"].as_str().unwrap();
+            match kind {
+                "ServiceAccount" => drop(typed::<ServiceAccount>(o)),
+                "Service" => drop(typed::<Service>(o)),
+                "ConfigMap" => drop(typed::<ConfigMap>(o)),
+                "Secret" => drop(typed::<Secret>(o)),
+                "Deployment" => drop(typed::<Deployment>(o)),
+                "PodDisruptionBudget" => drop(typed::<PodDisruptionBudget>(o)),
+                "PersistentVolumeClaim" => drop(typed::<PersistentVolumeClaim>(o)),
+                "MutatingWebhookConfiguration" => drop(typed::<MutatingWebhookConfiguration>(o)),
+                "Issuer" | "Certificate" => assert_eq!(o["apiVersion"], "cert-manager.io/v1"),
+                other => panic!("unexpected kind {other}"),
+            }
+            format!("{kind}/{}", o["metadata"]["name"].as_str().unwrap())
+        })
+        .collect()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind}/{name}"))
+}
+
+#[test]
+fn the_renderer_handles_the_subset_and_refuses_the_rest() {
+    let root = json!({"Values": {"a": {"b": "x", "n": 3, "on": false, "m": {"k": "v", "drop": 1}}}, "Release": {"Namespace": "ns"}});
+    let t = "k: {{ .Values.a.b | quote }}\n{{- if .Values.a.on }}\nno\n{{- else if eq .Values.a.n 3 }}\nthree: {{ printf \"%s-%d\" .Release.Namespace .Values.a.n }}\n{{- end }}\nm:{{ toYaml (omit .Values.a.m \"drop\") | nindent 2 }}\n{{- $c := genCA \"ca\" 1 }}\nd: {{ default \"def\" .Values.missing }}";
+    assert_eq!(helm::render(t, "t", &root).unwrap(), "k: \"x\"\nthree: ns-3\nm:\n  k: v\nd: def");
+    assert!(helm::render("{{ range .Values }}{{ end }}", "t", &root)
+        .unwrap_err()
+        .contains("outside the supported subset"));
+    assert!(helm::render("{{ if .Values.a }}", "t", &root).unwrap_err().contains("missing"));
+    assert!(helm::render("{{ lookup \"v1\" }}", "t", &root).unwrap_err().contains("lookup"));
+}
+
+#[test]
+fn default_values_render_the_control_plane_and_the_webhook() {
+    let (objects, notes) = render(json!({}));
+    let names = check_types(&objects);
+    let expected: BTreeSet<String> = [
+        "ConfigMap/bulwark-default-policies",
+        "ConfigMap/bulwark-injection",
+        "Deployment/bulwark-control",
+        "MutatingWebhookConfiguration/bulwark-sidecar-injector",
+        "PersistentVolumeClaim/bulwark-control-data",
+        "PodDisruptionBudget/bulwark-control",
+        "Secret/bulwark-webhook-tls",
+        "Service/bulwark-control",
+        "ServiceAccount/bulwark-control",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(names, expected);
+
+    // The webhook trusts the CA that signed the served certificate, and calls the Service.
+    let secret = find(&objects, "Secret", "bulwark-webhook-tls");
+    let hooks = find(&objects, "MutatingWebhookConfiguration", "bulwark-sidecar-injector");
+    for hook in hooks["webhooks"].as_array().unwrap() {
+        assert_eq!(hook["clientConfig"]["caBundle"], secret["data"]["ca.crt"]);
+        assert_eq!(
+            hook["clientConfig"]["service"],
+            json!({"name": "bulwark-control", "namespace": "bulwark-system", "path": "/inject", "port": 443})
+        );
+        assert_eq!(hook["rules"][0]["operations"], json!(["CREATE"]));
+        assert_eq!(hook["sideEffects"], "None");
+    }
+    assert_eq!(hooks["webhooks"][0]["namespaceSelector"]["matchExpressions"][0]["key"], "bulwark.dev/inject");
+    assert_eq!(hooks["webhooks"][1]["objectSelector"]["matchLabels"]["bulwark.dev/inject"], "enabled");
+
+    // The injection values are what the control plane accepts, pointing at the chart's Service.
+    let injection = find(&objects, "ConfigMap", "bulwark-injection");
+    let values =
+        InjectionValues::from_yaml(injection["data"]["values.yaml"].as_str().unwrap(), "bulwark-injection").unwrap();
+    assert_eq!(values.control_plane, "bulwark-control.bulwark-system.svc:15012");
+    assert_eq!(
+        values,
+        InjectionValues { control_plane: values.control_plane.clone(), ..InjectionValues::default() },
+        "the chart's proxy defaults are the injector's own"
+    );
+
+    // The default policies are valid policies.
+    let policies = find(&objects, "ConfigMap", "bulwark-default-policies")["data"]["policies.yaml"].as_str().unwrap();
+    let docs = bulwark_policy::parse_documents(policies, "bulwark-default-policies").unwrap();
+    bulwark_policy::Snapshot::compile("1", docs).unwrap();
+
+    // Every flag the Deployment passes is one bulwark-control has.
+    let deployment = find(&objects, "Deployment", "bulwark-control");
+    let help = String::from_utf8(Command::new(workspace_bin("bulwark-control")).arg("--help").output().unwrap().stdout)
+        .unwrap();
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    for arg in container["args"].as_array().unwrap() {
+        let flag = arg.as_str().unwrap().split('=').next().unwrap();
+        assert!(help.contains(flag), "bulwark-control has no {flag}");
+    }
+    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    assert_eq!(deployment["spec"]["template"]["metadata"]["labels"]["bulwark.dev/inject"], "disabled");
+    assert!(notes.contains("kubectl label namespace NAME bulwark.dev/inject=enabled"), "{notes}");
+    assert!(!notes.contains("quitquitquit"));
+}
+
+#[test]
+fn cert_manager_no_persistence_token_and_fallback_sidecars_render_too() {
+    let (objects, notes) = render(json!({
+        "webhook": { "certManager": { "enabled": true } },
+        "controlPlane": { "persistence": { "enabled": false }, "adminToken": "s3cret" },
+        "proxy": { "nativeSidecar": false, "controlPlane": "cp.example:15012" },
+    }));
+    let names = check_types(&objects);
+    assert!(names.contains("Issuer/bulwark-webhook-selfsigned") && names.contains("Certificate/bulwark-webhook"));
+    assert!(names.contains("Secret/bulwark-control-token"));
+    assert!(!names.contains("Secret/bulwark-webhook-tls"), "cert-manager writes that Secret");
+    assert!(!names.contains("PersistentVolumeClaim/bulwark-control-data"));
+    let hooks = find(&objects, "MutatingWebhookConfiguration", "bulwark-sidecar-injector");
+    assert_eq!(hooks["metadata"]["annotations"]["cert-manager.io/inject-ca-from"], "bulwark-system/bulwark-webhook");
+    assert!(hooks["webhooks"][0]["clientConfig"].get("caBundle").is_none());
+    let deployment = find(&objects, "Deployment", "bulwark-control");
+    assert_eq!(deployment["spec"]["template"]["spec"]["volumes"][0]["emptyDir"], json!({}));
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert_eq!(env[1]["name"], "BULWARK_CONTROL_TOKEN");
+    let injection = find(&objects, "ConfigMap", "bulwark-injection");
+    let values =
+        InjectionValues::from_yaml(injection["data"]["values.yaml"].as_str().unwrap(), "bulwark-injection").unwrap();
+    assert_eq!((values.native_sidecar, values.control_plane.as_str()), (false, "cp.example:15012"));
+    assert!(notes.contains("curl -X POST http://127.0.0.1:15000/quitquitquit"), "{notes}");
+}
+
+/// The values table in the chart's README names every value.
+#[test]
+fn the_chart_readme_documents_every_value() {
+    let readme = std::fs::read_to_string(chart().join("README.md")).unwrap();
+    let values: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap()).unwrap();
+    fn leaves(prefix: &str, v: &serde_yaml::Value, out: &mut Vec<String>) {
+        match v.as_mapping() {
+            Some(m) if !prefix.ends_with("resources") || prefix.starts_with("proxy") => {
+                for (k, v) in m {
+                    let k = k.as_str().unwrap();
+                    leaves(&if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") }, v, out);
+                }
+            }
+            _ => out.push(prefix.to_string()),
+        }
+    }
+    let mut keys = Vec::new();
+    leaves("", &values, &mut keys);
+    for key in keys {
+        let last = key.rsplit('.').next().unwrap();
+        let parent = key.rsplit_once('.').map(|(p, _)| p).unwrap_or("");
+        let documented = readme.contains(&format!("`{key}`"))
+            || (readme.contains(&format!("`{parent}.")) && readme.contains(&format!(".{last}`")));
+        assert!(documented, "charts/bulwark/README.md does not document {key}");
+    }
+}
