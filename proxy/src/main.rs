@@ -118,10 +118,17 @@ fn main() -> ExitCode {
                         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
                 )
                 .init();
-            let mut rt = tokio::runtime::Builder::new_multi_thread();
-            if let Some(n) = workers {
-                rt.worker_threads(n.max(1));
-            }
+            // One worker is a current-thread runtime: the same single thread without the
+            // work-stealing scheduler's cross-thread bookkeeping (measured in `make bench`).
+            let mut rt = match workers {
+                Some(0 | 1) => tokio::runtime::Builder::new_current_thread(),
+                Some(n) => {
+                    let mut b = tokio::runtime::Builder::new_multi_thread();
+                    b.worker_threads(n);
+                    b
+                }
+                None => tokio::runtime::Builder::new_multi_thread(),
+            };
             let rt = match rt.enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {

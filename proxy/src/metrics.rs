@@ -3,6 +3,7 @@
 //! class, reason), never from request data, so cardinality is bounded by the config.
 
 use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -21,17 +22,18 @@ const LATENCY_BUCKETS: [f64; 16] =
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub direction: &'static str,
-    pub listener: String,
-    pub policy: String,
-    pub route: String,
+    // Shared with the listener and the compiled route: labelling a request allocates nothing.
+    pub listener: Arc<str>,
+    pub policy: Arc<str>,
+    pub route: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     direction: &'static str,
-    listener: String,
-    policy: String,
-    route: String,
+    listener: Arc<str>,
+    policy: Arc<str>,
+    route: Arc<str>,
     status_class: &'static str,
     reason: Option<Reason>,
 }

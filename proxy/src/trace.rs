@@ -14,7 +14,7 @@ use std::time::Duration;
 use http::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _,
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _,
     TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
@@ -143,14 +143,27 @@ impl Tracing {
     }
 
     /// Starts the span of a request, under the caller's trace when it sent one.
-    pub fn start_span(&self, headers: &HeaderMap, inbound: bool, name: String, attributes: Vec<KeyValue>) -> Context {
+    /// `describe` gives the span's name and attributes; it is called only when the span is
+    /// sampled, so that the unsampled majority of requests builds none of them (the sampler is
+    /// parent-based by ratio and needs neither).
+    pub fn start_span(
+        &self,
+        headers: &HeaderMap,
+        inbound: bool,
+        describe: impl FnOnce() -> (String, Vec<KeyValue>),
+    ) -> Context {
         let parent = match self.propagator.extract(&Headers(headers)) {
             cx if cx.span().span_context().is_valid() => cx,
             _ => b3(headers).map(|sc| Context::new().with_remote_span_context(sc)).unwrap_or_default(),
         };
         let kind = if inbound { SpanKind::Server } else { SpanKind::Client };
-        let builder = self.tracer.span_builder(name).with_kind(kind).with_attributes(attributes);
-        let span = self.tracer.build_with_context(builder, &parent);
+        let builder = self.tracer.span_builder("request").with_kind(kind);
+        let mut span = self.tracer.build_with_context(builder, &parent);
+        if span.is_recording() {
+            let (name, attributes) = describe();
+            span.update_name(name);
+            span.set_attributes(attributes);
+        }
         parent.with_span(span)
     }
 
@@ -160,10 +173,18 @@ impl Tracing {
     }
 }
 
+/// Whether the request's span is sampled: what it would record is only built then.
+pub fn recording(cx: &Context) -> bool {
+    cx.span().is_recording()
+}
+
 /// Ends a request's span with what happened; each try upstream is an event, so retries show
 /// on the span's timeline.
 pub fn finish(cx: Context, status: u16, attributes: Vec<KeyValue>, tries: Vec<Vec<KeyValue>>, error: bool) {
     let span = cx.span();
+    if !span.is_recording() {
+        return;
+    }
     span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
     for a in attributes {
         span.set_attribute(a);

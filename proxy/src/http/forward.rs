@@ -86,9 +86,9 @@ pub async fn handle(
     let selected = select_route(&proxy, &conn, &req, host.as_deref());
     let labels = RouteLabels {
         direction: conn.direction.as_str(),
-        listener: conn.label.to_string(),
-        policy: selected.route.as_ref().map(|r| r.policy.to_string()).unwrap_or_default(),
-        route: selected.route.as_ref().map(|r| r.name.to_string()).unwrap_or_default(),
+        listener: conn.label.clone(),
+        policy: selected.route.as_ref().map_or_else(|| Arc::from(""), |r| r.policy.clone()),
+        route: selected.route.as_ref().map_or_else(|| Arc::from(""), |r| r.name.clone()),
     };
     let logged = proxy.access_log.as_ref().is_some_and(|l| l.sampled()).then(|| access_log::Entry {
         time: access_log::now(),
@@ -100,28 +100,32 @@ pub async fn handle(
             .to_string(),
         trace_id: access_log::trace_id(req.headers()),
         direction: conn.direction.as_str(),
-        listener: labels.listener.clone(),
-        policy: labels.policy.clone(),
-        route: labels.route.clone(),
+        listener: labels.listener.to_string(),
+        policy: labels.policy.to_string(),
+        route: labels.route.to_string(),
         method: req.method().to_string(),
         authority: host.clone().unwrap_or_default(),
         path: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
         ..Default::default()
     });
     let span = proxy.tracing.as_ref().map(|t| {
-        let name = format!("{} {}", req.method(), if labels.route.is_empty() { "(no route)" } else { &labels.route });
-        let attributes = vec![
-            KeyValue::new("http.request.method", req.method().to_string()),
-            KeyValue::new("url.path", req.uri().path().to_string()),
-            KeyValue::new("url.scheme", "http"),
-            KeyValue::new("server.address", host.clone().unwrap_or_default()),
-            KeyValue::new("network.protocol.version", if req.version() == Version::HTTP_2 { "2" } else { "1.1" }),
-            KeyValue::new("client.address", conn.client.ip().to_string()),
-            KeyValue::new("bulwark.listener", labels.listener.clone()),
-            KeyValue::new("bulwark.policy", labels.policy.clone()),
-            KeyValue::new("bulwark.route", labels.route.clone()),
-        ];
-        let cx = t.start_span(req.headers(), conn.direction == bulwark_policy::Direction::Inbound, name, attributes);
+        let describe = || {
+            let name =
+                format!("{} {}", req.method(), if labels.route.is_empty() { "(no route)" } else { &labels.route });
+            let attributes = vec![
+                KeyValue::new("http.request.method", req.method().to_string()),
+                KeyValue::new("url.path", req.uri().path().to_string()),
+                KeyValue::new("url.scheme", "http"),
+                KeyValue::new("server.address", host.clone().unwrap_or_default()),
+                KeyValue::new("network.protocol.version", if req.version() == Version::HTTP_2 { "2" } else { "1.1" }),
+                KeyValue::new("client.address", conn.client.ip().to_string()),
+                KeyValue::new("bulwark.listener", labels.listener.to_string()),
+                KeyValue::new("bulwark.policy", labels.policy.to_string()),
+                KeyValue::new("bulwark.route", labels.route.to_string()),
+            ];
+            (name, attributes)
+        };
+        let cx = t.start_span(req.headers(), conn.direction == bulwark_policy::Direction::Inbound, describe);
         t.inject(&cx, req.headers_mut());
         cx
     });
@@ -140,7 +144,7 @@ pub async fn handle(
         }
     };
     proxy.metrics.request(&labels, resp.status().as_u16(), reason, start.elapsed());
-    if let Some(cx) = span {
+    if let Some(cx) = span.filter(crate::trace::recording) {
         let mut attributes = vec![KeyValue::new("bulwark.retries", i64::from(exchange.retries))];
         attributes.extend(reason.map(|r| KeyValue::new("bulwark.reason", r.as_str())));
         attributes.extend(exchange.fault.clone().map(|f| KeyValue::new("bulwark.fault", f)));

@@ -63,16 +63,20 @@ pub fn ensure_request_id(headers: &mut HeaderMap) {
     if headers.contains_key(REQUEST_ID) {
         return;
     }
+    // A version-4 UUID written straight into its 36 bytes: on every request, so no formatting
+    // machinery and no allocation beyond the header value's own.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let (a, b) = (fastrand::u64(..), fastrand::u64(..));
-    let id = format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0x0fff,
-        0x8000 | (b >> 48 & 0x3fff),
-        b & 0xffff_ffff_ffff
-    );
-    headers.insert(REQUEST_ID, HeaderValue::from_str(&id).expect("hex is a valid header value"));
+    let hi = (a & 0xffff_ffff_ffff_0fff) | 0x4000; // version nibble
+    let lo = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000; // variant bits
+    let mut id = [b'-'; 36];
+    let mut digits = (0..16).rev().map(|i| (hi >> (i * 4)) & 0xf).chain((0..16).rev().map(|i| (lo >> (i * 4)) & 0xf));
+    for (pos, slot) in id.iter_mut().enumerate() {
+        if ![8, 13, 18, 23].contains(&pos) {
+            *slot = HEX[digits.next().unwrap_or(0) as usize];
+        }
+    }
+    headers.insert(REQUEST_ID, HeaderValue::from_bytes(&id).expect("hex is a valid header value"));
 }
 
 /// Parses gRPC's `grpc-timeout` (`<digits><unit>`, unit one of H M S m u n).
