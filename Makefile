@@ -2,7 +2,7 @@
 # they need (scripts/deps.sh) and say what they skip.
 CARGO ?= cargo
 
-.PHONY: all build fmt lint deps test demo clean
+.PHONY: all build fmt lint deps test demo bench bench-smoke clean
 
 all: build
 
@@ -20,9 +20,21 @@ lint:
 deps:
 	@scripts/deps.sh
 
-# The e2e tests start the real binaries, so they are built first.
+# The e2e tests start the real binaries, so they are built first. The bench harness's smoke
+# mode runs after the tests: it checks that the harness works, not how fast anything is.
 test: deps lint build
 	@scripts/run-tests.sh
+	@$(MAKE) --no-print-directory bench-smoke
+
+# Bulwark, Envoy and a direct path side by side (release build; installs its tools when
+# missing). Writes bench/results/. Not a test: nothing here fails on a slow figure.
+bench:
+	@scripts/bench.sh
+
+bench-smoke: build
+	@echo "bench-smoke: the harness end to end in a few seconds (debug build, no Envoy)"
+	@target/debug/bulwark-bench --smoke > /dev/null
+	@echo "bench-smoke: ok"
 
 demo: deps build
 	$(CARGO) run --quiet -p bulwark-e2e --bin bulwark-demo

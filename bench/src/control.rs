@@ -1,0 +1,159 @@
+//! The control plane's budgets: how long an Apply takes to be acknowledged by 100 connected
+//! proxies (real `bulwark-proxy` processes, which validate and install each snapshot before
+//! they ACK), and the control plane's memory while it holds 1,000 proxy streams (discovery
+//! clients in this process that speak the protocol and ACK every snapshot).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bulwark_proto::v1 as pb;
+use serde::Serialize;
+use tonic::transport::Channel;
+
+use crate::procs::{free_addr, wait_listening, Proc};
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ControlFigures {
+    pub proxies: usize,
+    /// Apply → every proxy ACKed, milliseconds, one per round.
+    pub apply_to_ack_ms: Vec<f64>,
+    pub streams: usize,
+    pub idle_rss: u64,
+    pub rss_with_streams: u64,
+}
+
+fn policy(round: usize) -> String {
+    format!(
+        "apiVersion: bulwark.dev/v1\nkind: ResiliencePolicy\nmetadata: {{ name: bench-cp, namespace: bench }}\nspec:\n  target: {{ listener: web }}\n  defaults:\n    timeout: {{ request: {}s }}\n",
+        round + 1
+    )
+}
+
+async fn all_acked(admin: &mut pb::policy_admin_client::PolicyAdminClient<Channel>, n: usize) -> anyhow::Result<bool> {
+    let r = admin.list_proxies(pb::ListProxiesRequest {}).await?.into_inner();
+    let acked = r.proxies.iter().filter(|p| p.connected && p.acked_version == r.current_version).count();
+    Ok(acked >= n)
+}
+
+async fn wait_all_acked(
+    admin: &mut pb::policy_admin_client::PolicyAdminClient<Channel>,
+    n: usize,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while !all_acked(admin, n).await? {
+        if Instant::now() > deadline {
+            let r = admin.list_proxies(pb::ListProxiesRequest {}).await?.into_inner();
+            let acked = r.proxies.iter().filter(|p| p.acked_version == r.current_version).count();
+            anyhow::bail!("only {acked} of {n} proxies acknowledged version {} in {within:?}", r.current_version);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+pub async fn run(
+    bin: &Path,
+    dir: &Path,
+    proxies: usize,
+    streams: usize,
+    rounds: usize,
+) -> anyhow::Result<ControlFigures> {
+    let addr = free_addr();
+    let cp = Proc::spawn(
+        "bulwark-control",
+        Command::new(bin.join("bulwark-control"))
+            .args(["--listen", &addr.to_string(), "--data-dir"])
+            .arg(dir.join("control-data"))
+            .env("BULWARK_LOG", "warn"),
+        dir,
+    )?;
+    wait_listening(addr, "bulwark-control").await?;
+    let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+    let mut admin = pb::policy_admin_client::PolicyAdminClient::new(channel.clone());
+    admin.apply(pb::ApplyRequest { documents: vec![policy(0)], dry_run: false }).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut figures = ControlFigures { proxies, streams, idle_rss: cp.rss(), ..Default::default() };
+
+    // Real proxies, one worker thread each. A proxy whose free port was taken in the meantime
+    // by another one fails to start; it is started again on other ports.
+    let spawn = |i: usize| -> anyhow::Result<Proc> {
+        let config = dir.join(format!("cp-proxy-{i}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "admin: \"{}\"\nhealth: \"{}\"\ncontrolPlane: {{ address: \"{addr}\", node: {{ id: bench-{i}, service: bench }} }}\n",
+                free_addr(),
+                free_addr()
+            ),
+        )?;
+        Proc::spawn(
+            &format!("cp-proxy-{i}"),
+            Command::new(bin.join("bulwark-proxy"))
+                .args(["run", "--workers", "1", "--config"])
+                .arg(&config)
+                .env("BULWARK_LOG", "warn"),
+            dir,
+        )
+    };
+    let mut running = (0..proxies).map(spawn).collect::<anyhow::Result<Vec<_>>>()?;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for (i, p) in running.iter_mut().enumerate() {
+            if !p.alive() {
+                eprintln!("bench: {} exited at start ({}); starting it again", p.name, p.logs().trim());
+                *p = spawn(i)?;
+            }
+        }
+    }
+    wait_all_acked(&mut admin, proxies, Duration::from_secs(60)).await?;
+    for round in 1..=rounds {
+        let start = Instant::now();
+        let r = admin.apply(pb::ApplyRequest { documents: vec![policy(round)], dry_run: false }).await?.into_inner();
+        anyhow::ensure!(r.applied, "the benchmark policy was refused: {:?}", r.errors);
+        wait_all_acked(&mut admin, proxies, Duration::from_secs(30)).await?;
+        figures.apply_to_ack_ms.push(start.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(running);
+
+    // Simulated streams: 100 per HTTP/2 connection.
+    let mut holders = Vec::new();
+    for i in 0..streams {
+        let channel = if i % 100 == 0 {
+            Channel::from_shared(format!("http://{addr}"))?.connect().await?
+        } else {
+            holders.last().map(|(c, _): &(Channel, _)| c.clone()).expect("a channel")
+        };
+        let mut client = pb::policy_discovery_client::PolicyDiscoveryClient::new(channel.clone());
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(pb::DiscoveryRequest {
+            kind: Some(pb::discovery_request::Kind::Node(pb::Node {
+                id: format!("stream-{i}"),
+                service: "bench".into(),
+                ..Default::default()
+            })),
+        })
+        .await?;
+        let mut inbound = client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+        let task = tokio::spawn(async move {
+            while let Ok(Some(snapshot)) = inbound.message().await {
+                let ack = pb::DiscoveryRequest {
+                    kind: Some(pb::discovery_request::Kind::Ack(pb::Ack { version: snapshot.version })),
+                };
+                if tx.send(ack).await.is_err() {
+                    return;
+                }
+            }
+        });
+        holders.push((channel, task));
+    }
+    wait_all_acked(&mut admin, streams, Duration::from_secs(60)).await?;
+    figures.rss_with_streams = cp.rss();
+    for (_, task) in holders {
+        task.abort();
+    }
+    drop(cp);
+    Ok(figures)
+}

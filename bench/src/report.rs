@@ -1,0 +1,237 @@
+//! Medians, ratios and the markdown table; the budgets of DESIGN.md checked against them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::control::ControlFigures;
+use crate::load::Measure;
+
+#[derive(Serialize)]
+pub struct Run {
+    pub date: String,
+    pub machine: String,
+    pub profile: String,
+    pub rounds: usize,
+    pub seconds_per_measure: u64,
+    pub skipped: Vec<String>,
+    pub results: BTreeMap<String, BTreeMap<String, Vec<Measure>>>,
+    pub cpu_per_100k: BTreeMap<String, Vec<f64>>,
+    pub idle_rss: BTreeMap<String, u64>,
+    pub peak_rss: BTreeMap<String, u64>,
+    pub control: ControlFigures,
+}
+
+pub fn now_utc() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%MZ"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Cores, CPU model and load average: what a reader needs to weigh the figures.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!("{cores} cores, {model}, load average {} at the end", load.join(" "))
+}
+
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+}
+
+fn med(run: &Run, scenario: &str, target: &str, f: impl Fn(&Measure) -> Option<f64>) -> Option<f64> {
+    median(run.results.get(scenario)?.get(target)?.iter().filter_map(f).collect())
+}
+
+fn fmt(v: Option<f64>, digits: usize) -> String {
+    v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "—".into())
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b.abs() > f64::EPSILON => format!("{:.2}", a / b),
+        _ => "—".into(),
+    }
+}
+
+fn mib(b: Option<&u64>) -> Option<f64> {
+    b.map(|b| *b as f64 / (1024.0 * 1024.0))
+}
+
+pub fn markdown(run: &Run) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "Bulwark benchmark, {} — {} — {} build, {} round(s) of {} s per measure, medians.\n",
+        run.date, run.machine, run.profile, run.rounds, run.seconds_per_measure
+    );
+    let _ = writeln!(t, "| measure | direct | Bulwark | Envoy | Bulwark/Envoy | Bulwark/direct |");
+    let _ = writeln!(t, "|---|---|---|---|---|---|");
+    let throughput = [
+        ("h1", "HTTP/1.1 keep-alive, 32 connections, closed loop (req/s)"),
+        ("h1-nginx", "same, nginx as the upstream (req/s)"),
+        ("h2c", "h2c, 8 connections × 16 streams (req/s)"),
+        ("grpc", "gRPC unary, 8 connections × 16 streams (req/s)"),
+    ];
+    for (scenario, label) in throughput {
+        if !run.results.contains_key(scenario) {
+            continue;
+        }
+        let rps = |target| med(run, scenario, target, |m| Some(m.rps));
+        let (d, b, e) = (rps("direct"), rps("bulwark"), rps("envoy"));
+        let _ = writeln!(
+            t,
+            "| {label} | {} | {} | {} | {} | {} |",
+            fmt(d, 0),
+            fmt(b, 0),
+            fmt(e, 0),
+            ratio(b, e),
+            ratio(b, d)
+        );
+    }
+    for rate in [1000, 5000] {
+        let scenario = format!("open-{rate}");
+        if !run.results.contains_key(&scenario) {
+            continue;
+        }
+        for (name, pick) in [("p50", 0), ("p99", 1), ("p99.9", 2)] {
+            let lat = |target| {
+                med(run, &scenario, target, |m| match pick {
+                    0 => m.p50_ms,
+                    1 => m.p99_ms,
+                    _ => m.p999_ms,
+                })
+            };
+            let (d, b, e) = (lat("direct"), lat("bulwark"), lat("envoy"));
+            let _ = writeln!(
+                t,
+                "| open loop {rate} req/s, {name} latency (ms) | {} | {} | {} | {} | {} |",
+                fmt(d, 3),
+                fmt(b, 3),
+                fmt(e, 3),
+                ratio(b, e),
+                ratio(b, d)
+            );
+            if pick < 2 {
+                let added = |x: Option<f64>| x.zip(d).map(|(x, d)| x - d);
+                let (ab, ae) = (added(b), added(e));
+                let _ = writeln!(
+                    t,
+                    "| open loop {rate} req/s, {name} latency added over direct (ms) | — | {} | {} | {} | — |",
+                    fmt(ab, 3),
+                    fmt(ae, 3),
+                    ratio(ab, ae)
+                );
+            }
+        }
+    }
+    let (bi, ei) = (mib(run.idle_rss.get("bulwark")), mib(run.idle_rss.get("envoy")));
+    let _ = writeln!(t, "| RSS idle (MiB) | — | {} | {} | {} | — |", fmt(bi, 1), fmt(ei, 1), ratio(bi, ei));
+    let (bp, ep) = (mib(run.peak_rss.get("bulwark")), mib(run.peak_rss.get("envoy")));
+    let _ = writeln!(t, "| RSS peak (MiB) | — | {} | {} | {} | — |", fmt(bp, 1), fmt(ep, 1), ratio(bp, ep));
+    let cpu = |n: &str| run.cpu_per_100k.get(n).cloned().and_then(median);
+    let (bc, ec) = (cpu("bulwark"), cpu("envoy"));
+    let _ = writeln!(
+        t,
+        "| CPU seconds per 100k requests (HTTP/1.1 closed loop) | — | {} | {} | {} | — |",
+        fmt(bc, 2),
+        fmt(ec, 2),
+        ratio(bc, ec)
+    );
+
+    let _ = writeln!(t, "\n| Bulwark stages | req/s | vs bare |\n|---|---|---|");
+    let bare = med(run, "stages", "bulwark-bare", |m| Some(m.rps));
+    for (name, label) in [
+        ("bulwark-bare", "no policy"),
+        (
+            "bulwark-all",
+            "every stage: breaker, bulkhead, retries, rate limit never reached, 0% faults, metrics, 1% tracing",
+        ),
+    ] {
+        let v = med(run, "stages", name, |m| Some(m.rps));
+        if v.is_some() {
+            let _ = writeln!(t, "| {label} | {} | {} |", fmt(v, 0), ratio(v, bare));
+        }
+    }
+    let c = &run.control;
+    let ack = median(c.apply_to_ack_ms.clone());
+    let _ = writeln!(t, "\n| control plane | figure |\n|---|---|");
+    let _ = writeln!(
+        t,
+        "| Apply → ACK by {} connected proxies (ms, median of {}) | {} |",
+        c.proxies,
+        c.apply_to_ack_ms.len(),
+        fmt(ack, 1)
+    );
+    let _ = writeln!(t, "| RSS idle (MiB) | {} |", fmt(mib(Some(&c.idle_rss)), 1));
+    let _ =
+        writeln!(t, "| RSS holding {} proxy streams (MiB) | {} |", c.streams, fmt(mib(Some(&c.rss_with_streams)), 1));
+
+    // The budgets of DESIGN.md.
+    let check = |ok: Option<bool>| match ok {
+        Some(true) => "met",
+        Some(false) => "NOT met",
+        None => "not measured",
+    };
+    let _ = writeln!(t, "\n| budget | result |\n|---|---|");
+    let h1 = (med(run, "h1", "bulwark", |m| Some(m.rps)), med(run, "h1", "envoy", |m| Some(m.rps)));
+    let _ = writeln!(
+        t,
+        "| throughput ≥ 2× Envoy (HTTP/1.1) | {} ({}×) |",
+        check(h1.0.zip(h1.1).map(|(b, e)| b >= 2.0 * e)),
+        ratio(h1.0, h1.1)
+    );
+    for rate in [1000, 5000] {
+        for (name, pick) in [("p50", true), ("p99", false)] {
+            let scenario = format!("open-{rate}");
+            let lat = |target| med(run, &scenario, target, |m| if pick { m.p50_ms } else { m.p99_ms });
+            let d = lat("direct");
+            let added = |x: Option<f64>| x.zip(d).map(|(x, d)| x - d);
+            let (ab, ae) = (added(lat("bulwark")), added(lat("envoy")));
+            let _ = writeln!(
+                t,
+                "| added {name} at {rate} req/s ≤ ½ Envoy's | {} ({} vs {} ms) |",
+                check(ab.zip(ae).map(|(b, e)| b <= e / 2.0)),
+                fmt(ab, 3),
+                fmt(ae, 3)
+            );
+        }
+    }
+    let _ = writeln!(t, "| idle RSS < 10 MiB | {} ({} MiB) |", check(bi.map(|b| b < 10.0)), fmt(bi, 1));
+    let all = med(run, "stages", "bulwark-all", |m| Some(m.rps));
+    let _ = writeln!(
+        t,
+        "| every stage costs ≤ 10% of bare throughput | {} ({}) |",
+        check(all.zip(bare).map(|(a, b)| a >= 0.9 * b)),
+        ratio(all, bare)
+    );
+    let _ = writeln!(
+        t,
+        "| Apply reaches {} proxies (ACKed) < 1 s | {} ({} ms) |",
+        c.proxies,
+        check(ack.map(|a| a < 1000.0)),
+        fmt(ack, 1)
+    );
+    let _ = writeln!(t, "| one control plane holds {} streams | {} |", c.streams, check(Some(c.rss_with_streams > 0)));
+    if !run.skipped.is_empty() {
+        let _ = writeln!(t, "\nSkipped: {}.", run.skipped.join("; "));
+    }
+    t
+}
