@@ -74,7 +74,16 @@ pub async fn run(
         }
         None => None,
     };
-    let proxy = Arc::new(Proxy { store: store.clone(), access_log, tracing, pool, clusters, metrics: metrics.clone() });
+    let identity = config.identity_header();
+    let proxy = Arc::new(Proxy {
+        store: store.clone(),
+        access_log,
+        tracing,
+        pool,
+        clusters,
+        metrics: metrics.clone(),
+        identity,
+    });
 
     let life = Lifecycle {
         stop_accept: CancellationToken::new(),

@@ -49,6 +49,29 @@ pub struct ProxyConfig {
     /// empty then).
     #[serde(default)]
     pub control_plane: Option<ControlPlane>,
+    /// This workload's mesh identity, `NAME.NAMESPACE`, stated on its outbound HTTP requests in
+    /// `x-bulwark-client-id` so that the callee's faults can target it. Default, in a pod:
+    /// `POD_SERVICE_ACCOUNT.POD_NAMESPACE` when both are set. Read at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+}
+
+impl ProxyConfig {
+    /// The identity this proxy states, as the header value it sends.
+    pub fn identity_header(&self) -> Option<http::HeaderValue> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let id = self
+            .identity
+            .clone()
+            .or_else(|| Some(format!("{}.{}", env("POD_SERVICE_ACCOUNT")?, env("POD_NAMESPACE")?)))?;
+        match bulwark_policy::faults::IdentityPattern::parse(&id) {
+            Ok(bulwark_policy::faults::IdentityPattern::Exact(_)) => http::HeaderValue::from_str(&id).ok(),
+            _ => {
+                tracing::warn!(identity = %id, "not a mesh identity (NAME.NAMESPACE); requests go out without one");
+                None
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -362,6 +385,15 @@ fn check_listeners(c: &ProxyConfig, file: &str) -> Vec<String> {
     let mut addrs = std::collections::HashSet::new();
     for own in [Some(c.admin), Some(c.health), c.transparent.outbound, c.transparent.inbound].into_iter().flatten() {
         addrs.insert(own);
+    }
+    if let Some(id) = &c.identity {
+        match bulwark_policy::faults::IdentityPattern::parse(id) {
+            Ok(bulwark_policy::faults::IdentityPattern::Exact(_)) => {}
+            Ok(_) => {
+                errors.push(format!("{file}: identity: {id:?} is a pattern; write this workload's NAME.NAMESPACE"))
+            }
+            Err(e) => errors.push(format!("{file}: identity: {e}")),
+        }
     }
     for (i, l) in c.listeners.iter().enumerate() {
         let at = format!("{file}: listeners[{i}]");

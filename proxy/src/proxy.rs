@@ -16,4 +16,6 @@ pub struct Proxy {
     pub pool: Arc<Pool>,
     pub clusters: Clusters,
     pub metrics: Arc<Metrics>,
+    /// This workload's mesh identity, set on outbound HTTP requests (`x-bulwark-client-id`).
+    pub identity: Option<http::HeaderValue>,
 }

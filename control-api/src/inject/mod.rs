@@ -298,6 +298,8 @@ fn proxy_container(s: &Settings, drain: Duration, probes: &AppProbes) -> Contain
     let mut env_vars = vec![
         field_env("POD_NAME", "metadata.name"),
         field_env("POD_NAMESPACE", "metadata.namespace"),
+        // With the namespace, the workload's mesh identity (NAME.NAMESPACE) for fault targeting.
+        field_env("POD_SERVICE_ACCOUNT", "spec.serviceAccountName"),
         env("BULWARK_CONTROL_PLANE", v.control_plane.clone()),
         env("BULWARK_LOG", v.log_level.clone()),
         env("BULWARK_BOOTSTRAP", bootstrap(v.ports, drain)),

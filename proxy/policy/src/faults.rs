@@ -87,6 +87,8 @@ pub struct FaultPolicy {
     pub headers: Vec<HeaderMatch>,
     /// A stable share of clients, by source address.
     pub clients: Option<Chance>,
+    /// Calling workloads, by mesh identity; empty: any caller.
+    pub identities: Vec<IdentityPattern>,
     pub expiry: Option<Expiry>,
     /// As written, for equality across snapshots and for display.
     pub spec: FaultSpec,
@@ -141,6 +143,52 @@ fn delay(errs: &mut Errors<'_>, path: &str, d: &DelaySpec) -> DelayFault {
         }
     };
     DelayFault { delay, chance: chance(errs, &format!("{path}.percent"), d.percent) }
+}
+
+/// Where a proxy states the mesh identity of the workload it sends for. A proxy with an identity
+/// sets it on every outbound request, replacing whatever the app wrote; it is asserted by the
+/// calling proxy, not proven (there is no mTLS), so it chooses an experiment's blast radius and
+/// is no access control.
+pub const CLIENT_ID_HEADER: &str = "x-bulwark-client-id";
+
+/// A mesh identity as faults match it: `NAME.NAMESPACE` exactly, or `*.NAMESPACE`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdentityPattern {
+    Exact(String),
+    Namespace(String),
+}
+
+impl IdentityPattern {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (wild, rest) = match text.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let labels: Vec<&str> = rest.split('.').collect();
+        let label_ok = |l: &&str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        let shape_ok = if wild { labels.len() == 1 } else { labels.len() == 2 };
+        if text.len() > 253 || !shape_ok || !labels.iter().all(label_ok) {
+            return Err(format!(
+                "{text:?} is not a mesh identity; write NAME.NAMESPACE (a service account and its namespace) or *.NAMESPACE"
+            ));
+        }
+        Ok(if wild { IdentityPattern::Namespace(rest.to_string()) } else { IdentityPattern::Exact(text.to_string()) })
+    }
+
+    pub fn matches(&self, identity: &str) -> bool {
+        match self {
+            IdentityPattern::Exact(id) => id == identity,
+            IdentityPattern::Namespace(ns) => {
+                identity.split_once('.').is_some_and(|(name, rest)| !name.is_empty() && rest == ns)
+            }
+        }
+    }
 }
 
 pub(crate) fn compile(errs: &mut Errors<'_>, path: &str, s: &FaultSpec, headers: Vec<HeaderMatch>) -> FaultPolicy {
@@ -200,6 +248,15 @@ pub(crate) fn compile(errs: &mut Errors<'_>, path: &str, s: &FaultSpec, headers:
         .as_ref()
         .and_then(|m| m.client_percent)
         .map(|p| chance(errs, &format!("{path}.match.clientPercent"), p));
+    let written = s.matches.as_ref().map(|m| m.identities.as_slice()).unwrap_or_default();
+    crate::validate::count(errs, &format!("{path}.match.identities"), written.len(), crate::validate::MAX_MATCH_ITEMS);
+    let identities = written
+        .iter()
+        .enumerate()
+        .filter_map(|(i, id)| {
+            IdentityPattern::parse(id).map_err(|e| errs.push(format!("{path}.match.identities[{i}]"), e)).ok()
+        })
+        .collect();
     FaultPolicy {
         delay: s.delay.as_ref().map(|d| delay(errs, &format!("{path}.delay"), d)),
         abort,
@@ -210,6 +267,7 @@ pub(crate) fn compile(errs: &mut Errors<'_>, path: &str, s: &FaultSpec, headers:
             .map(|b| bandwidth(errs, &format!("{path}.responseBandwidth"), b)),
         headers,
         clients,
+        identities,
         expiry,
         spec: s.clone(),
     }

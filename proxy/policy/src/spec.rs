@@ -473,6 +473,10 @@ pub struct FaultMatchSpec {
     /// A stable share of clients (by source IP): the same clients are hit for the whole experiment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_percent: Option<f64>,
+    /// Mesh identities of the calling workload (`NAME.NAMESPACE`, or `*.NAMESPACE` for a whole
+    /// namespace), as the caller's proxy states them in `x-bulwark-client-id`; any one matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
 }
 
 /// Faults for opaque TCP connections; each drawn per connection with its `percent`.

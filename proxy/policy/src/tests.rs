@@ -255,7 +255,7 @@ spec:
       delay: { fixed: 1s, range: { min: 1s, max: 2s }, percent: 10 }
       abort: { httpStatus: 700, percent: 0.00001 }
       responseBandwidth: { bytesPerSecond: 0 }
-      match: { clientPercent: 101 }
+      match: { clientPercent: 101, identities: ["web.shop", "*.canary", "Web.Shop"] }
       expiresAt: "next tuesday"
   tcpFaults:
     reset: { percent: -1 }
@@ -267,6 +267,7 @@ spec:
         "spec.defaults.faults.abort.percent: 0.00001 is finer than the smallest percentage",
         "spec.defaults.faults.responseBandwidth.bytesPerSecond: must be at least 1",
         "spec.defaults.faults.match.clientPercent: 101 is not a percentage",
+        "spec.defaults.faults.match.identities[2]: \"Web.Shop\" is not a mesh identity",
         "spec.defaults.faults.expiresAt: \"next tuesday\" is not an RFC 3339 time",
         "spec.tcpFaults.reset.percent: -1 is not a percentage",
     ] {
@@ -279,6 +280,7 @@ spec:
             .replace("0.00001", "0.0001")
             .replace("bytesPerSecond: 0", "bytesPerSecond: 10")
             .replace("101", "50")
+            .replace(", \"Web.Shop\"", "")
             .replace("\"next tuesday\"", "\"2030-01-01T00:00:00Z\"")
             .replace("-1", "100"),
     );

@@ -81,6 +81,11 @@ pub async fn handle(
     let start = Instant::now();
     let grpc = respond::is_grpc(req.headers());
     headers::ensure_request_id(req.headers_mut());
+    if let (bulwark_policy::Direction::Outbound, Some(id)) = (conn.direction, &proxy.identity) {
+        // Replaces whatever the app wrote: an app cannot pass for another workload through
+        // its own proxy.
+        req.headers_mut().insert(bulwark_policy::faults::CLIENT_ID_HEADER, id.clone());
+    }
 
     let host = request_host(&req);
     let selected = select_route(&proxy, &conn, &req, host.as_deref());

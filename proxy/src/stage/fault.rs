@@ -89,6 +89,12 @@ impl FaultState {
                 return Decision::default();
             }
         }
+        if !f.identities.is_empty() {
+            let caller = headers.get(bulwark_policy::faults::CLIENT_ID_HEADER).and_then(|v| v.to_str().ok());
+            if !caller.is_some_and(|id| f.identities.iter().any(|p| p.matches(id))) {
+                return Decision::default();
+            }
+        }
         let delay_of = |d: &Option<DelayFault>, draw: &mut dyn FnMut() -> u64| {
             d.filter(|d| d.chance.hit(draw())).map(|d| match d.delay {
                 Delay::Fixed(x) => x,

@@ -19,6 +19,14 @@ fn check_reports_every_error_and_exit_code() {
     assert!(err.contains("listeners[0].upstream: \"nowhere\" must be host:port"), "{err}");
     assert!(err.contains("policy default/p: spec.routes[0].timeout.request"), "{err}");
 
+    let bad_identity = dir.path().join("identity.yaml");
+    std::fs::write(&bad_identity, "identity: \"*.shop\"\n").unwrap();
+    let out =
+        Command::new(workspace_bin("bulwark-proxy")).args(["check", "--config"]).arg(&bad_identity).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("identity: \"*.shop\" is a pattern"), "{err}");
+
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/proxy.yaml");
     let out = Command::new(workspace_bin("bulwark-proxy")).args(["check", "--config", example]).output().unwrap();
     assert!(out.status.success(), "examples/proxy.yaml must stay valid: {}", String::from_utf8_lossy(&out.stderr));

@@ -234,3 +234,31 @@ async fn tcp_delay_holds_each_chunk() {
     let m = proxy.metrics().await;
     assert_eq!(metric_sum(&m, "bulwark_faults_injected_total", &[("kind", "tcp-delay")]), 1.0);
 }
+
+/// A fault aimed at one calling workload: its proxy states its identity, the callee's proxy
+/// matches it, and an app cannot pass for another workload through its own proxy.
+#[tokio::test]
+async fn targeting_by_mesh_identity_hits_only_that_caller() {
+    let up = Upstream::start().await;
+    let callee = start(
+        &up,
+        "  defaults:\n    faults:\n      abort: { httpStatus: 503, percent: 100 }\n      match: { identities: [web.shop] }\n",
+    )
+    .await;
+    let web = ProxyBuilder::new().listener("out", callee.listener("web")).extra("identity: web.shop").start().await;
+    let worker =
+        ProxyBuilder::new().listener("out", callee.listener("web")).extra("identity: worker.shop").start().await;
+    let get = |addr, headers: &'static [(&'static str, &'static str)]| async move {
+        let r = client::get(addr, "/", headers).await.unwrap();
+        (r.status.as_u16(), r.reason().map(str::to_string))
+    };
+    assert_eq!(get(web.listener("out"), &[]).await, (503, Some("fault-abort".into())));
+    assert_eq!(get(worker.listener("out"), &[]).await.0, 200, "another workload is not hit");
+    assert_eq!(
+        get(worker.listener("out"), &[("x-bulwark-client-id", "web.shop")]).await.0,
+        200,
+        "the worker's proxy states its own identity, whatever the app wrote"
+    );
+    assert_eq!(get(callee.listener("web"), &[]).await.0, 200, "a caller without identity is not hit");
+    assert_eq!(up.requests(), 3, "the aborted request never reached the upstream");
+}

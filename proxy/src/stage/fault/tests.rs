@@ -26,6 +26,7 @@ fn policy(abort: f64, delay: f64) -> FaultPolicy {
         response_bandwidth: None,
         headers: Vec::new(),
         clients: None,
+        identities: Vec::new(),
         expiry: None,
         spec: FaultSpec::default(),
     }
@@ -102,6 +103,25 @@ async fn targeting_by_header_and_by_a_stable_share_of_clients() {
         .map(|i| s.decide(&HeaderMap::new(), IpAddr::from((i << 8).to_be_bytes()), &mut draw).abort.is_some())
         .collect();
     assert_eq!(hit, again, "the same clients every time");
+}
+
+#[tokio::test]
+async fn targeting_by_the_callers_mesh_identity() {
+    use bulwark_policy::faults::IdentityPattern;
+    let mut p = policy(100.0, 0.0);
+    p.identities = vec![IdentityPattern::parse("web.shop").unwrap(), IdentityPattern::parse("*.canary").unwrap()];
+    let s = state(p);
+    let mut draw = seeded(5);
+    let from = |id: &str| {
+        let mut h = HeaderMap::new();
+        h.insert(bulwark_policy::faults::CLIENT_ID_HEADER, id.parse().unwrap());
+        h
+    };
+    assert!(s.decide(&from("web.shop"), CLIENT, &mut draw).abort.is_some());
+    assert!(s.decide(&from("checkout.canary"), CLIENT, &mut draw).abort.is_some());
+    assert!(s.decide(&from("web.shop-eu"), CLIENT, &mut draw).abort.is_none());
+    assert!(s.decide(&from("worker.shop"), CLIENT, &mut draw).abort.is_none());
+    assert!(s.decide(&HeaderMap::new(), CLIENT, &mut draw).abort.is_none(), "no identity, no fault");
 }
 
 #[tokio::test(start_paused = true)]
