@@ -365,3 +365,30 @@ async fn wait_ready_returns_once_the_proxy_is_ready_and_fails_after_its_timeout(
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The init container's arguments are ones the real `bulwark-proxy init` accepts, and they
+/// write the redirect the network-namespace tests prove: printed here with --dry-run.
+#[test]
+fn the_injected_init_container_runs_bulwark_proxy_init() {
+    let out = bulwarkctl_inject(&["-f", &fixture("statefulset.yaml")], "");
+    assert!(out.status.success());
+    let set: k8s_openapi::api::apps::v1::StatefulSet = serde_yaml::from_slice(&out.stdout).unwrap();
+    let pod = set.spec.unwrap().template.spec.unwrap();
+    let init = pod.init_containers.unwrap().into_iter().find(|c| c.name == "bulwark-init").unwrap();
+    let out = Command::new(workspace_bin("bulwark-proxy"))
+        .args(init.args.unwrap())
+        .args(["--dry-run", "--ipv6", "off"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rules = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "-A BULWARK_INBOUND -p tcp --dport 5432 -j BULWARK_IN_REDIRECT",
+        "-A BULWARK_INBOUND -p tcp --dport 5433 -j RETURN",
+        "-A BULWARK_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+        "-A BULWARK_OUTPUT -d 10.20.0.0/16 -j RETURN",
+        "-A BULWARK_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
+    ] {
+        assert!(rules.contains(want), "missing {want:?} in:\n{rules}");
+    }
+}
