@@ -70,6 +70,23 @@ fn skip(skipped: &mut Vec<String>, what: String) {
     skipped.push(what);
 }
 
+/// The closed-loop HTTP/1.1 measure: wrk, or the built-in client in the smoke mode; None when
+/// neither can run.
+async fn closed_loop(
+    smoke: bool,
+    wrk: bool,
+    addr: std::net::SocketAddr,
+    duration: Duration,
+) -> anyhow::Result<Option<Measure>> {
+    if smoke {
+        return Ok(Some(load::builtin(addr, 32, duration).await?));
+    }
+    if wrk {
+        return Ok(Some(load::wrk(&format!("http://{addr}/"), 32, duration)?));
+    }
+    Ok(None)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -219,13 +236,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("bench: round {} of {rounds}", round + 1);
         for t in &targets {
             let cpu_before = t.proc_index.map(|i| procs[i].cpu_seconds());
-            let m = if cli.smoke {
-                load::builtin(t.http, 32, duration).await?
-            } else if wrk_ok {
-                load::wrk(&format!("http://{}/", t.http), 32, duration)?
-            } else {
-                continue;
-            };
+            let Some(m) = closed_loop(cli.smoke, wrk_ok, t.http, duration).await? else { continue };
             if let (Some(i), Some(before)) = (t.proc_index, cpu_before) {
                 if m.requests > 0 {
                     cpu_per_100k
@@ -264,13 +275,7 @@ async fn main() -> anyhow::Result<()> {
         }
         // Every stage on against none, alternating.
         for (name, t) in &bulwark_variants {
-            let m = if cli.smoke {
-                load::builtin(t.http, 32, duration).await?
-            } else if wrk_ok {
-                load::wrk(&format!("http://{}/", t.http), 32, duration)?
-            } else {
-                continue;
-            };
+            let Some(m) = closed_loop(cli.smoke, wrk_ok, t.http, duration).await? else { continue };
             results.entry("stages".into()).or_default().entry((*name).into()).or_default().push(m);
         }
     }

@@ -75,6 +75,20 @@ fn mib(b: Option<&u64>) -> Option<f64> {
     b.map(|b| *b as f64 / (1024.0 * 1024.0))
 }
 
+fn percentile(m: &Measure, pick: usize) -> Option<f64> {
+    match pick {
+        0 => m.p50_ms,
+        1 => m.p99_ms,
+        _ => m.p999_ms,
+    }
+}
+
+/// A row of direct, Bulwark and Envoy figures with the two ratios.
+fn comparison_row(t: &mut String, label: &str, d: Option<f64>, b: Option<f64>, e: Option<f64>, digits: usize) {
+    let (fd, fb, fe) = (fmt(d, digits), fmt(b, digits), fmt(e, digits));
+    let _ = writeln!(t, "| {label} | {fd} | {fb} | {fe} | {} | {} |", ratio(b, e), ratio(b, d));
+}
+
 pub fn markdown(run: &Run) -> String {
     let mut t = String::new();
     let _ = writeln!(
@@ -95,16 +109,7 @@ pub fn markdown(run: &Run) -> String {
             continue;
         }
         let rps = |target| med(run, scenario, target, |m| Some(m.rps));
-        let (d, b, e) = (rps("direct"), rps("bulwark"), rps("envoy"));
-        let _ = writeln!(
-            t,
-            "| {label} | {} | {} | {} | {} | {} |",
-            fmt(d, 0),
-            fmt(b, 0),
-            fmt(e, 0),
-            ratio(b, e),
-            ratio(b, d)
-        );
+        comparison_row(&mut t, label, rps("direct"), rps("bulwark"), rps("envoy"), 0);
     }
     for rate in [1000, 5000] {
         let scenario = format!("open-{rate}");
@@ -112,23 +117,9 @@ pub fn markdown(run: &Run) -> String {
             continue;
         }
         for (name, pick) in [("p50", 0), ("p99", 1), ("p99.9", 2)] {
-            let lat = |target| {
-                med(run, &scenario, target, |m| match pick {
-                    0 => m.p50_ms,
-                    1 => m.p99_ms,
-                    _ => m.p999_ms,
-                })
-            };
+            let lat = |target| med(run, &scenario, target, |m| percentile(m, pick));
             let (d, b, e) = (lat("direct"), lat("bulwark"), lat("envoy"));
-            let _ = writeln!(
-                t,
-                "| open loop {rate} req/s, {name} latency (ms) | {} | {} | {} | {} | {} |",
-                fmt(d, 3),
-                fmt(b, 3),
-                fmt(e, 3),
-                ratio(b, e),
-                ratio(b, d)
-            );
+            comparison_row(&mut t, &format!("open loop {rate} req/s, {name} latency (ms)"), d, b, e, 3);
             if pick < 2 {
                 let added = |x: Option<f64>| x.zip(d).map(|(x, d)| x - d);
                 let (ab, ae) = (added(b), added(e));
@@ -199,9 +190,9 @@ pub fn markdown(run: &Run) -> String {
         ratio(h1.0, h1.1)
     );
     for rate in [1000, 5000] {
-        for (name, pick) in [("p50", true), ("p99", false)] {
+        for (name, pick) in [("p50", 0), ("p99", 1)] {
             let scenario = format!("open-{rate}");
-            let lat = |target| med(run, &scenario, target, |m| if pick { m.p50_ms } else { m.p99_ms });
+            let lat = |target| med(run, &scenario, target, |m| percentile(m, pick));
             let d = lat("direct");
             let added = |x: Option<f64>| x.zip(d).map(|(x, d)| x - d);
             let (ab, ae) = (added(lat("bulwark")), added(lat("envoy")));

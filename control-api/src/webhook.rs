@@ -41,7 +41,7 @@ impl CertFiles {
         Ok(Arc::new(Self { cert: cert.into(), key: key.into(), current }))
     }
 
-    /// Re-reads the files every few seconds; returns when `stop` resolves.
+    /// Re-reads the files every few seconds, for as long as the process runs.
     pub async fn watch(self: Arc<Self>) {
         let mut seen = fingerprint(&self.cert, &self.key);
         loop {
