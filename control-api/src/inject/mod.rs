@@ -60,7 +60,7 @@ impl std::fmt::Display for Skip {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Skip::AlreadyInjected => "already injected",
-            Skip::OptedOut => "opted out (bulwark.dev/inject: disabled)",
+            Skip::OptedOut => "opted out (bulwark.dev/inject: disabled, as a label or an annotation)",
             Skip::HostNetwork => {
                 "pod uses hostNetwork: the redirect would capture the node's own traffic, so no proxy is injected"
             }
@@ -75,7 +75,8 @@ pub fn inject(values: &Values, meta: &mut ObjectMeta, spec: &mut PodSpec) -> Res
     if annotations.contains_key(annotations::STATUS) || already_has_proxy(spec) {
         return Ok(Outcome::Unchanged(Skip::AlreadyInjected));
     }
-    if annotations::opted_out(&annotations) {
+    // The label is what the webhook's object selector reads; offline injection honours it too.
+    if annotations::opted_out(&annotations) || annotations::opted_out(&meta.labels.clone().unwrap_or_default()) {
         return Ok(Outcome::Unchanged(Skip::OptedOut));
     }
     if spec.host_network == Some(true) {

@@ -228,6 +228,10 @@ fn opt_out_host_network_and_bad_annotations_change_nothing() {
     assert_eq!((meta, spec), before);
 
     let (mut meta, mut spec) = pod_spec(None);
+    meta.labels = Some(BTreeMap::from([(annotations::INJECT.to_string(), "disabled".to_string())]));
+    assert_eq!(inject(&Values::default(), &mut meta, &mut spec).unwrap(), Outcome::Unchanged(Skip::OptedOut));
+
+    let (mut meta, mut spec) = pod_spec(None);
     spec.host_network = Some(true);
     let before = (meta.clone(), spec.clone());
     let outcome = inject(&Values::default(), &mut meta, &mut spec).unwrap();
