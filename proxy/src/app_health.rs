@@ -68,29 +68,31 @@ async fn run(probe: &AppProbe) -> anyhow::Result<StatusCode> {
             TcpStream::connect(loopback(*port)).await?;
             Ok(StatusCode::OK)
         }
-        Check::HttpGet { path, port, host, headers } => http_get(*port, path, host.as_deref(), headers).await,
+        Check::HttpGet { path, port, headers } => http_get(*port, path, headers).await,
         Check::Grpc { port, service } => grpc_health(*port, service.as_deref().unwrap_or_default()).await,
     }
 }
 
-async fn http_get(
-    port: u16,
-    path: &str,
-    host: Option<&str>,
-    headers: &[(String, String)],
-) -> anyhow::Result<StatusCode> {
+async fn http_get(port: u16, path: &str, headers: &[(String, String)]) -> anyhow::Result<StatusCode> {
     let stream = TcpStream::connect(loopback(port)).await?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let mut req =
-        Request::get(path).header(http::header::HOST, host.map_or_else(|| format!("127.0.0.1:{port}"), str::to_string));
-    for (name, value) in headers {
-        req = req.header(name.as_str(), value.as_str());
-    }
-    let resp = send
-        .send_request(req.header(http::header::USER_AGENT, "kube-probe (bulwark)").body(Empty::<Bytes>::new())?)
-        .await?;
+    let resp = send.send_request(probe_request(port, path, headers)?).await?;
     Ok(resp.status())
+}
+
+/// The probe's GET, with its headers. Like kubelet, the probe's own Host and User-Agent win over
+/// the defaults (and are sent once).
+fn probe_request(port: u16, path: &str, headers: &[(String, String)]) -> anyhow::Result<Request<Empty<Bytes>>> {
+    let mut req = Request::get(path).body(Empty::<Bytes>::new())?;
+    for (name, value) in headers {
+        req.headers_mut()
+            .append(http::HeaderName::try_from(name.as_str())?, http::HeaderValue::try_from(value.as_str())?);
+    }
+    let h = req.headers_mut();
+    h.entry(http::header::HOST).or_insert(http::HeaderValue::try_from(format!("127.0.0.1:{port}"))?);
+    h.entry(http::header::USER_AGENT).or_insert(http::HeaderValue::from_static("kube-probe (bulwark)"));
+    Ok(req)
 }
 
 /// `grpc.health.v1.Health/Check` over h2c: 200 when the app says SERVING.
@@ -127,4 +129,22 @@ async fn grpc_health(port: u16, service: &str) -> anyhow::Result<StatusCode> {
     }
     body.advance(5);
     Ok(if body.as_ref() == [0x08, 0x01] { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probes_own_host_and_user_agent_win_and_are_sent_once() {
+        let req = probe_request(8080, "/healthz", &[]).unwrap();
+        assert_eq!(req.headers()[http::header::HOST], "127.0.0.1:8080");
+        assert_eq!(req.headers()[http::header::USER_AGENT], "kube-probe (bulwark)");
+
+        let own = [("Host".to_string(), "web.shop".to_string()), ("X-Probe".to_string(), "1".to_string())];
+        let req = probe_request(8080, "/healthz", &own).unwrap();
+        let hosts: Vec<_> = req.headers().get_all(http::header::HOST).iter().collect();
+        assert_eq!(hosts, ["web.shop"]);
+        assert_eq!(req.headers()["x-probe"], "1");
+    }
 }

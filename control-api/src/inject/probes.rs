@@ -56,7 +56,6 @@ fn original(probe: &Probe, resolve: &dyn Fn(&IntOrString) -> Option<u16>) -> Opt
         return Some(Check::HttpGet {
             path: h.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into()),
             port: resolve(&h.port)?,
-            host: None,
             headers: h.http_headers.iter().flatten().map(|x| (x.name.clone(), x.value.clone())).collect(),
         });
     }

@@ -119,7 +119,6 @@ fn deployment_native_sidecar_with_rewritten_probes() {
         Check::HttpGet {
             path: "/healthz/ready".into(),
             port: 8080,
-            host: None,
             headers: vec![("X-Probe".into(), "kubelet".into())]
         },
         "named port resolved, headers kept"
@@ -191,7 +190,7 @@ fn pod_fallback_without_native_sidecars() {
     );
     assert_eq!(
         probes["/app-health/api/livez"].check,
-        Check::HttpGet { path: "/live".into(), port: 8081, host: None, headers: vec![] }
+        Check::HttpGet { path: "/live".into(), port: 8081, headers: vec![] }
     );
     assert_eq!(probes.len(), 2, "the HTTPS probe of the log shipper is left alone");
     let shipper = &spec.containers[2];

@@ -37,8 +37,6 @@ pub enum Check {
     HttpGet {
         path: String,
         port: u16,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        host: Option<String>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         headers: Vec<(String, String)>,
     },
@@ -70,7 +68,6 @@ mod tests {
                 check: Check::HttpGet {
                     path: "/healthz".into(),
                     port: 8080,
-                    host: None,
                     headers: vec![("x-probe".into(), "1".into())],
                 },
                 timeout_seconds: 2,
