@@ -140,8 +140,9 @@ async fn main() -> anyhow::Result<()> {
     for (name, stages) in
         [("bulwark", Stages::EnvoyEquivalent), ("bulwark-bare", Stages::Bare), ("bulwark-all", Stages::All)]
     {
-        let listens = Listens { http: free_addr(), h2: free_addr(), grpc: free_addr(), nginx: free_addr() };
-        let l = Listens { h2: listens.http, ..listens };
+        // Bulwark forwards h2 as h2 on its one HTTP listener.
+        let http = free_addr();
+        let l = Listens { http, h2: http, grpc: free_addr(), nginx: free_addr() };
         let (admin, health) = (free_addr(), free_addr());
         let config = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&config, configs::bulwark(&l, &ups, stages, admin, health, Some(otlp.addr)))?;

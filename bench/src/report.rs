@@ -83,7 +83,15 @@ fn percentile(m: &Measure, pick: usize) -> Option<f64> {
     }
 }
 
-/// A row of direct, Bulwark and Envoy figures with the two ratios.
+/// The median latency (p50, p99, p99.9 by `pick`) that Bulwark and Envoy add over direct.
+fn added_latency(run: &Run, scenario: &str, pick: usize) -> (Option<f64>, Option<f64>) {
+    let lat = |target| med(run, scenario, target, |m| percentile(m, pick));
+    let direct = lat("direct");
+    let added = |x: Option<f64>| x.zip(direct).map(|(x, d)| x - d);
+    (added(lat("bulwark")), added(lat("envoy")))
+}
+
+/// A row of direct, Bulwark and Envoy figures with the two ratios; "—" where one is missing.
 fn comparison_row(t: &mut String, label: &str, d: Option<f64>, b: Option<f64>, e: Option<f64>, digits: usize) {
     let (fd, fb, fe) = (fmt(d, digits), fmt(b, digits), fmt(e, digits));
     let _ = writeln!(t, "| {label} | {fd} | {fb} | {fe} | {} | {} |", ratio(b, e), ratio(b, d));
@@ -121,30 +129,30 @@ pub fn markdown(run: &Run) -> String {
             let (d, b, e) = (lat("direct"), lat("bulwark"), lat("envoy"));
             comparison_row(&mut t, &format!("open loop {rate} req/s, {name} latency (ms)"), d, b, e, 3);
             if pick < 2 {
-                let added = |x: Option<f64>| x.zip(d).map(|(x, d)| x - d);
-                let (ab, ae) = (added(b), added(e));
-                let _ = writeln!(
-                    t,
-                    "| open loop {rate} req/s, {name} latency added over direct (ms) | — | {} | {} | {} | — |",
-                    fmt(ab, 3),
-                    fmt(ae, 3),
-                    ratio(ab, ae)
+                let (ab, ae) = added_latency(run, &scenario, pick);
+                comparison_row(
+                    &mut t,
+                    &format!("open loop {rate} req/s, {name} latency added over direct (ms)"),
+                    None,
+                    ab,
+                    ae,
+                    3,
                 );
             }
         }
     }
     let (bi, ei) = (mib(run.idle_rss.get("bulwark")), mib(run.idle_rss.get("envoy")));
-    let _ = writeln!(t, "| RSS idle (MiB) | — | {} | {} | {} | — |", fmt(bi, 1), fmt(ei, 1), ratio(bi, ei));
+    comparison_row(&mut t, "RSS idle (MiB)", None, bi, ei, 1);
     let (bp, ep) = (mib(run.peak_rss.get("bulwark")), mib(run.peak_rss.get("envoy")));
-    let _ = writeln!(t, "| RSS peak (MiB) | — | {} | {} | {} | — |", fmt(bp, 1), fmt(ep, 1), ratio(bp, ep));
+    comparison_row(&mut t, "RSS peak (MiB)", None, bp, ep, 1);
     let cpu = |n: &str| run.cpu_per_100k.get(n).cloned().and_then(median);
-    let (bc, ec) = (cpu("bulwark"), cpu("envoy"));
-    let _ = writeln!(
-        t,
-        "| CPU seconds per 100k requests (HTTP/1.1 closed loop) | — | {} | {} | {} | — |",
-        fmt(bc, 2),
-        fmt(ec, 2),
-        ratio(bc, ec)
+    comparison_row(
+        &mut t,
+        "CPU seconds per 100k requests (HTTP/1.1 closed loop)",
+        None,
+        cpu("bulwark"),
+        cpu("envoy"),
+        2,
     );
 
     let _ = writeln!(t, "\n| Bulwark stages | req/s | vs bare |\n|---|---|---|");
@@ -191,11 +199,7 @@ pub fn markdown(run: &Run) -> String {
     );
     for rate in [1000, 5000] {
         for (name, pick) in [("p50", 0), ("p99", 1)] {
-            let scenario = format!("open-{rate}");
-            let lat = |target| med(run, &scenario, target, |m| percentile(m, pick));
-            let d = lat("direct");
-            let added = |x: Option<f64>| x.zip(d).map(|(x, d)| x - d);
-            let (ab, ae) = (added(lat("bulwark")), added(lat("envoy")));
+            let (ab, ae) = added_latency(run, &format!("open-{rate}"), pick);
             let _ = writeln!(
                 t,
                 "| added {name} at {rate} req/s ≤ ½ Envoy's | {} ({} vs {} ms) |",

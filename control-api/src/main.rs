@@ -68,11 +68,7 @@ async fn main() -> anyhow::Result<()> {
                 .context("--webhook-cert and --webhook-key")?;
             let certs = bulwark_control::webhook::CertFiles::load(cert, key)?;
             let values = match &cli.injection_values {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .with_context(|| format!("--injection-values {}", path.display()))?;
-                    Values::from_yaml(&text, &path.display().to_string()).map_err(anyhow::Error::msg)?
-                }
+                Some(path) => Values::from_file(path).map_err(|e| anyhow::anyhow!("--injection-values {e}"))?,
                 None => Values::default(),
             };
             let socket =

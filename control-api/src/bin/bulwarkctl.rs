@@ -114,12 +114,9 @@ enum FaultAction {
 fn inject(file: &str, values: Option<&Path>, proxy_image: &Option<String>, control_plane: &Option<String>) -> ExitCode {
     use bulwark_control::inject::{manifest, Outcome, Values};
     let mut v = match values {
-        Some(path) => match std::fs::read_to_string(path)
-            .map_err(|e| format!("--values {}: {e}", path.display()))
-            .and_then(|t| Values::from_yaml(&t, &path.display().to_string()))
-        {
+        Some(path) => match Values::from_file(path) {
             Ok(v) => v,
-            Err(e) => return usage(e),
+            Err(e) => return usage(format!("--values {e}")),
         },
         None => Values::default(),
     };

@@ -89,6 +89,12 @@ impl Values {
         Ok(values)
     }
 
+    /// Reads and parses a values file; the error names the file (and the field).
+    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::from_yaml(&text, &path.display().to_string())
+    }
+
     pub fn check(&self) -> Result<(), String> {
         if self.image.is_empty() {
             return Err("image: must not be empty".into());
