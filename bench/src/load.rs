@@ -60,7 +60,14 @@ pub fn wrk(url: &str, connections: u32, duration: Duration) -> anyhow::Result<Me
         .and_then(|l| l.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    let errors = out.lines().filter(|l| l.contains("Non-2xx") || l.contains("Socket errors")).count() as u64;
+    // "Non-2xx or 3xx responses: 12" and "Socket errors: connect 0, read 1, write 0, timeout 3".
+    let non_2xx = number_after(&out, "Non-2xx or 3xx responses:").unwrap_or(0.0) as u64;
+    let socket: u64 = ["connect", "read", "write", "timeout"]
+        .iter()
+        .filter_map(|kind| out.lines().find(|l| l.contains("Socket errors:")).and_then(|l| number_after(l, kind)))
+        .map(|n| n as u64)
+        .sum();
+    let errors = non_2xx + socket;
     Ok(Measure { rps, requests, errors, ..Default::default() })
 }
 
