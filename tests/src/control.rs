@@ -29,6 +29,15 @@ impl ControlPlane {
 
     /// With `separate_admin`, PolicyAdmin listens on a port of its own.
     pub async fn start_with(token: Option<&str>, separate_admin: bool) -> ControlPlane {
+        Self::launch(token, separate_admin, Vec::new()).await
+    }
+
+    /// With extra command-line arguments (e.g. the webhook's).
+    pub async fn start_with_args(args: Vec<String>) -> ControlPlane {
+        Self::launch(None, false, args).await
+    }
+
+    async fn launch(token: Option<&str>, separate_admin: bool, args: Vec<String>) -> ControlPlane {
         let data = TempDir::new("control");
         let addr: SocketAddr = format!("127.0.0.1:{}", crate::proxy::free_port()).parse().expect("addr");
         let admin_addr = if separate_admin {
@@ -37,27 +46,7 @@ impl ControlPlane {
             addr
         };
         let log = data.path().join("control.log");
-        let mut cp = ControlPlane {
-            addr,
-            admin_addr,
-            data,
-            token: token.map(str::to_string),
-            args: Vec::new(),
-            child: None,
-            log,
-        };
-        cp.spawn().await;
-        cp
-    }
-
-    /// With extra command-line arguments (e.g. the webhook's), made by `args` from the data
-    /// directory, which is created first.
-    pub async fn start_with_args(args: impl FnOnce(&std::path::Path) -> Vec<String>) -> ControlPlane {
-        let data = TempDir::new("control");
-        let addr: SocketAddr = format!("127.0.0.1:{}", crate::proxy::free_port()).parse().expect("addr");
-        let log = data.path().join("control.log");
-        let args = args(data.path());
-        let mut cp = ControlPlane { addr, admin_addr: addr, data, token: None, args, child: None, log };
+        let mut cp = ControlPlane { addr, admin_addr, data, token: token.map(str::to_string), args, child: None, log };
         cp.spawn().await;
         cp
     }

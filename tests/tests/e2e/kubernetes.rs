@@ -68,21 +68,20 @@ async fn start_webhook() -> Webhook {
     let values = dir.path().join("values.yaml");
     std::fs::write(&values, "image: registry.local/bulwark-proxy:e2e\ndrainTimeout: 15s\n").unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let (cert, key) = (certs.cert.clone(), certs.key.clone());
-    let cp = ControlPlane::start_with_args(|_| {
+    let cp = ControlPlane::start_with_args(
         [
             "--webhook-listen",
             &addr.to_string(),
             "--webhook-cert",
-            &cert.display().to_string(),
+            &certs.cert.display().to_string(),
             "--webhook-key",
-            &key.display().to_string(),
+            &certs.key.display().to_string(),
             "--injection-values",
             &values.display().to_string(),
         ]
         .map(String::from)
-        .to_vec()
-    })
+        .to_vec(),
+    )
     .await;
     Webhook { cp, addr, certs, _dir: dir }
 }
