@@ -5,7 +5,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,16 +17,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::LogControl;
-use crate::config::{self, ListenerConfig, ProxyConfig};
+use crate::control::config::{self, ListenerConfig, ProxyConfig};
+use crate::control::store::Store;
+use crate::downstream::ExplicitUpstream;
 use crate::listener::{self, Kind, Lifecycle, Listener};
-use crate::metrics::Metrics;
-use crate::proxy::Proxy;
-use crate::store::Store;
-use crate::target::ExplicitUpstream;
-use crate::upstream::balance::Clusters;
-use crate::upstream::pool::Pool;
-use crate::upstream::resolve::Resolver;
+use crate::ops::admin::LogControl;
+use crate::ops::bound::Bound;
+use crate::shared::Shared;
+use crate::telemetry::metrics::Metrics;
 
 /// How often the config file and policy directory are checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -34,18 +32,24 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 pub async fn run(
     source: config::Source,
     control_plane: Option<String>,
+    ready_file: Option<PathBuf>,
     log: Arc<dyn LogControl>,
 ) -> anyhow::Result<()> {
+    // Signals first: a SIGHUP or SIGTERM that arrives while the proxy starts is handled, not
+    // fatal.
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut bound = Bound::default();
     let mut loaded =
         source.load("1").map_err(|errors| anyhow::anyhow!("{source} is invalid:\n  {}", errors.join("\n  ")))?;
-    let app_health = Arc::new(crate::app_health::AppHealth::from_env()?);
+    let app_health = Arc::new(crate::ops::app_health::AppHealth::from_env()?);
     with_control_plane(&mut loaded.config, &control_plane);
     let config = loaded.config.clone();
     let metrics = Arc::new(Metrics::new());
-    metrics.set_generation(1);
     // With a control plane, serve the cached snapshot (if any) until the first push arrives.
     let (snapshot, ready) = match &config.control_plane {
-        Some(cp) => match cp.cache_file.as_deref().and_then(crate::discovery::load_cache) {
+        Some(cp) => match cp.cache_file.as_deref().and_then(crate::control::discovery::load_cache) {
             Some(cached) => {
                 tracing::info!(version = %cached.version, "serving the cached snapshot until the control plane answers");
                 (cached, true)
@@ -56,52 +60,27 @@ pub async fn run(
     };
     let store = Arc::new(Store::new(loaded.config, snapshot, metrics.clone(), ready));
     let background = CancellationToken::new();
-    let pool = Pool::new(metrics.clone());
-    pool.spawn_sweeper(Duration::from_secs(1), background.child_token());
-    let ejections = metrics.clone();
-    let clusters = Clusters::new(Arc::new(move |endpoint| {
-        tracing::info!(%endpoint, "outlier detection ejected an endpoint");
-        ejections.ejection();
-    }));
-    let access_log = config
-        .access_log
-        .enabled
-        .then(|| crate::access_log::AccessLog::start(config.access_log.sample, metrics.access_log_dropped()));
-    let tracing = match &config.tracing {
-        Some(t) => {
-            let (dropped, exported) = metrics.span_counters();
-            Some(crate::trace::Tracing::start(t, dropped, exported).context("starting the OTLP span exporter")?)
-        }
-        None => None,
-    };
-    let identity = config.identity_header();
-    let proxy = Arc::new(Proxy {
-        store: store.clone(),
-        access_log,
-        tracing,
-        pool,
-        clusters,
-        metrics: metrics.clone(),
-        identity,
-    });
-
     let life = Lifecycle {
         stop_accept: CancellationToken::new(),
         drain: CancellationToken::new(),
         tracker: TaskTracker::new(),
     };
+    let proxy = Arc::new(Shared::new(store.clone(), metrics.clone(), life.tracker.clone())?);
+    proxy.pool.spawn_sweeper(Duration::from_secs(1), background.child_token());
 
     let health = bind(config.health, "health").await?;
-    tokio::spawn(crate::endpoint::serve(
+    bound.health = health.local_addr().ok();
+    tokio::spawn(crate::ops::server::serve(
         health,
-        crate::health::handler(store.clone(), metrics.clone(), app_health),
+        crate::ops::health::handler(store.clone(), metrics.clone(), app_health),
         background.child_token(),
     ));
     let admin = bind(config.admin, "admin").await?;
+    bound.admin = admin.local_addr().ok();
     let shutdown = CancellationToken::new();
-    tokio::spawn(crate::endpoint::serve(
+    tokio::spawn(crate::ops::server::serve(
         admin,
-        crate::admin::handler(store.clone(), log, shutdown.clone()),
+        crate::ops::admin::handler(store.clone(), log, shutdown.clone()),
         background.child_token(),
     ));
 
@@ -110,21 +89,30 @@ pub async fn run(
     {
         let Some(addr) = addr else { continue };
         let socket = bind(addr, direction.as_str()).await?;
+        let at = socket.local_addr().ok();
+        match direction {
+            Direction::Outbound => bound.outbound = at,
+            Direction::Inbound => bound.inbound = at,
+        }
         let l = Arc::new(Listener { label: direction.as_str().into(), kind: Kind::Transparent(direction) });
         tokio::spawn(listener::run(socket, l, proxy.clone(), life.clone()));
         tracing::info!(%addr, direction = direction.as_str(), "transparent listener ready");
     }
 
     if let Some(cp) = config.control_plane.clone() {
-        tokio::spawn(crate::discovery::run(cp, store.clone(), metrics.clone(), background.child_token()));
+        tokio::spawn(crate::control::discovery::run(cp, store.clone(), metrics.clone(), background.child_token()));
     }
 
     let mut explicit = ExplicitListeners::default();
     explicit.reconcile(&config.listeners, &proxy, &life).await.map_err(|e| anyhow::anyhow!(e.join("; ")))?;
+    let mut report = |explicit: &ExplicitListeners| {
+        bound.listeners = explicit.addresses();
+        if let Some(path) = &ready_file {
+            bound.write(path);
+        }
+    };
+    report(&explicit);
 
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let mut seen = fingerprint(&source, &config);
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     tracing::info!(config = %source, policies = store.installed().snapshot.policies.len(), "bulwark-proxy serving");
@@ -133,6 +121,7 @@ pub async fn run(
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading configuration");
                 reload(&source, &control_plane, &proxy, &mut explicit, &life).await;
+                report(&explicit);
                 seen = fingerprint(&source, &store.config());
             }
             _ = tick.tick(), if source.path().is_some() => {
@@ -140,6 +129,7 @@ pub async fn run(
                 if now != seen {
                     tracing::info!("configuration changed on disk: reloading");
                     reload(&source, &control_plane, &proxy, &mut explicit, &life).await;
+                    report(&explicit);
                     seen = now;
                 }
             }
@@ -189,7 +179,7 @@ async fn drain(store: &Store, life: &Lifecycle, deadline: Duration) {
 async fn reload(
     source: &config::Source,
     control_plane: &Option<String>,
-    proxy: &Arc<Proxy>,
+    proxy: &Arc<Shared>,
     explicit: &mut ExplicitListeners,
     life: &Lifecycle,
 ) {
@@ -198,7 +188,7 @@ async fn reload(
         Ok(l) => l,
         Err(errors) => {
             tracing::error!(config = %source, errors = %errors.join("\n  "), "reload rejected; the configuration in force is kept");
-            proxy.metrics.config_reload(false);
+            proxy.metrics.control.reload(false);
             return;
         }
     };
@@ -219,7 +209,7 @@ async fn reload(
     }
     if let Err(errors) = explicit.reconcile(&loaded.config.listeners, proxy, life).await {
         tracing::error!(errors = %errors.join("; "), "reload rejected; the configuration in force is kept");
-        proxy.metrics.config_reload(false);
+        proxy.metrics.control.reload(false);
         return;
     }
     // With a control plane the policies are its; the file only brings the rest of the config.
@@ -228,7 +218,7 @@ async fn reload(
     } else {
         proxy.store.replace(loaded.config, loaded.snapshot)
     };
-    proxy.metrics.config_reload(true);
+    proxy.metrics.control.reload(true);
     tracing::info!(generation, "configuration reloaded");
 }
 
@@ -250,6 +240,8 @@ fn fingerprint(source: &config::Source, config: &ProxyConfig) -> u64 {
 
 struct Running {
     listen: SocketAddr,
+    /// What `listen` bound to (its port when `listen` says 0).
+    bound: SocketAddr,
     config: ListenerConfig,
     upstream: Arc<ArcSwap<ExplicitUpstream>>,
     stop: CancellationToken,
@@ -265,10 +257,14 @@ struct ExplicitListeners {
 }
 
 impl ExplicitListeners {
+    fn addresses(&self) -> std::collections::BTreeMap<String, SocketAddr> {
+        self.running.iter().map(|(name, r)| (name.clone(), r.bound)).collect()
+    }
+
     async fn reconcile(
         &mut self,
         wanted: &[ListenerConfig],
-        proxy: &Arc<Proxy>,
+        proxy: &Arc<Shared>,
         life: &Lifecycle,
     ) -> Result<(), Vec<String>> {
         // Bind every new socket first, so a failure changes nothing.
@@ -304,7 +300,7 @@ impl ExplicitListeners {
                 if r.config != *l {
                     r.resolver_stop.cancel();
                     r.resolver_stop = CancellationToken::new();
-                    r.upstream.store(explicit_upstream(l, &r.resolver_stop));
+                    r.upstream.store(ExplicitUpstream::start(l, &r.resolver_stop));
                     r.config = l.clone();
                     tracing::info!(listener = %l.name, upstream = %l.upstream, "listener updated");
                 }
@@ -312,27 +308,18 @@ impl ExplicitListeners {
         }
         for (l, socket) in fresh {
             let resolver_stop = CancellationToken::new();
-            let upstream = Arc::new(ArcSwap::new(explicit_upstream(&l, &resolver_stop)));
+            let upstream = Arc::new(ArcSwap::new(ExplicitUpstream::start(&l, &resolver_stop)));
             let stop = life.stop_accept.child_token();
             let listen = socket.local_addr().unwrap_or(l.listen);
             let lifecycle = Lifecycle { stop_accept: stop.clone(), ..life.clone() };
             let listener = Arc::new(Listener { label: l.name.as_str().into(), kind: Kind::Explicit(upstream.clone()) });
             tokio::spawn(listener::run(socket, listener, proxy.clone(), lifecycle));
             tracing::info!(listener = %l.name, %listen, upstream = %l.upstream, "explicit listener ready");
-            self.running.insert(l.name.clone(), Running { listen: l.listen, config: l, upstream, stop, resolver_stop });
+            self.running.insert(
+                l.name.clone(),
+                Running { listen: l.listen, bound: listen, config: l, upstream, stop, resolver_stop },
+            );
         }
         Ok(())
     }
-}
-
-fn explicit_upstream(l: &ListenerConfig, resolver_stop: &CancellationToken) -> Arc<ExplicitUpstream> {
-    let targets = l.upstream.parse().expect("validated at load");
-    let resolver = Arc::new(Resolver::new(targets));
-    resolver.spawn_refresh(l.dns_refresh.get(), resolver_stop.clone());
-    Arc::new(ExplicitUpstream {
-        listener: l.name.as_str().into(),
-        resolver,
-        protocol: l.protocol,
-        direction: l.direction,
-    })
 }

@@ -1,31 +1,26 @@
 //! Bulwark's sidecar proxy. The binary (`main.rs`) is thin; this library holds the data path
 //! so that its pieces are unit tested where they are defined.
 //!
-//! Layout, in the order a connection meets it: `listener` (accept, original destination,
-//! protocol detection) → `http` (server, request path, responses) or `tcp` (opaque
-//! forwarding) → `upstream` (resolution, connect, pool). `store` holds the policy snapshot the
-//! data path reads; `app` wires everything and owns the lifecycle; `admin`, `health` and
-//! `metrics` are what operators see; `init` writes the iptables redirect.
+//! The folders read in the order configuration becomes traffic: `control` (the bootstrap
+//! file, the discovery client and the store of what is in force) → `stage` (each resilience
+//! stage's state and decision) → the data path: `listener` (accept, original destination,
+//! protocol detection) → `http` (server, the stage chain, responses) or `tcp` (opaque
+//! forwarding) → `upstream` (resolution, connect, balancing, pool). `telemetry` is what every
+//! request leaves behind (metrics, spans, access log); `ops` is what operators and the kubelet
+//! talk to (admin, health, app probes); `app` wires everything and owns the lifecycle; `init`
+//! writes the iptables redirect.
 
-pub mod access_log;
-pub mod admin;
 pub mod app;
-pub mod app_health;
-pub mod config;
-pub mod discovery;
-pub mod endpoint;
-pub mod health;
+pub mod control;
+pub mod downstream;
 pub mod http;
 pub mod init;
 mod io;
 pub mod listener;
-pub mod metrics;
-pub mod proxy;
+pub mod ops;
 pub mod reason;
+pub mod shared;
 pub mod stage;
-pub mod store;
-pub mod target;
 pub mod tcp;
-pub mod trace;
+pub mod telemetry;
 pub mod upstream;
-pub mod wait_ready;

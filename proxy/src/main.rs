@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use bulwark_proxy::admin::LogControl;
-use bulwark_proxy::{app, config, init};
+use bulwark_proxy::control::config;
+use bulwark_proxy::ops::admin::LogControl;
+use bulwark_proxy::{app, init};
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -29,6 +30,10 @@ enum Command {
         /// Take policies from this control plane (host:port) instead of the config file.
         #[arg(long, env = "BULWARK_CONTROL_PLANE")]
         control_plane: Option<String>,
+        /// Once every listener is bound, write the addresses they bound to here (JSON), e.g. to
+        /// learn the ports of listeners configured with port 0.
+        #[arg(long, env = "BULWARK_READY_FILE")]
+        ready_file: Option<PathBuf>,
         /// Worker threads (default: one per CPU).
         #[arg(long, env = "BULWARK_WORKERS")]
         workers: Option<usize>,
@@ -104,7 +109,7 @@ impl LogControl for ReloadableFilter {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, control_plane, workers, log } => {
+        Command::Run { config, control_plane, ready_file, workers, log } => {
             let filter = EnvFilter::try_new(&log).unwrap_or_else(|e| {
                 eprintln!("invalid --log {log:?} ({e}); using info");
                 EnvFilter::new("info")
@@ -137,7 +142,7 @@ fn main() -> ExitCode {
                 }
             };
             let source = config::Source::from_args(config);
-            match rt.block_on(app::run(source, control_plane, Arc::new(ReloadableFilter(handle)))) {
+            match rt.block_on(app::run(source, control_plane, ready_file, Arc::new(ReloadableFilter(handle)))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("bulwark-proxy: {e:#}");
@@ -169,7 +174,7 @@ fn main() -> ExitCode {
         Command::WaitReady { url, timeout } => {
             match bulwark_policy::duration::parse(&timeout)
                 .map_err(|e| format!("--timeout {timeout:?}: {e}"))
-                .and_then(|t| bulwark_proxy::wait_ready::wait(&url, t))
+                .and_then(|t| bulwark_proxy::ops::wait_ready::wait(&url, t))
             {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

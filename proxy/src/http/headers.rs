@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
-use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, Request, Version};
 
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -56,6 +56,33 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
     upgrade
+}
+
+/// Readies a request that passed every stage for the upstream: hop-by-hop headers off and,
+/// for HTTP/1, version 1.1 with a `Host` (an HTTP/1.0 client may send none; upstream
+/// keep-alive needs both). Returns true when it asks for an upgrade, which then goes through.
+pub fn for_upstream<B>(req: &mut Request<B>, authority: &str) -> bool {
+    let h1 = req.version() != Version::HTTP_2;
+    let upgrade = strip_hop_by_hop(req.headers_mut(), h1);
+    if h1 {
+        req.headers_mut()
+            .entry(HOST)
+            .or_insert_with(|| HeaderValue::from_str(authority).unwrap_or(HeaderValue::from_static("localhost")));
+        *req.version_mut() = Version::HTTP_11;
+    }
+    upgrade
+}
+
+/// Authority host without port, lower case: from the URI (HTTP/2, absolute form) or `Host`.
+pub fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.host().to_string(),
+        None => {
+            let h = req.headers().get(HOST)?.to_str().ok()?;
+            h.parse::<http::uri::Authority>().ok()?.host().to_string()
+        }
+    };
+    Some(raw.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase())
 }
 
 /// Ensures the request carries an `x-request-id`, generating a random UUIDv4 when absent.

@@ -1,9 +1,12 @@
-//! HTTP proxying: serving downstream connections (`server`), the request path (`forward`),
-//! header rules (`headers`), bodies (`body`) and the proxy's own answers (`respond`).
+//! HTTP proxying: serving downstream connections (`server`), the stage chain every request
+//! runs (`stack`), one try upstream (`attempt`), header rules (`headers`), bodies (`body`,
+//! `replay`), upgrade tunnels (`upgrade`) and the proxy's own answers (`respond`).
 
+pub mod attempt;
 pub mod body;
-pub mod forward;
 pub mod headers;
 pub mod replay;
 pub mod respond;
 pub mod server;
+pub mod stack;
+pub mod upgrade;

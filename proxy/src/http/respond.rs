@@ -9,6 +9,7 @@ use http::{Response, StatusCode};
 
 use super::body::ProxyBody;
 use crate::reason::Reason;
+use crate::stage::{ratelimit, Refusal};
 use bulwark_policy::faults::AbortWith;
 
 pub const REASON_HEADER: &str = "x-bulwark-reason";
@@ -60,6 +61,19 @@ fn message_of(reason: Reason) -> &'static str {
 /// True when the request is gRPC and must be answered in gRPC's terms.
 pub fn is_grpc(headers: &http::HeaderMap) -> bool {
     headers.get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The proxy's own answer to a request a stage refused: the injected abort's status, or the
+/// reason's, with `Retry-After` when the stage said when to come back.
+pub fn refusal(r: Refusal, grpc: bool) -> Response<ProxyBody> {
+    let mut resp = match r.abort {
+        Some(with) => abort(with, grpc),
+        None => refuse(r.reason, grpc),
+    };
+    if let Some(after) = r.retry_after {
+        resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(ratelimit::retry_after_secs(after)));
+    }
+    resp
 }
 
 /// The proxy's own answer for `reason`.

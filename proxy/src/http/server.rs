@@ -19,9 +19,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
+use crate::downstream::Downstream;
 use crate::listener::detect::Protocol;
-use crate::proxy::Proxy;
-use crate::target::ConnTarget;
+use crate::shared::Shared;
 
 pub const MAX_HEADERS: usize = 100;
 pub const MAX_HEADER_BYTES: usize = 60 * 1024;
@@ -32,14 +32,14 @@ const H2_STREAM_WINDOW: u32 = 1 << 20;
 const H2_CONN_WINDOW: u32 = 4 << 20;
 const H2_MAX_SEND_BUF: usize = 1 << 20;
 
-pub async fn serve<I>(io: I, protocol: Protocol, conn: Arc<ConnTarget>, proxy: Arc<Proxy>, drain: CancellationToken)
+pub async fn serve<I>(io: I, protocol: Protocol, conn: Arc<Downstream>, proxy: Arc<Shared>, drain: CancellationToken)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let header_read_timeout = proxy.store.config().limits.header_read_timeout.get();
     let svc = {
         let proxy = proxy.clone();
-        service_fn(move |req| super::forward::handle(proxy.clone(), conn.clone(), req))
+        service_fn(move |req| super::stack::handle(proxy.clone(), conn.clone(), req))
     };
     let io = TokioIo::new(io);
     let result = match protocol {

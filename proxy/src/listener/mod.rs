@@ -11,14 +11,20 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use bulwark_policy::Direction;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::ListenerProtocol;
-use crate::proxy::Proxy;
-use crate::target::{ConnTarget, ExplicitUpstream, Upstream};
+use crate::control::config::ListenerProtocol;
+use crate::downstream::{Downstream, ExplicitUpstream, Upstream};
+use crate::shared::Shared;
+use crate::telemetry::metrics::single;
 use detect::Protocol;
 
 pub enum Kind {
@@ -41,10 +47,10 @@ pub struct Lifecycle {
     pub tracker: TaskTracker,
 }
 
-pub async fn run(socket: TcpListener, listener: Arc<Listener>, proxy: Arc<Proxy>, life: Lifecycle) {
+pub async fn run(socket: TcpListener, listener: Arc<Listener>, proxy: Arc<Shared>, life: Lifecycle) {
     let cap = proxy.store.config().limits.max_connections_per_listener;
     let slots = Arc::new(Semaphore::new(cap));
-    let active = proxy.metrics.connections_active(&listener.label);
+    let active = proxy.metrics.listeners.active(&listener.label);
     loop {
         let (stream, peer) = tokio::select! {
             _ = life.stop_accept.cancelled() => return,
@@ -59,7 +65,7 @@ pub async fn run(socket: TcpListener, listener: Arc<Listener>, proxy: Arc<Proxy>
             },
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            proxy.metrics.connection_rejected(&listener.label);
+            proxy.metrics.listeners.rejected(&listener.label);
             drop(stream);
             continue;
         };
@@ -73,7 +79,13 @@ pub async fn run(socket: TcpListener, listener: Arc<Listener>, proxy: Arc<Proxy>
     }
 }
 
-async fn handle(stream: TcpStream, peer: SocketAddr, listener: &Listener, proxy: Arc<Proxy>, drain: CancellationToken) {
+async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: &Listener,
+    proxy: Arc<Shared>,
+    drain: CancellationToken,
+) {
     let config = proxy.store.config();
     let (direction, upstream, forced) = match &listener.kind {
         Kind::Explicit(upstream) => {
@@ -105,7 +117,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, listener: &Listener, proxy:
             (*direction, Upstream::OriginalDst(dst), skip.then_some(Protocol::Opaque))
         }
     };
-    let target = Arc::new(ConnTarget::new(direction, listener.label.clone(), upstream, peer));
+    let target = Arc::new(Downstream::new(direction, listener.label.clone(), upstream, peer));
     let _ = stream.set_nodelay(true);
 
     let (protocol, io) = match forced {
@@ -118,105 +130,53 @@ async fn handle(stream: TcpStream, peer: SocketAddr, listener: &Listener, proxy:
             }
         },
     };
-    proxy.metrics.connection_opened(&listener.label, protocol.as_str());
+    proxy.metrics.listeners.opened(&listener.label, protocol.as_str());
     match protocol {
         Protocol::Http1 | Protocol::Http2 => crate::http::server::serve(io, protocol, target, proxy, drain).await,
-        Protocol::Opaque => forward_tcp(io, &target, &proxy).await,
+        Protocol::Opaque => crate::tcp::forward(io, &target, &proxy).await,
     }
 }
 
-async fn forward_tcp(mut down: detect::Prefixed<TcpStream>, target: &ConnTarget, proxy: &Proxy) {
-    let config = proxy.store.config();
-    let (connect_timeout, idle, policy_id, tcp_faults) = {
-        let installed = proxy.store.installed();
-        let policy = installed.snapshot.select(&target.destination(None));
-        (
-            policy.and_then(|p| p.upstream.connect_timeout).unwrap_or(config.upstream.connect_timeout.get()),
-            policy.and_then(|p| p.default_route.timeouts.idle).unwrap_or(config.upstream.tcp_idle_timeout.get()),
-            policy.map(|p| p.id.clone()),
-            policy.and_then(|p| p.tcp_faults),
-        )
-    };
-    let drawn = tcp_faults.map(|f| draw_tcp_faults(&f)).unwrap_or_default();
-    let count = |kind| {
-        if let Some(id) = &policy_id {
-            proxy.metrics.fault_counter(id, "tcp", kind).inc();
-        }
-    };
-    if drawn.reset_now {
-        count("tcp-reset");
-        reset(down.inner());
-        return;
-    }
-    if drawn.blackhole {
-        count("tcp-blackhole");
-        // Accept and never answer: read and drop until the client gives up or goes idle.
-        let mut sink = tokio::io::sink();
-        let _ = tokio::time::timeout(idle, tokio::io::copy(&mut down, &mut sink)).await;
-        return;
-    }
-    for (hit, kind) in [
-        (drawn.faults.delay.is_some(), "tcp-delay"),
-        (drawn.faults.bandwidth.is_some(), "tcp-bandwidth"),
-        (drawn.faults.reset_after.is_some(), "tcp-reset"),
-    ] {
-        if hit {
-            count(kind);
-        }
-    }
-    let addrs = match target.addrs().await {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::info!(upstream = %target.authority(), error = %e, "tcp: resolution failed; closing");
-            return;
-        }
-    };
-    let mut up = match crate::upstream::connect::connect(&addrs, connect_timeout).await {
-        Ok((up, _)) => {
-            proxy.metrics.upstream_connection("opened");
-            up
-        }
-        Err(e) => {
-            proxy.metrics.upstream_connection("failed");
-            tracing::info!(error = %e, "tcp: upstream connect failed; closing");
-            return;
-        }
-    };
-    match crate::tcp::forward(&mut down, &mut up, idle, drawn.faults).await {
-        Ok((sent, received)) => tracing::debug!(client = %target.client, sent, received, "tcp connection closed"),
-        Err(e) => {
-            tracing::debug!(client = %target.client, error = %e, "tcp connection ended");
-            if e.kind() == std::io::ErrorKind::ConnectionReset {
-                reset(down.inner());
-                reset(&up);
-            }
-        }
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnLabels {
+    listener: String,
+    protocol: &'static str,
 }
 
-#[derive(Default)]
-struct DrawnTcpFaults {
-    reset_now: bool,
-    blackhole: bool,
-    faults: crate::tcp::Faults,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
 }
 
-/// Each TCP fault drawn on its own for this connection.
-fn draw_tcp_faults(f: &bulwark_policy::faults::TcpFaultPolicy) -> DrawnTcpFaults {
-    let hit = |c: bulwark_policy::faults::Chance| c.hit(fastrand::u64(..));
-    let reset = f.reset.filter(|(_, c)| hit(*c));
-    DrawnTcpFaults {
-        reset_now: reset.is_some_and(|(after, _)| after.is_none()),
-        blackhole: f.blackhole.is_some_and(hit),
-        faults: crate::tcp::Faults {
-            delay: f.delay.filter(|(_, c)| hit(*c)).map(|(d, _)| d),
-            bandwidth: f.bandwidth.filter(|b| hit(b.chance)).map(|b| b.bytes_per_second),
-            reset_after: reset.and_then(|(after, _)| after),
-        },
+/// Downstream connections by listener.
+pub struct ListenerMetrics {
+    opened: Family<ConnLabels, Counter>,
+    active: Family<ListenerLabels, Gauge>,
+    rejected: Family<ListenerLabels, Counter>,
+}
+
+impl ListenerMetrics {
+    pub fn register(r: &mut Registry) -> ListenerMetrics {
+        ListenerMetrics {
+            opened: single(r, "downstream_connections", "Downstream connections accepted, by detected protocol"),
+            active: single(r, "downstream_connections_active", "Downstream connections open now"),
+            rejected: single(
+                r,
+                "downstream_connections_rejected",
+                "Downstream connections closed at once because the listener was at its connection cap",
+            ),
+        }
     }
-}
 
-/// Closes with RST rather than FIN: zero linger, then the caller drops the socket.
-fn reset(stream: &TcpStream) {
-    let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
+    fn opened(&self, listener: &str, protocol: &'static str) {
+        self.opened.get_or_create(&ConnLabels { listener: listener.into(), protocol }).inc();
+    }
+
+    fn active(&self, listener: &str) -> Gauge {
+        self.active.get_or_create(&ListenerLabels { listener: listener.into() }).clone()
+    }
+
+    fn rejected(&self, listener: &str) {
+        self.rejected.get_or_create(&ListenerLabels { listener: listener.into() }).inc();
+    }
 }

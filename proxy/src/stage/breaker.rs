@@ -16,9 +16,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bulwark_policy::BreakerPolicy;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
-use super::Outcome;
+use super::Refusal;
+use crate::reason::Reason;
+use crate::telemetry::metrics::{single, StageLabels};
+use crate::telemetry::record::Record;
+use crate::upstream::Outcome;
 
 const SLICES: usize = 10;
 
@@ -35,6 +44,103 @@ impl State {
             State::Closed => "closed",
             State::Open => "open",
             State::HalfOpen => "half-open",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    policy: String,
+    route: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    policy: String,
+    route: String,
+    from: &'static str,
+    to: &'static str,
+}
+
+/// Breakers by state, and transitions, by route.
+#[derive(Clone)]
+pub struct BreakerFamilies {
+    state: Family<StateLabels, Gauge>,
+    transitions: Family<TransitionLabels, Counter>,
+}
+
+impl BreakerFamilies {
+    pub fn register(r: &mut Registry) -> BreakerFamilies {
+        BreakerFamilies {
+            state: single(r, "breaker_state", "Circuit breakers of a route in each state (closed, open, half-open)"),
+            transitions: single(r, "breaker_transitions", "Circuit breaker state changes"),
+        }
+    }
+
+    pub fn route(&self, labels: &StageLabels) -> BreakerMetrics {
+        let state = |state| {
+            self.state
+                .get_or_create(&StateLabels { policy: labels.policy.clone(), route: labels.route.clone(), state })
+                .clone()
+        };
+        BreakerMetrics {
+            closed: state("closed"),
+            open: state("open"),
+            half_open: state("half-open"),
+            transitions: self.transitions.clone(),
+            labels: labels.clone(),
+        }
+    }
+}
+
+/// One route's breakers: how many are in each state, and their transitions.
+#[derive(Clone)]
+pub struct BreakerMetrics {
+    closed: Gauge,
+    open: Gauge,
+    half_open: Gauge,
+    transitions: Family<TransitionLabels, Counter>,
+    labels: StageLabels,
+}
+
+impl BreakerMetrics {
+    /// The number of this route's breakers in `state`.
+    pub fn breakers_in(&self, state: State) -> &Gauge {
+        match state {
+            State::Closed => &self.closed,
+            State::Open => &self.open,
+            State::HalfOpen => &self.half_open,
+        }
+    }
+
+    pub fn transition(&self, from: State, to: State) {
+        self.breakers_in(from).dec();
+        self.breakers_in(to).inc();
+        self.transitions
+            .get_or_create(&TransitionLabels {
+                policy: self.labels.policy.clone(),
+                route: self.labels.route.clone(),
+                from: from.as_str(),
+                to: to.as_str(),
+            })
+            .inc();
+    }
+}
+
+/// The stage: a permit to call the upstream (a half-open trial is given back if the request
+/// is dropped before its outcome is recorded), or `circuit-open` at once. The breaker's state
+/// as this request saw it goes into the record.
+pub fn admit(breaker: Option<&Arc<Breaker>>, rec: &mut Record) -> Result<Option<Permit>, Refusal> {
+    let Some(b) = breaker else { return Ok(None) };
+    match b.admit(Instant::now()) {
+        Ok(p) => {
+            rec.breaker = Some(if p.is_trial() { "half-open" } else { "closed" });
+            Ok(Some(p))
+        }
+        Err(CircuitOpen) => {
+            rec.breaker = Some("open");
+            Err(Reason::CircuitOpen.into())
         }
     }
 }
@@ -200,6 +306,14 @@ impl Breaker {
         let mut inner = self.inner.lock().expect("breaker lock");
         if let Phase::HalfOpen { admitted, .. } = &mut inner.phase {
             *admitted = admitted.saturating_sub(1);
+        }
+    }
+
+    /// Trials admitted and not yet finished or given back, while half-open.
+    pub fn trials_in_flight(&self) -> Option<u32> {
+        match self.inner.lock().expect("breaker lock").phase {
+            Phase::HalfOpen { admitted, succeeded } => Some(admitted.saturating_sub(succeeded)),
+            _ => None,
         }
     }
 

@@ -8,36 +8,119 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use bulwark_policy::BulkheadPolicy;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use super::Refusal;
+use crate::reason::Reason;
+use crate::telemetry::metrics::{single, StageLabels};
+use crate::telemetry::record::Record;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BulkheadFull;
+
+/// The bulkhead families, by route.
+#[derive(Clone)]
+pub struct BulkheadFamilies {
+    in_flight: Family<StageLabels, Gauge>,
+    queued: Family<StageLabels, Gauge>,
+    rejected: Family<StageLabels, Counter>,
+}
+
+impl BulkheadFamilies {
+    pub fn register(r: &mut Registry) -> BulkheadFamilies {
+        BulkheadFamilies {
+            in_flight: single(r, "bulkhead_in_flight", "Requests holding a bulkhead slot"),
+            queued: single(r, "bulkhead_queued", "Requests waiting for a bulkhead slot"),
+            rejected: single(r, "bulkhead_rejected", "Requests refused because the bulkhead and its queue were full"),
+        }
+    }
+
+    pub fn route(&self, labels: &StageLabels) -> BulkheadMetrics {
+        BulkheadMetrics {
+            in_flight: self.in_flight.get_or_create(labels).clone(),
+            queued: self.queued.get_or_create(labels).clone(),
+            rejected: self.rejected.get_or_create(labels).clone(),
+        }
+    }
+}
+
+/// One route's bulkhead metrics.
+#[derive(Clone, Default)]
+pub struct BulkheadMetrics {
+    in_flight: Gauge,
+    queued: Gauge,
+    rejected: Counter,
+}
 
 pub struct Bulkhead {
     policy: BulkheadPolicy,
     slots: Arc<Semaphore>,
     queued: AtomicU32,
-    /// Mirrors `queued` for metrics.
-    queued_gauge: Gauge,
+    metrics: BulkheadMetrics,
 }
 
-/// A held slot; dropping it frees the slot.
-pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
+/// A held slot, counted in the in-flight gauge; dropping it frees the slot.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    in_flight: Gauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.in_flight.dec();
+    }
+}
+
+/// A place in the queue, given back when dropped: a waiter that leaves (its client went away,
+/// a timeout fired) frees its place as surely as one that got a slot.
+struct QueuePlace<'a>(&'a Bulkhead);
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.queued.dec();
+    }
+}
+
+/// The stage: a slot for the request, held until its response headers are sent, or
+/// `bulkhead-full`. The time spent waiting goes into the record.
+pub async fn enter(bulkhead: Option<&Bulkhead>, rec: &mut Record) -> Result<Option<Slot>, Refusal> {
+    let Some(b) = bulkhead else { return Ok(None) };
+    let waited = Instant::now();
+    let acquired = b.acquire().await;
+    rec.bulkhead_wait = Some(waited.elapsed());
+    match acquired {
+        Ok(slot) => Ok(Some(slot)),
+        Err(BulkheadFull) => {
+            b.metrics.rejected.inc();
+            Err(Reason::BulkheadFull.into())
+        }
+    }
+}
 
 impl Bulkhead {
-    pub fn new(policy: BulkheadPolicy, queued_gauge: Gauge) -> Bulkhead {
+    pub fn new(policy: BulkheadPolicy, metrics: BulkheadMetrics) -> Bulkhead {
         Bulkhead {
             slots: Arc::new(Semaphore::new(policy.max_concurrent as usize)),
             policy,
             queued: AtomicU32::new(0),
-            queued_gauge,
+            metrics,
         }
+    }
+
+    fn slot(&self, permit: OwnedSemaphorePermit) -> Slot {
+        self.metrics.in_flight.inc();
+        Slot { _permit: permit, in_flight: self.metrics.in_flight.clone() }
     }
 
     pub async fn acquire(&self) -> Result<Slot, BulkheadFull> {
         if let Ok(p) = self.slots.clone().try_acquire_owned() {
-            return Ok(Slot(p));
+            return Ok(self.slot(p));
         }
         // Take a queue place only if one is free; never more than maxQueued waiters.
         let took = self
@@ -47,18 +130,18 @@ impl Bulkhead {
         if !took {
             return Err(BulkheadFull);
         }
-        self.queued_gauge.inc();
+        self.metrics.queued.inc();
+        let place = QueuePlace(self);
         let waited = tokio::time::timeout(self.policy.queue_timeout, self.slots.clone().acquire_owned()).await;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-        self.queued_gauge.dec();
+        drop(place);
         match waited {
-            Ok(Ok(p)) => Ok(Slot(p)),
+            Ok(Ok(p)) => Ok(self.slot(p)),
             _ => Err(BulkheadFull),
         }
     }
 
     pub fn in_flight(&self) -> u32 {
-        self.policy.max_concurrent - self.slots.available_permits() as u32
+        self.policy.max_concurrent.saturating_sub(self.slots.available_permits() as u32)
     }
 
     pub fn queued(&self) -> u32 {
@@ -79,7 +162,7 @@ mod tests {
                 max_queued: queued,
                 queue_timeout: Duration::from_millis(timeout_ms),
             },
-            Gauge::default(),
+            BulkheadMetrics::default(),
         ))
     }
 
@@ -131,5 +214,32 @@ mod tests {
             t.await.unwrap();
         }
         assert_eq!(peak.load(Ordering::SeqCst), 3);
+    }
+}
+
+#[cfg(test)]
+mod cancellation {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_leaves_while_queued_gives_its_queue_place_back() {
+        let b = Arc::new(Bulkhead::new(
+            BulkheadPolicy { max_concurrent: 1, max_queued: 2, queue_timeout: Duration::from_secs(60) },
+            BulkheadMetrics::default(),
+        ));
+        let _held = b.acquire().await.unwrap();
+        for _ in 0..10 {
+            let waiter = {
+                let b = b.clone();
+                tokio::spawn(async move { b.acquire().await.map(|_| ()) })
+            };
+            tokio::task::yield_now().await;
+            assert_eq!(b.queued(), 1);
+            waiter.abort();
+            let _ = waiter.await;
+            assert_eq!(b.queued(), 0, "the abandoned queue place is back");
+        }
     }
 }

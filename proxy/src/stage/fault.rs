@@ -22,8 +22,16 @@ use std::time::{Duration, SystemTime};
 
 use bulwark_policy::faults::{AbortWith, Delay, DelayFault, Expiry, FaultPolicy};
 use http::HeaderMap;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tokio::time::Instant;
+
+use super::Refusal;
+use crate::reason::Reason;
+use crate::telemetry::metrics::{single, StageLabels};
+use crate::telemetry::record::Record;
 
 /// What the draws decided for one request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -32,6 +40,79 @@ pub struct Decision {
     pub delay: Option<Duration>,
     pub response_delay: Option<Duration>,
     pub bandwidth: Option<u64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FaultLabels {
+    policy: String,
+    route: String,
+    kind: &'static str,
+}
+
+/// Faults injected and expired, by route (TCP faults by policy, route `tcp`).
+#[derive(Clone)]
+pub struct FaultFamilies {
+    injected: Family<FaultLabels, Counter>,
+    expired: Family<StageLabels, Counter>,
+}
+
+impl FaultFamilies {
+    pub fn register(r: &mut Registry) -> FaultFamilies {
+        FaultFamilies {
+            injected: single(
+                r,
+                "faults_injected",
+                "Faults injected, by kind (abort, delay, response-delay, bandwidth, tcp-*)",
+            ),
+            expired: single(r, "faults_expired", "Faults the proxy dropped by itself when they expired"),
+        }
+    }
+
+    pub fn counter(&self, policy: &str, route: &str, kind: &'static str) -> Counter {
+        self.injected.get_or_create(&FaultLabels { policy: policy.into(), route: route.into(), kind }).clone()
+    }
+
+    pub fn route(&self, policy: &str, route: &str) -> FaultMetrics {
+        let kind = |kind| self.counter(policy, route, kind);
+        FaultMetrics {
+            abort: kind("abort"),
+            delay: kind("delay"),
+            response_delay: kind("response-delay"),
+            bandwidth: kind("bandwidth"),
+            expired: self.expired.get_or_create(&StageLabels::new(policy, route)).clone(),
+        }
+    }
+}
+
+/// The stage: draws this request's faults. An abort is the refusal (the request is never
+/// delayed or slowed then); otherwise what was drawn is returned for the later phases: the
+/// delay to hold before the breaker, the response delay and bandwidth after the upstream
+/// answered. Each injected kind is counted and told to the record.
+pub fn draw(
+    state: Option<&FaultState>,
+    headers: &HeaderMap,
+    client: IpAddr,
+    rec: &mut Record,
+) -> Result<Decision, Refusal> {
+    let Some(f) = state.filter(|f| f.active(Instant::now())) else { return Ok(Decision::default()) };
+    let d = f.decide(headers, client, || fastrand::u64(..));
+    let m = &f.metrics;
+    if let Some(with) = d.abort {
+        m.abort.inc();
+        rec.faults.push("abort");
+        return Err(Refusal { reason: Reason::FaultAbort, retry_after: None, abort: Some(with) });
+    }
+    for (hit, counter, kind) in [
+        (d.delay.is_some(), &m.delay, "delay"),
+        (d.response_delay.is_some(), &m.response_delay, "response-delay"),
+        (d.bandwidth.is_some(), &m.bandwidth, "bandwidth"),
+    ] {
+        if hit {
+            counter.inc();
+            rec.faults.push(kind);
+        }
+    }
+    Ok(d)
 }
 
 /// Counters for one route's faults, by kind.

@@ -1,6 +1,10 @@
-//! The resilience stages a request passes, in the order `http/forward.rs` applies them:
-//! rate limit, circuit breaker, bulkhead, then the retry loop under the overall timeout.
-//! Each module holds one stage's runtime state and decisions; `registry` keeps that state
+//! The resilience stages a request passes, each entered through one function that answers
+//! either a [`Refusal`] or what the stage holds for the request (a guard that gives it back
+//! when dropped, so a request cancelled at any `.await` leaves nothing behind). The order they
+//! run in is written once, in `http/stack.rs`.
+//!
+//! Each stage module holds its runtime state, its decision, the metrics it counts (registered
+//! by the module itself) and what it tells the request's record; `registry` keeps the state
 //! across policy updates.
 
 pub mod breaker;
@@ -9,62 +13,50 @@ pub mod fault;
 pub mod ratelimit;
 pub mod registry;
 pub mod retry;
+pub mod timeout;
 
-use bulwark_policy::Condition;
+use std::time::Duration;
 
-/// What happened to an attempt (or, for the breaker, to the whole request).
+use bulwark_policy::faults::AbortWith;
+use prometheus_client::registry::Registry;
+
+use crate::reason::Reason;
+
+/// Why the proxy answers a request itself, and what it tells the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Response headers arrived; `grpc` is the status of a trailers-only gRPC response.
-    Response {
-        status: u16,
-        grpc: Option<u16>,
-    },
-    ConnectFailure,
-    Reset,
-    PerTryTimeout,
-    Timeout,
+pub struct Refusal {
+    pub reason: Reason,
+    /// `Retry-After` for the client (rate limits).
+    pub retry_after: Option<Duration>,
+    /// The status an injected abort answers with.
+    pub abort: Option<AbortWith>,
 }
 
-impl Outcome {
-    pub fn matches(self, c: Condition) -> bool {
-        match (self, c) {
-            (Outcome::ConnectFailure, Condition::ConnectFailure) => true,
-            (Outcome::Reset, Condition::Reset) => true,
-            (Outcome::PerTryTimeout, Condition::PerTryTimeout) => true,
-            // For the breaker, "timeout" covers both kinds.
-            (Outcome::Timeout | Outcome::PerTryTimeout, Condition::Timeout) => true,
-            (Outcome::Response { status, .. }, Condition::Any5xx) => (500..=599).contains(&status),
-            (Outcome::Response { status, .. }, Condition::GatewayError) => {
-                matches!(status, 502..=504)
-            }
-            (Outcome::Response { status, .. }, Condition::Status(s)) => status == s,
-            (Outcome::Response { grpc: Some(g), .. }, Condition::Grpc(code)) => g == code,
-            _ => false,
+impl From<Reason> for Refusal {
+    fn from(reason: Reason) -> Refusal {
+        Refusal { reason, retry_after: None, abort: None }
+    }
+}
+
+/// Every stage's metric families, registered once at start; a route's state takes its handles
+/// from them.
+#[derive(Clone)]
+pub struct StageFamilies {
+    pub rate_limit: ratelimit::RateLimitFamilies,
+    pub fault: fault::FaultFamilies,
+    pub breaker: breaker::BreakerFamilies,
+    pub bulkhead: bulkhead::BulkheadFamilies,
+    pub retry: retry::RetryFamilies,
+}
+
+impl StageFamilies {
+    pub fn register(r: &mut Registry) -> StageFamilies {
+        StageFamilies {
+            breaker: breaker::BreakerFamilies::register(r),
+            bulkhead: bulkhead::BulkheadFamilies::register(r),
+            retry: retry::RetryFamilies::register(r),
+            rate_limit: ratelimit::RateLimitFamilies::register(r),
+            fault: fault::FaultFamilies::register(r),
         }
-    }
-
-    pub fn matches_any(self, conditions: &[Condition]) -> bool {
-        conditions.iter().any(|c| self.matches(*c))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn outcomes_match_their_conditions() {
-        let r503 = Outcome::Response { status: 503, grpc: None };
-        assert!(
-            r503.matches(Condition::Any5xx)
-                && r503.matches(Condition::GatewayError)
-                && r503.matches(Condition::Status(503))
-        );
-        assert!(!Outcome::Response { status: 500, grpc: None }.matches(Condition::GatewayError));
-        assert!(Outcome::Response { status: 200, grpc: Some(14) }.matches(Condition::Grpc(14)));
-        assert!(Outcome::PerTryTimeout.matches(Condition::Timeout));
-        assert!(!Outcome::Timeout.matches(Condition::PerTryTimeout));
-        assert!(!Outcome::Reset.matches(Condition::ConnectFailure));
     }
 }

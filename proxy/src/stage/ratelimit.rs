@@ -13,7 +13,15 @@ use bulwark_policy::stages::Bucket;
 use bulwark_policy::{ClientKey, RateLimitPolicy};
 use dashmap::DashMap;
 use http::HeaderMap;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tokio::time::Instant;
+
+use super::Refusal;
+use crate::reason::Reason;
+use crate::telemetry::metrics::{single, StageLabels};
 
 /// Longest client key kept; longer header values are cut (they still key a bucket of their own
 /// prefix, which errs on the side of limiting).
@@ -70,14 +78,62 @@ struct PerClient {
     buckets: DashMap<String, TokenBucket>,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabels {
+    policy: String,
+    route: String,
+    scope: &'static str,
+}
+
+/// Refusals by route and bucket.
+#[derive(Clone)]
+pub struct RateLimitFamilies {
+    limited: Family<ScopeLabels, Counter>,
+}
+
+impl RateLimitFamilies {
+    pub fn register(r: &mut Registry) -> RateLimitFamilies {
+        RateLimitFamilies {
+            limited: single(r, "rate_limited", "Requests refused by a rate limit, by bucket (route or client)"),
+        }
+    }
+
+    pub fn route(&self, l: &StageLabels) -> RateLimitMetrics {
+        let scope = |scope| {
+            self.limited.get_or_create(&ScopeLabels { policy: l.policy.clone(), route: l.route.clone(), scope }).clone()
+        };
+        RateLimitMetrics { route: scope("route"), client: scope("client") }
+    }
+}
+
+/// One route's refusals, by the bucket that refused.
+#[derive(Clone, Default)]
+pub struct RateLimitMetrics {
+    route: Counter,
+    client: Counter,
+}
+
 pub struct RateLimiter {
     route: TokenBucket,
     per_client: Option<PerClient>,
+    metrics: RateLimitMetrics,
+}
+
+/// The stage: a token for the request, or `rate-limited` with the time until one is there.
+/// A token is spent, not held, so nothing is given back.
+pub fn admit(limiter: Option<&RateLimiter>, headers: &HeaderMap, client: IpAddr) -> Result<(), Refusal> {
+    let Some(rl) = limiter else { return Ok(()) };
+    rl.check(headers, client, Instant::now()).map_err(|limited| {
+        let counter = if limited.per_client { &rl.metrics.client } else { &rl.metrics.route };
+        counter.inc();
+        Refusal { reason: Reason::RateLimited, retry_after: Some(limited.retry_after), abort: None }
+    })
 }
 
 impl RateLimiter {
-    pub fn new(p: &RateLimitPolicy, now: Instant) -> RateLimiter {
+    pub fn new(p: &RateLimitPolicy, now: Instant, metrics: RateLimitMetrics) -> RateLimiter {
         RateLimiter {
+            metrics,
             route: TokenBucket::new(&p.route, now),
             per_client: p.per_client.as_ref().map(|(key, bucket, max)| PerClient {
                 key: key.clone(),
@@ -170,7 +226,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn burst_then_refill_at_the_rate() {
         let now = Instant::now();
-        let rl = RateLimiter::new(&policy(10.0, 3, None), now);
+        let rl = RateLimiter::new(&policy(10.0, 3, None), now, RateLimitMetrics::default());
         for _ in 0..3 {
             assert!(rl.check(&HeaderMap::new(), IP, now).is_ok());
         }
@@ -184,7 +240,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_noisy_client_does_not_starve_a_quiet_one() {
         let now = Instant::now();
-        let rl = RateLimiter::new(&policy(1000.0, 1000, Some((1.0, 2, 100))), now);
+        let rl = RateLimiter::new(&policy(1000.0, 1000, Some((1.0, 2, 100))), now, RateLimitMetrics::default());
         assert!(rl.check(&with_key("noisy"), IP, now).is_ok());
         assert!(rl.check(&with_key("noisy"), IP, now).is_ok());
         for _ in 0..50 {
@@ -198,7 +254,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn tracked_clients_are_bounded() {
         let now = Instant::now();
-        let rl = RateLimiter::new(&policy(1e6, 1_000_000, Some((1.0, 5, 10))), now);
+        let rl = RateLimiter::new(&policy(1e6, 1_000_000, Some((1.0, 5, 10))), now, RateLimitMetrics::default());
         for i in 0..100 {
             let _ = rl.check(&with_key(&format!("c{i}")), IP, now + Duration::from_millis(i));
         }

@@ -4,7 +4,7 @@
 //! configuration changes it starts fresh. Routes that disappear are dropped with the old
 //! snapshot.
 //!
-//! Breakers and retry budgets are per (route, upstream target): one breaker per endpoint set,
+//! Breakers and retry budgets are per (route, cluster): one breaker per endpoint set,
 //! shared by every connection and worker. Rate limits and bulkheads are per route.
 
 use std::collections::HashMap;
@@ -14,15 +14,17 @@ use bulwark_policy::{BreakerPolicy, BulkheadPolicy, RateLimitPolicy, RetryPolicy
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use super::breaker::{Breaker, State};
+use super::breaker::{Breaker, BreakerMetrics, State};
 use super::bulkhead::Bulkhead;
 use super::ratelimit::RateLimiter;
 use super::retry::budget::RetryBudget;
-use crate::metrics::{Metrics, StageMetrics};
-use crate::target::TargetKey;
+use super::retry::RetryMetrics;
+use super::StageFamilies;
+use crate::telemetry::metrics::StageLabels;
+use crate::upstream::ClusterKey;
 
-/// Bound on distinct upstream targets tracked per route; beyond it targets share one state.
-const MAX_TARGETS: usize = 4096;
+/// Bound on distinct clusters tracked per route; beyond it clusters share one state.
+const MAX_CLUSTERS: usize = 4096;
 
 #[derive(Clone, Debug, PartialEq)]
 struct StageConfig {
@@ -43,13 +45,14 @@ impl StageConfig {
     }
 }
 
-pub struct TargetState {
+/// A route's stages towards one cluster.
+pub struct ClusterState {
     pub breaker: Option<Arc<Breaker>>,
     pub budget: Option<RetryBudget>,
-    metrics: StageMetrics,
+    metrics: BreakerMetrics,
 }
 
-impl Drop for TargetState {
+impl Drop for ClusterState {
     fn drop(&mut self) {
         if let Some(b) = &self.breaker {
             self.metrics.breakers_in(b.phase()).dec();
@@ -63,71 +66,78 @@ pub struct RouteState {
     config: StageConfig,
     pub rate_limit: Option<RateLimiter>,
     pub bulkhead: Option<Bulkhead>,
-    targets: DashMap<TargetKey, Arc<TargetState>>,
-    overflow: std::sync::OnceLock<Arc<TargetState>>,
-    pub metrics: StageMetrics,
+    pub retry_metrics: RetryMetrics,
+    breaker_metrics: BreakerMetrics,
+    clusters: DashMap<ClusterKey, Arc<ClusterState>>,
+    overflow: std::sync::OnceLock<Arc<ClusterState>>,
 }
 
 impl RouteState {
-    fn new(r: &Route, metrics: &Metrics) -> RouteState {
+    fn new(r: &Route, families: &StageFamilies) -> RouteState {
         let now = Instant::now();
-        let metrics = metrics.stage(&r.policy, &r.name);
+        let labels = StageLabels::new(&r.policy, &r.name);
         RouteState {
             policy: r.policy.clone(),
             route: r.name.clone(),
             config: StageConfig::of(r),
-            rate_limit: r.rate_limit.as_ref().map(|p| RateLimiter::new(p, now)),
-            bulkhead: r.bulkhead.clone().map(|p| Bulkhead::new(p, metrics.bulkhead_queued.clone())),
-            targets: DashMap::new(),
+            rate_limit: r.rate_limit.as_ref().map(|p| RateLimiter::new(p, now, families.rate_limit.route(&labels))),
+            bulkhead: r.bulkhead.clone().map(|p| Bulkhead::new(p, families.bulkhead.route(&labels))),
+            retry_metrics: families.retry.route(&labels),
+            breaker_metrics: families.breaker.route(&labels),
+            clusters: DashMap::new(),
             overflow: std::sync::OnceLock::new(),
-            metrics,
         }
     }
 
-    /// The breaker and budget for requests of this route to `target`.
-    pub fn target(&self, target: &TargetKey) -> Arc<TargetState> {
-        if let Some(t) = self.targets.get(target) {
+    /// The breaker and budget for requests of this route to `cluster`.
+    pub fn cluster(&self, cluster: &ClusterKey) -> Arc<ClusterState> {
+        if let Some(t) = self.clusters.get(cluster) {
             return t.clone();
         }
-        if self.targets.len() >= MAX_TARGETS {
-            return self.overflow.get_or_init(|| self.new_target()).clone();
+        if self.clusters.len() >= MAX_CLUSTERS {
+            return self.overflow.get_or_init(|| self.new_cluster()).clone();
         }
-        self.targets.entry(target.clone()).or_insert_with(|| self.new_target()).clone()
+        self.clusters.entry(cluster.clone()).or_insert_with(|| self.new_cluster()).clone()
     }
 
-    fn new_target(&self) -> Arc<TargetState> {
+    fn new_cluster(&self) -> Arc<ClusterState> {
         let now = Instant::now();
         let breaker = self.config.breaker.clone().map(|p| {
-            let m = self.metrics.clone();
+            let m = self.breaker_metrics.clone();
             m.breakers_in(State::Closed).inc();
             Breaker::new(p, now, Box::new(move |from, to| m.transition(from, to)))
         });
         let budget =
             self.config.retries.as_ref().map(|r| RetryBudget::new(r.budget_percent, r.budget_min_per_second, now));
-        Arc::new(TargetState { breaker, budget, metrics: self.metrics.clone() })
+        Arc::new(ClusterState { breaker, budget, metrics: self.breaker_metrics.clone() })
     }
 
-    /// Breakers by target, for `/breakers`.
+    /// Breakers by cluster, for `/breakers`.
     pub fn breakers(&self) -> Vec<(String, Arc<Breaker>)> {
         let mut out: Vec<(String, Arc<Breaker>)> =
-            self.targets.iter().filter_map(|e| e.value().breaker.clone().map(|b| (e.key().to_string(), b))).collect();
+            self.clusters.iter().filter_map(|e| e.value().breaker.clone().map(|b| (e.key().to_string(), b))).collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
 }
 
-/// The state for every route of `snapshot`, indexed by `Route::index`, reusing the states of
+/// The state for every route of `snapshot`, indexed by `Route::index` (every index is filled), reusing the states of
 /// `old` whose route and configuration are unchanged.
-pub fn build(snapshot: &Snapshot, old: &[Arc<RouteState>], metrics: &Metrics) -> Vec<Arc<RouteState>> {
-    let by_name: HashMap<(&str, &str), &Arc<RouteState>> = old.iter().map(|s| ((&*s.policy, &*s.route), s)).collect();
+pub fn build(
+    snapshot: &Snapshot,
+    old: &[Option<Arc<RouteState>>],
+    families: &StageFamilies,
+) -> Vec<Option<Arc<RouteState>>> {
+    let by_name: HashMap<(&str, &str), &Arc<RouteState>> =
+        old.iter().flatten().map(|s| ((&*s.policy, &*s.route), s)).collect();
     let mut states: Vec<Option<Arc<RouteState>>> = vec![None; snapshot.route_count];
     for p in &snapshot.policies {
         for r in p.routes.iter().chain(std::iter::once(&p.default_route)) {
             let config = StageConfig::of(r);
             let kept = by_name.get(&(&*r.policy, &*r.name)).filter(|s| s.config == config);
             states[r.index] =
-                Some(kept.map(|s| Arc::clone(s)).unwrap_or_else(|| Arc::new(RouteState::new(r, metrics))));
+                Some(kept.map(|s| Arc::clone(s)).unwrap_or_else(|| Arc::new(RouteState::new(r, families))));
         }
     }
-    states.into_iter().map(|s| s.expect("every route index is filled")).collect()
+    states
 }

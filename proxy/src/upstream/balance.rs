@@ -17,8 +17,8 @@ use bulwark_policy::{LoadBalancer, OutlierPolicy};
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use crate::stage::Outcome;
-use crate::target::TargetKey;
+use super::ClusterKey;
+use super::Outcome;
 
 /// Bound on endpoint sets tracked; beyond it a set is balanced without remembered state.
 const MAX_CLUSTERS: usize = 10_000;
@@ -103,13 +103,8 @@ impl Cluster {
         let Some(policy) = &self.config.outlier else {
             return;
         };
-        let failed = match outcome {
-            Outcome::Response { status, .. } => (500..=599).contains(&status),
-            Outcome::ConnectFailure | Outcome::Reset => true,
-            Outcome::PerTryTimeout | Outcome::Timeout => false,
-        };
         let e = self.endpoint(addr);
-        if !failed {
+        if !outcome.is_endpoint_failure() {
             e.consecutive.store(0, Ordering::Release);
             return;
         }
@@ -133,7 +128,7 @@ impl Cluster {
 
 /// The balancing state of every endpoint set, kept while its configuration is unchanged.
 pub struct Clusters {
-    map: DashMap<TargetKey, Arc<Cluster>>,
+    map: DashMap<ClusterKey, Arc<Cluster>>,
     on_eject: Arc<dyn Fn(SocketAddr) + Send + Sync>,
 }
 
@@ -142,7 +137,7 @@ impl Clusters {
         Clusters { map: DashMap::new(), on_eject }
     }
 
-    pub fn get(&self, key: &TargetKey, lb: LoadBalancer, outlier: Option<&OutlierPolicy>) -> Arc<Cluster> {
+    pub fn get(&self, key: &ClusterKey, lb: LoadBalancer, outlier: Option<&OutlierPolicy>) -> Arc<Cluster> {
         let config = Config { lb, outlier: outlier.cloned() };
         if let Some(c) = self.map.get(key) {
             if c.config == config {

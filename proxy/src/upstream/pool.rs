@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::Body;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::Notify;
@@ -20,11 +22,20 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::connect::{self, ConnectError};
-use crate::http::replay::UpstreamBody;
-use crate::metrics::Metrics;
+use super::UpstreamMetrics;
 
 /// Bound on pooled HTTP/1.1 connections per endpoint when no `maxConnections` is set.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
+
+/// What the pool can send: any request body hyper can write on both protocols.
+pub trait SendBody:
+    Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + Unpin + 'static
+{
+}
+impl<B> SendBody for B where
+    B: Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + Unpin + 'static
+{
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Proto {
@@ -32,9 +43,9 @@ pub enum Proto {
     Http2,
 }
 
-pub enum Conn {
-    H1(http1::SendRequest<UpstreamBody>),
-    H2(http2::SendRequest<UpstreamBody>),
+pub enum Conn<B> {
+    H1(http1::SendRequest<B>),
+    H2(http2::SendRequest<B>),
 }
 
 /// The pool settings in force for a request (policy, else bootstrap defaults).
@@ -58,10 +69,15 @@ impl<C> Pooled<C> {
     }
 }
 
-#[derive(Default)]
-struct Entry {
-    h1: Vec<Pooled<http1::SendRequest<UpstreamBody>>>,
-    h2: Option<Pooled<http2::SendRequest<UpstreamBody>>>,
+struct Entry<B> {
+    h1: Vec<Pooled<http1::SendRequest<B>>>,
+    h2: Option<Pooled<http2::SendRequest<B>>>,
+}
+
+impl<B> Default for Entry<B> {
+    fn default() -> Self {
+        Entry { h1: Vec::new(), h2: None }
+    }
 }
 
 /// Open connections to one endpoint, and a wake-up for requests waiting for one.
@@ -71,10 +87,33 @@ struct Slots {
     freed: Notify,
 }
 
-pub struct Pool {
-    entries: Mutex<HashMap<(SocketAddr, Proto), Entry>>,
+/// A connection slot of an endpoint, taken before connecting and given back when dropped:
+/// by the connect that failed or was abandoned (a timeout fired, the client left), or, once
+/// the connection is up, by its task when the connection ends.
+struct Reservation(Arc<Slots>);
+
+impl Reservation {
+    /// A slot when the endpoint has fewer than `max` open.
+    fn take(slots: &Arc<Slots>, max: usize) -> Option<Reservation> {
+        slots
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Reservation(slots.clone()))
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_waiters();
+    }
+}
+
+pub struct Pool<B> {
+    entries: Mutex<HashMap<(SocketAddr, Proto), Entry<B>>>,
     slots: Mutex<HashMap<SocketAddr, Arc<Slots>>>,
-    metrics: Arc<Metrics>,
+    metrics: UpstreamMetrics,
 }
 
 /// Why no connection could be had.
@@ -86,8 +125,8 @@ pub enum PoolError {
     Exhausted(u32),
 }
 
-impl Pool {
-    pub fn new(metrics: Arc<Metrics>) -> Arc<Pool> {
+impl<B: SendBody> Pool<B> {
+    pub fn new(metrics: UpstreamMetrics) -> Arc<Pool<B>> {
         Arc::new(Pool { entries: Mutex::default(), slots: Mutex::default(), metrics })
     }
 
@@ -95,8 +134,13 @@ impl Pool {
         self.slots.lock().expect("pool lock").entry(ep).or_default().clone()
     }
 
+    /// Connections open (or being opened) to `ep`.
+    pub fn open(&self, ep: SocketAddr) -> usize {
+        self.slots.lock().expect("pool lock").get(&ep).map_or(0, |s| s.open.load(Ordering::Acquire))
+    }
+
     /// A ready pooled connection to `ep`, if any, and when it was made.
-    pub fn checkout(&self, ep: SocketAddr, proto: Proto) -> Option<(Conn, Instant)> {
+    pub fn checkout(&self, ep: SocketAddr, proto: Proto) -> Option<(Conn<B>, Instant)> {
         let now = Instant::now();
         let mut entries = self.entries.lock().expect("pool lock");
         let entry = entries.get_mut(&(ep, proto))?;
@@ -118,14 +162,14 @@ impl Pool {
             }
         };
         if found.is_some() {
-            self.metrics.upstream_connection("reused");
+            self.metrics.connection("reused");
         }
         found
     }
 
     /// Returns an HTTP/1.1 connection once its response headers arrived; it becomes
     /// eligible again when hyper marks it ready (response body finished).
-    pub fn checkin(&self, ep: SocketAddr, conn: http1::SendRequest<UpstreamBody>, created: Instant, limits: Limits) {
+    pub fn checkin(&self, ep: SocketAddr, conn: http1::SendRequest<B>, created: Instant, limits: Limits) {
         if conn.is_closed() {
             return;
         }
@@ -148,30 +192,19 @@ impl Pool {
         proto: Proto,
         limits: Limits,
         timeout: Duration,
-    ) -> Result<(Conn, Instant), PoolError> {
+    ) -> Result<(Conn<B>, Instant), PoolError> {
         let deadline = Instant::now() + timeout;
         let slots = self.slots(ep);
+        let max = limits.max_connections.map_or(usize::MAX, |m| m as usize);
         loop {
             if let Some(found) = self.checkout(ep, proto) {
                 return Ok(found);
             }
             let freed = slots.freed.notified();
-            let max = limits.max_connections.map_or(usize::MAX, |m| m as usize);
-            let reserved =
-                slots.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok();
-            if reserved {
+            if let Some(slot) = Reservation::take(&slots, max) {
                 let created = Instant::now();
-                return match self
-                    .connect(ep, proto, limits, deadline.saturating_duration_since(created), slots.clone())
-                    .await
-                {
-                    Ok(c) => Ok((c, created)),
-                    Err(e) => {
-                        slots.open.fetch_sub(1, Ordering::AcqRel);
-                        slots.freed.notify_waiters();
-                        Err(e.into())
-                    }
-                };
+                let left = deadline.saturating_duration_since(created);
+                return Ok((self.connect(ep, proto, limits, left, slot).await?, created));
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 return Err(PoolError::Exhausted(limits.max_connections.unwrap_or_default()));
@@ -180,49 +213,40 @@ impl Pool {
     }
 
     /// Opens a new connection to `ep` regardless of pooled ones (for a request a stale pooled
-    /// connection refused). Counts against `maxConnections` like any other.
+    /// connection refused). Counts against `maxConnections` like any other, but may go one
+    /// over it: the stale connection it replaces is closing.
     pub async fn fresh(
         &self,
         ep: SocketAddr,
         proto: Proto,
         limits: Limits,
         timeout: Duration,
-    ) -> Result<(Conn, Instant), PoolError> {
-        let slots = self.slots(ep);
-        slots.open.fetch_add(1, Ordering::AcqRel);
+    ) -> Result<(Conn<B>, Instant), PoolError> {
+        let slot = Reservation::take(&self.slots(ep), usize::MAX).ok_or(PoolError::Exhausted(u32::MAX))?;
         let created = Instant::now();
-        match self.connect(ep, proto, limits, timeout, slots.clone()).await {
-            Ok(c) => Ok((c, created)),
-            Err(e) => {
-                slots.open.fetch_sub(1, Ordering::AcqRel);
-                Err(e.into())
-            }
-        }
+        Ok((self.connect(ep, proto, limits, timeout, slot).await?, created))
     }
 
+    /// Connects with `slot` reserved; the slot is handed to the connection's task, which
+    /// drops it when the connection ends, however it ends.
     async fn connect(
         &self,
         ep: SocketAddr,
         proto: Proto,
         limits: Limits,
         timeout: Duration,
-        slots: Arc<Slots>,
-    ) -> Result<Conn, ConnectError> {
+        slot: Reservation,
+    ) -> Result<Conn<B>, ConnectError> {
         let (stream, addr) = match connect::connect(&[ep], timeout).await {
             Ok(c) => c,
             Err(e) => {
-                self.metrics.upstream_connection("failed");
+                self.metrics.connection("failed");
                 return Err(e);
             }
         };
         let io = TokioIo::new(stream);
         let handshake_failed =
             |e: hyper::Error| ConnectError::Io { addr: addr.to_string(), source: std::io::Error::other(e) };
-        // The connection's task frees its slot when the connection ends, however it ends.
-        let release = move || {
-            slots.open.fetch_sub(1, Ordering::AcqRel);
-            slots.freed.notify_waiters();
-        };
         let conn = match proto {
             Proto::Http1 => {
                 let (send, conn) =
@@ -231,7 +255,7 @@ impl Pool {
                     if let Err(e) = conn.with_upgrades().await {
                         tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
                     }
-                    release();
+                    drop(slot);
                 });
                 Conn::H1(send)
             }
@@ -248,7 +272,7 @@ impl Pool {
                     if let Err(e) = conn.await {
                         tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
                     }
-                    release();
+                    drop(slot);
                 });
                 let now = Instant::now();
                 let mut entries = self.entries.lock().expect("pool lock");
@@ -257,7 +281,7 @@ impl Pool {
                 Conn::H2(send)
             }
         };
-        self.metrics.upstream_connection("opened");
+        self.metrics.connection("opened");
         Ok(conn)
     }
 
@@ -288,5 +312,44 @@ impl Pool {
             }
             !e.h1.is_empty() || e.h2.is_some()
         });
+    }
+}
+
+#[cfg(test)]
+mod cancellation {
+    use super::*;
+
+    /// A listener whose accept queue is full: further connects hang in SYN_SENT.
+    fn blackhole() -> (std::net::SocketAddr, Vec<std::net::TcpStream>, socket2::Socket) {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+        s.listen(0).unwrap();
+        let addr = s.local_addr().unwrap().as_socket().unwrap();
+        let fill = (0..2)
+            .filter_map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok())
+            .collect();
+        (addr, fill, s)
+    }
+
+    #[tokio::test]
+    async fn a_connect_abandoned_midway_gives_its_slot_back() {
+        let (ep, _fill, _socket) = blackhole();
+        let pool = Pool::<http_body_util::Empty<Bytes>>::new(UpstreamMetrics::default());
+        let limits = Limits { max_connections: Some(2), idle_timeout: Duration::from_secs(60), max_lifetime: None };
+        for _ in 0..5 {
+            let r = tokio::time::timeout(
+                Duration::from_millis(50),
+                pool.get(ep, Proto::Http1, limits, Duration::from_secs(30)),
+            )
+            .await;
+            assert!(r.is_err(), "the connect hangs, and the caller gives up");
+            let r = tokio::time::timeout(
+                Duration::from_millis(50),
+                pool.fresh(ep, Proto::Http1, limits, Duration::from_secs(30)),
+            )
+            .await;
+            assert!(r.is_err());
+        }
+        assert_eq!(pool.open(ep), 0, "every abandoned connect released its slot");
     }
 }

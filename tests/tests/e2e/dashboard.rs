@@ -30,12 +30,19 @@ async fn every_metric_the_dashboard_queries_is_exported() {
     }
     assert!(queried.len() >= 15, "{queried:?}");
 
-    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../proxy/src/metrics.rs")).unwrap();
-    let registered: BTreeSet<String> = source
-        .split("register(")
-        .skip(1)
-        .filter_map(|rest| rest.trim_start().strip_prefix('"')?.split('"').next().map(|n| format!("bulwark_{n}")))
-        .collect();
+    // Each module registers its own families: `single(r, "name", ...)` or `r.register("name", ...)`.
+    let mut registered = BTreeSet::new();
+    for source in rust_sources(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../proxy/src"))) {
+        for call in ["register(", "single("] {
+            for rest in source.split(call).skip(1) {
+                let rest = rest.trim_start();
+                let rest = rest.strip_prefix("r,").map(str::trim_start).unwrap_or(rest);
+                if let Some(name) = rest.strip_prefix('"').and_then(|r| r.split('"').next()) {
+                    registered.insert(format!("bulwark_{name}"));
+                }
+            }
+        }
+    }
     let missing: Vec<&String> = queried.iter().filter(|q| !registered.contains(*q)).collect();
     assert!(
         missing.is_empty(),
@@ -55,4 +62,17 @@ async fn every_metric_the_dashboard_queries_is_exported() {
         assert!(queried.contains(name), "{name} is on the dashboard");
         assert!(text.contains(&format!("# TYPE {name} ")), "{name} exported after one request");
     }
+}
+
+fn rust_sources(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(rust_sources(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(std::fs::read_to_string(&path).unwrap());
+        }
+    }
+    out
 }

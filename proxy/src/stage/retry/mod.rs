@@ -2,17 +2,157 @@
 //! remain (`attempts`), the request can be sent again (its body was kept: see
 //! `http/replay.rs`), and the route's retry budget allows it. Between tries the proxy waits a
 //! full-jitter exponential backoff, or the upstream's `Retry-After` when it is shorter than the
-//! maximum backoff. The overall request timeout bounds the whole loop.
+//! maximum backoff. Each try is bounded by `perTry` (stage `timeout`); the overall request
+//! timeout bounds the whole loop. A retry taken from the budget and never sent (the request
+//! was cancelled during backoff) is given back.
 
 pub mod backoff;
 pub mod budget;
 
 use std::time::Duration;
 
-use bulwark_policy::RetryPolicy;
-use http::HeaderMap;
+use bulwark_policy::{RetryPolicy, Timeouts};
+use http::request::Parts;
+use http::{HeaderMap, Request, Response};
+use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio::time::Instant;
 
-use super::Outcome;
+use super::timeout;
+use crate::http::attempt::{self, Attempt, Failed};
+use crate::http::replay::{Kept, UpstreamBody};
+use crate::reason::Reason;
+use crate::telemetry::metrics::{single, StageLabels};
+use crate::telemetry::record::Record;
+use crate::upstream::Outcome;
+use budget::RetryBudget;
+
+/// Retries sent and refused by the budget, by route.
+#[derive(Clone)]
+pub struct RetryFamilies {
+    retries: Family<StageLabels, Counter>,
+    exhausted: Family<StageLabels, Counter>,
+}
+
+impl RetryFamilies {
+    pub fn register(r: &mut Registry) -> RetryFamilies {
+        RetryFamilies {
+            retries: single(r, "retries", "Retries sent upstream"),
+            exhausted: single(r, "retry_budget_exhausted", "Retries not sent because the retry budget was spent"),
+        }
+    }
+
+    pub fn route(&self, labels: &StageLabels) -> RetryMetrics {
+        RetryMetrics {
+            retries: self.retries.get_or_create(labels).clone(),
+            exhausted: self.exhausted.get_or_create(labels).clone(),
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct RetryMetrics {
+    retries: Counter,
+    exhausted: Counter,
+}
+
+impl RetryMetrics {
+    pub fn retries(&self) -> u64 {
+        self.retries.get()
+    }
+}
+
+/// What the loop needs of the route.
+pub struct Retries<'a> {
+    /// None: one try, the body streamed through untouched.
+    pub policy: Option<&'a RetryPolicy>,
+    pub budget: Option<&'a RetryBudget>,
+    pub metrics: Option<&'a RetryMetrics>,
+    pub timeouts: &'a Timeouts,
+}
+
+/// The stage: tries `req` until an attempt is final, each bounded by the per-try timeout.
+/// Every try is told to the record (`Attempt::send` names its endpoint; its outcome is set
+/// here, also when the per-try timeout cut it).
+pub async fn run(
+    r: &Retries<'_>,
+    req: Request<Incoming>,
+    attempt: &Attempt<'_>,
+    rec: &mut Record,
+) -> Result<Response<Incoming>, Failed> {
+    if let (Some(_), Some(b)) = (r.policy, r.budget) {
+        b.deposit(Instant::now());
+    }
+    let (parts, body) = req.into_parts();
+    let (mut body, kept): (Option<UpstreamBody>, Option<Kept>) = match r.policy {
+        Some(p) => {
+            let (b, k) = UpstreamBody::tee(body, p.max_buffered_bytes);
+            (Some(b), Some(k))
+        }
+        None => (Some(UpstreamBody::Stream(body)), None),
+    };
+    let max_retries = r.policy.map_or(0, |p| p.attempts);
+    let mut retry = 0;
+    loop {
+        // A retry is only decided when a body is available, so this always finds one.
+        let Some(this_body) = body.take().or_else(|| kept.as_ref().and_then(Kept::replay)) else {
+            return Err(Failed { outcome: Outcome::Reset, reason: Reason::UpstreamReset, unsent: None });
+        };
+        let result = match timeout::per_try(r.timeouts, attempt.send(rebuild(&parts, this_body), rec)).await {
+            Ok(result) => result,
+            Err(elapsed) => Err(Failed::from(elapsed)),
+        };
+        let outcome = attempt::outcome(&result);
+        rec.end_try(outcome);
+        let Some(policy) = r.policy else {
+            return result;
+        };
+        if retry >= max_retries || !should_retry(policy, outcome) {
+            return result;
+        }
+        let retry_after = result.as_ref().ok().and_then(|r| retry_after(r.headers()));
+        // The next try needs the body: the unsent one, or the whole kept copy.
+        let (unsent, result) = match result {
+            Err(Failed { unsent: Some(b), outcome, reason }) => {
+                (Some(b), Err(Failed { outcome, reason, unsent: None }))
+            }
+            r => (None, r),
+        };
+        if unsent.is_none() && kept.as_ref().and_then(Kept::replay).is_none() {
+            return result;
+        }
+        let withdrawal = match r.budget.map(|b| b.withdraw(Instant::now())) {
+            Some(None) => {
+                if let Some(m) = r.metrics {
+                    m.exhausted.inc();
+                }
+                return result.map_err(|f| Failed { reason: Reason::RetryBudgetExhausted, ..f });
+            }
+            Some(w) => w,
+            None => None,
+        };
+        tokio::time::sleep(backoff::delay(policy, retry, retry_after, fastrand::f64())).await;
+        if let Some(w) = withdrawal {
+            w.spend();
+        }
+        if let Some(m) = r.metrics {
+            m.retries.inc();
+        }
+        body = unsent;
+        retry += 1;
+    }
+}
+
+fn rebuild(parts: &Parts, body: UpstreamBody) -> Request<UpstreamBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req
+}
 
 pub fn should_retry(policy: &RetryPolicy, outcome: Outcome) -> bool {
     outcome.matches_any(&policy.on)

@@ -8,9 +8,9 @@ use bulwark_policy::ResiliencePolicy;
 use http::{Method, StatusCode};
 use serde::Serialize;
 
-use crate::config::ListenerConfig;
-use crate::endpoint::{self, Handler};
-use crate::store::Store;
+use crate::control::config::ListenerConfig;
+use crate::control::store::Store;
+use crate::ops::server::{self, Handler};
 use tokio_util::sync::CancellationToken;
 
 /// Reads and replaces the process's log filter (`info`, `bulwark_proxy=debug`, ...).
@@ -31,7 +31,7 @@ struct ConfigView<'a> {
 /// SIGTERM. A Job's app calls it when done on clusters without native sidecars, so the pod can
 /// complete.
 pub fn handler(store: Arc<Store>, log: Arc<dyn LogControl>, shutdown: CancellationToken) -> Handler {
-    Arc::new(move |req| endpoint::ready(route(&store, &*log, &shutdown, req)))
+    Arc::new(move |req| server::ready(route(&store, &*log, &shutdown, req)))
 }
 
 fn route(
@@ -44,13 +44,13 @@ fn route(
         (&Method::POST, "/quitquitquit") => {
             // Loopback only, even when the admin port is bound wider: anyone who can reach it
             // could otherwise stop the pod's traffic.
-            match req.extensions().get::<endpoint::Peer>() {
+            match req.extensions().get::<server::Peer>() {
                 Some(peer) if peer.0.ip().is_loopback() => {
                     tracing::info!(peer = %peer.0, "shutdown requested on the admin port");
                     shutdown.cancel();
-                    endpoint::text(StatusCode::OK, "draining, then exiting\n")
+                    server::text(StatusCode::OK, "draining, then exiting\n")
                 }
-                _ => endpoint::text(StatusCode::FORBIDDEN, "/quitquitquit is accepted from loopback only\n"),
+                _ => server::text(StatusCode::FORBIDDEN, "/quitquitquit is accepted from loopback only\n"),
             }
         }
         (&Method::GET, "/config") => {
@@ -62,8 +62,8 @@ fn route(
                 policies: &installed.snapshot.documents,
             };
             match serde_yaml::to_string(&view) {
-                Ok(y) => endpoint::typed(StatusCode::OK, "application/yaml", y),
-                Err(e) => endpoint::text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render config: {e}\n")),
+                Ok(y) => server::typed(StatusCode::OK, "application/yaml", y),
+                Err(e) => server::text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render config: {e}\n")),
             }
         }
         (&Method::GET, "/faults") => json(&faults(store)),
@@ -71,13 +71,13 @@ fn route(
         (&Method::DELETE, "/faults") => match query(&req, "policy").zip(query(&req, "route")) {
             Some((policy, route)) => match store.clear_fault(&policy, &route) {
                 Ok(generation) => json(&serde_json::json!({ "cleared": true, "generation": generation })),
-                Err(e) => endpoint::text(StatusCode::NOT_FOUND, format!("{e}\n")),
+                Err(e) => server::text(StatusCode::NOT_FOUND, format!("{e}\n")),
             },
-            None => endpoint::text(StatusCode::BAD_REQUEST, "DELETE /faults?policy=NAMESPACE/NAME&route=ROUTE\n"),
+            None => server::text(StatusCode::BAD_REQUEST, "DELETE /faults?policy=NAMESPACE/NAME&route=ROUTE\n"),
         },
         (&Method::GET, "/breakers") => json(&breakers(store)),
         (&Method::GET, "/bulkheads") => json(&bulkheads(store)),
-        (&Method::GET, "/logging") => endpoint::text(StatusCode::OK, format!("{}\n", log.current())),
+        (&Method::GET, "/logging") => server::text(StatusCode::OK, format!("{}\n", log.current())),
         (&Method::POST | &Method::PUT, "/logging") => {
             let level = req
                 .uri()
@@ -86,11 +86,11 @@ fn route(
                 .map(str::to_string)
                 .unwrap_or_else(|| String::from_utf8_lossy(req.body()).trim().to_string());
             match log.set(&level) {
-                Ok(()) => endpoint::text(StatusCode::OK, format!("log filter set to {level}\n")),
-                Err(e) => endpoint::text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                Ok(()) => server::text(StatusCode::OK, format!("log filter set to {level}\n")),
+                Err(e) => server::text(StatusCode::BAD_REQUEST, format!("{e}\n")),
             }
         }
-        _ => endpoint::text(
+        _ => server::text(
             StatusCode::NOT_FOUND,
             "endpoints: GET /config, GET|POST|DELETE /faults, GET /breakers, GET /bulkheads, GET|POST /logging?level=FILTER, POST /quitquitquit\n",
         ),
@@ -99,8 +99,8 @@ fn route(
 
 fn json<T: Serialize>(v: &T) -> http::Response<http_body_util::Full<bytes::Bytes>> {
     match serde_json::to_string_pretty(v) {
-        Ok(body) => endpoint::typed(StatusCode::OK, "application/json", body + "\n"),
-        Err(e) => endpoint::text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render: {e}\n")),
+        Ok(body) => server::typed(StatusCode::OK, "application/json", body + "\n"),
+        Err(e) => server::text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render: {e}\n")),
     }
 }
 
@@ -120,6 +120,7 @@ fn breakers(store: &Store) -> Vec<BreakerRow> {
     installed
         .states
         .iter()
+        .flatten()
         .flat_map(|s| {
             s.breakers().into_iter().map(move |(target, b)| BreakerRow {
                 policy: s.policy.to_string(),
@@ -144,6 +145,7 @@ fn bulkheads(store: &Store) -> Vec<BulkheadRow> {
     installed
         .states
         .iter()
+        .flatten()
         .filter_map(|s| {
             s.bulkhead.as_ref().map(|b| BulkheadRow {
                 policy: s.policy.to_string(),
@@ -165,7 +167,7 @@ fn query(req: &http::Request<bytes::Bytes>, key: &str) -> Option<String> {
 /// POST /faults?policy=NS/NAME&route=ROUTE with a `faults` block (YAML or JSON) as the body.
 fn set_fault(store: &Store, req: &http::Request<bytes::Bytes>) -> http::Response<http_body_util::Full<bytes::Bytes>> {
     let (Some(policy), Some(route)) = (query(req, "policy"), query(req, "route")) else {
-        return endpoint::text(
+        return server::text(
             StatusCode::BAD_REQUEST,
             "POST /faults?policy=NAMESPACE/NAME&route=ROUTE with the faults as the body\n",
         );
@@ -180,7 +182,7 @@ fn set_fault(store: &Store, req: &http::Request<bytes::Bytes>) -> http::Response
         });
     match spec.and_then(|spec| store.set_fault(&policy, &route, spec)) {
         Ok(generation) => json(&serde_json::json!({ "set": true, "generation": generation })),
-        Err(e) => endpoint::text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        Err(e) => server::text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     }
 }
 

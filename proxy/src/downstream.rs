@@ -6,26 +6,11 @@ use std::sync::Arc;
 
 use bulwark_policy::{Destination, Direction};
 
-use crate::config::ListenerProtocol;
+use tokio_util::sync::CancellationToken;
+
+use crate::control::config::{ListenerConfig, ListenerProtocol};
 use crate::upstream::resolve::Resolver;
-
-/// An upstream endpoint set: what breakers, retry budgets and load balancers are kept per.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum TargetKey {
-    /// Transparent traffic: the original destination.
-    Addr(SocketAddr),
-    /// Explicit listener: its upstreams, whichever addresses they resolve to.
-    Listener(Arc<str>),
-}
-
-impl std::fmt::Display for TargetKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TargetKey::Addr(a) => write!(f, "{a}"),
-            TargetKey::Listener(l) => f.write_str(l),
-        }
-    }
-}
+use crate::upstream::ClusterKey;
 
 /// What an explicit listener forwards to, replaced as a whole when a reload changes it while
 /// the listener keeps its socket.
@@ -36,24 +21,40 @@ pub struct ExplicitUpstream {
     pub direction: Direction,
 }
 
+impl ExplicitUpstream {
+    /// The upstream of listener `l`, its addresses re-resolved every `dnsRefresh` until `stop`.
+    pub fn start(l: &ListenerConfig, stop: &CancellationToken) -> Arc<ExplicitUpstream> {
+        let targets = l.upstream.parse().expect("validated at load");
+        let resolver = Arc::new(Resolver::new(targets));
+        resolver.spawn_refresh(l.dns_refresh.get(), stop.clone());
+        Arc::new(ExplicitUpstream {
+            listener: l.name.as_str().into(),
+            resolver,
+            protocol: l.protocol,
+            direction: l.direction,
+        })
+    }
+}
+
 pub enum Upstream {
     Explicit(Arc<ExplicitUpstream>),
     OriginalDst(SocketAddr),
 }
 
-pub struct ConnTarget {
+pub struct Downstream {
     pub direction: Direction,
     /// Listener name for metrics: the explicit listener's name, or `outbound`/`inbound`.
     pub label: Arc<str>,
     pub upstream: Upstream,
     pub client: SocketAddr,
-    pub target_key: TargetKey,
+    /// The endpoint set this connection's traffic goes to.
+    pub cluster: ClusterKey,
 }
 
-impl ConnTarget {
-    pub fn new(direction: Direction, label: Arc<str>, upstream: Upstream, client: SocketAddr) -> ConnTarget {
-        let target_key = match &upstream {
-            Upstream::Explicit(e) => TargetKey::Listener(
+impl Downstream {
+    pub fn new(direction: Direction, label: Arc<str>, upstream: Upstream, client: SocketAddr) -> Downstream {
+        let cluster = match &upstream {
+            Upstream::Explicit(e) => ClusterKey::Listener(
                 format!(
                     "{}={}",
                     e.listener,
@@ -61,9 +62,9 @@ impl ConnTarget {
                 )
                 .into(),
             ),
-            Upstream::OriginalDst(a) => TargetKey::Addr(*a),
+            Upstream::OriginalDst(a) => ClusterKey::Addr(*a),
         };
-        ConnTarget { direction, label, upstream, client, target_key }
+        Downstream { direction, label, upstream, client, cluster }
     }
 
     /// Policy selection input; `host` is the request's host when there is one.

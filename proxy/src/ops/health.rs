@@ -6,32 +6,32 @@ use std::sync::Arc;
 
 use http::{Method, StatusCode};
 
-use crate::app_health::AppHealth;
-use crate::endpoint::{self, Handler};
-use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::control::store::Store;
+use crate::ops::app_health::AppHealth;
+use crate::ops::server::{self, Handler};
+use crate::telemetry::metrics::Metrics;
 
 pub fn handler(store: Arc<Store>, metrics: Arc<Metrics>, app_health: Arc<AppHealth>) -> Handler {
     Arc::new(move |req| {
         if let Some(check) = req.uri().path().strip_prefix(bulwark_policy::app_probe::PATH_PREFIX) {
             return app_health.check(check);
         }
-        endpoint::ready(match (req.method(), req.uri().path()) {
-            (&Method::GET | &Method::HEAD, "/live") => endpoint::text(StatusCode::OK, "live\n"),
+        server::ready(match (req.method(), req.uri().path()) {
+            (&Method::GET | &Method::HEAD, "/live") => server::text(StatusCode::OK, "live\n"),
             (&Method::GET | &Method::HEAD, "/ready") => {
                 if store.is_ready() {
-                    endpoint::text(StatusCode::OK, "ready\n")
+                    server::text(StatusCode::OK, "ready\n")
                 } else {
-                    endpoint::text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                    server::text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
                 }
             }
             (&Method::GET, "/metrics") => {
-                endpoint::typed(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", {
+                server::typed(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", {
                     metrics.refresh_process();
                     metrics.encode()
                 })
             }
-            _ => endpoint::text(StatusCode::NOT_FOUND, "endpoints: /live /ready /metrics /app-health/CONTAINER/KIND\n"),
+            _ => server::text(StatusCode::NOT_FOUND, "endpoints: /live /ready /metrics /app-health/CONTAINER/KIND\n"),
         })
     })
 }

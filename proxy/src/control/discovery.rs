@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ControlPlane;
-use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::control::config::ControlPlane;
+use crate::control::store::Store;
+use crate::telemetry::metrics::Metrics;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -112,7 +112,7 @@ pub async fn run(cp: ControlPlane, store: Arc<Store>, metrics: Arc<Metrics>, sto
             _ = stop.cancelled() => return,
             r = session(&cp, &store, &metrics) => r,
         };
-        metrics.control_plane_connected(false);
+        metrics.control.connected(false);
         match session {
             // The stream worked for a while: start the backoff over.
             Ok(()) => backoff = MIN_BACKOFF,
@@ -141,7 +141,7 @@ async fn session(cp: &ControlPlane, store: &Store, metrics: &Metrics) -> anyhow:
     let me = node(cp);
     tx.send(pb::DiscoveryRequest { kind: Some(pb::discovery_request::Kind::Node(me.clone())) }).await?;
     let mut snapshots = client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
-    metrics.control_plane_connected(true);
+    metrics.control.connected(true);
     tracing::info!(control_plane = %cp.address, node = %me.id, "discovery stream open");
     while let Some(snapshot) = snapshots.message().await? {
         let policies: Vec<(String, String)> =
@@ -149,7 +149,7 @@ async fn session(cp: &ControlPlane, store: &Store, metrics: &Metrics) -> anyhow:
         let reply = match compile(&snapshot.version, &policies) {
             Ok(compiled) => {
                 let generation = store.replace_policies(compiled);
-                metrics.discovery(true);
+                metrics.control.snapshot(true);
                 tracing::info!(version = %snapshot.version, policies = policies.len(), generation, "snapshot in force");
                 if let Some(path) = &cp.cache_file {
                     if let Err(e) = write_cache(path, &snapshot.version, &policies) {
@@ -159,7 +159,7 @@ async fn session(cp: &ControlPlane, store: &Store, metrics: &Metrics) -> anyhow:
                 pb::discovery_request::Kind::Ack(pb::Ack { version: snapshot.version })
             }
             Err(errors) => {
-                metrics.discovery(false);
+                metrics.control.snapshot(false);
                 tracing::error!(version = %snapshot.version, errors = %errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "), "snapshot rejected; the one in force is kept");
                 pb::discovery_request::Kind::Nack(pb::Nack {
                     version: snapshot.version,

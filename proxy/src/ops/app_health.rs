@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use crate::endpoint::{self, Reply};
+use crate::ops::server::{self, Reply};
 
 #[derive(Default)]
 pub struct AppHealth {
@@ -42,16 +42,16 @@ impl AppHealth {
     pub fn check(&self, rest: &str) -> Reply {
         let path = format!("{}{rest}", bulwark_policy::app_probe::PATH_PREFIX);
         let Some(probe) = self.probes.get(&path).cloned() else {
-            return endpoint::ready(endpoint::text(StatusCode::NOT_FOUND, format!("no app probe at {path}\n")));
+            return server::ready(server::text(StatusCode::NOT_FOUND, format!("no app probe at {path}\n")));
         };
         Box::pin(async move {
             // Answer before kubelet gives up, so that it sees our reason rather than a timeout.
             let budget = Duration::from_millis(u64::from(probe.timeout_seconds.max(1)) * 1000 * 9 / 10);
             match tokio::time::timeout(budget, run(&probe)).await {
-                Ok(Ok(status)) => endpoint::text(status, format!("app answered {}\n", status.as_u16())),
-                Ok(Err(e)) => endpoint::text(StatusCode::SERVICE_UNAVAILABLE, format!("app probe failed: {e}\n")),
+                Ok(Ok(status)) => server::text(status, format!("app answered {}\n", status.as_u16())),
+                Ok(Err(e)) => server::text(StatusCode::SERVICE_UNAVAILABLE, format!("app probe failed: {e}\n")),
                 Err(_) => {
-                    endpoint::text(StatusCode::SERVICE_UNAVAILABLE, format!("app probe timed out after {budget:?}\n"))
+                    server::text(StatusCode::SERVICE_UNAVAILABLE, format!("app probe timed out after {budget:?}\n"))
                 }
             }
         })

@@ -38,7 +38,7 @@ pub struct ProxyConfig {
     pub access_log: AccessLogConfig,
     /// OTLP tracing; off unless given.
     #[serde(default)]
-    pub tracing: Option<crate::trace::TracingConfig>,
+    pub tracing: Option<crate::telemetry::trace::TracingConfig>,
     #[serde(default)]
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
@@ -383,8 +383,11 @@ fn check_listeners(c: &ProxyConfig, file: &str) -> Vec<String> {
     let mut errors = Vec::new();
     let mut names = std::collections::HashSet::new();
     let mut addrs = std::collections::HashSet::new();
+    // Port 0 asks for any free port, so two such listeners never clash.
     for own in [Some(c.admin), Some(c.health), c.transparent.outbound, c.transparent.inbound].into_iter().flatten() {
-        addrs.insert(own);
+        if own.port() != 0 {
+            addrs.insert(own);
+        }
     }
     if let Some(id) = &c.identity {
         match bulwark_policy::faults::IdentityPattern::parse(id) {
@@ -407,7 +410,7 @@ fn check_listeners(c: &ProxyConfig, file: &str) -> Vec<String> {
         if let Err(e) = l.upstream.parse() {
             errors.push(format!("{at}.upstream: {e}"));
         }
-        if !addrs.insert(l.listen) {
+        if l.listen.port() != 0 && !addrs.insert(l.listen) {
             errors.push(format!("{at}.listen: {} is already used by another listener or port of the proxy", l.listen));
         }
         if l.dns_refresh.get() < Duration::from_millis(100) {

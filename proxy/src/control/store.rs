@@ -1,6 +1,7 @@
-//! What the data path reads: the policy snapshot in force (an `ArcSwap`, loaded once per
-//! request or connection without a lock), the runtime state of its routes, and the bootstrap
-//! settings. Everything is swapped in together; a request keeps what it loaded.
+//! What the data path reads: the bootstrap settings, the policy snapshot in force and the
+//! runtime state of its routes, as one [`Installed`] behind one `ArcSwap`, loaded once per
+//! request or connection without a lock. Everything is swapped in together, so a request never
+//! sees the settings of one generation with the policies of another; it keeps what it loaded.
 //!
 //! Faults set at runtime (admin `/faults`) are an overlay on the file's policies: setting or
 //! clearing one compiles a new snapshot from the file's policies plus the overlay, validated
@@ -15,16 +16,17 @@ use arc_swap::ArcSwap;
 use bulwark_policy::spec::FaultSpec;
 use bulwark_policy::{ResiliencePolicy, Snapshot};
 
-use crate::config::ProxyConfig;
-use crate::metrics::Metrics;
+use crate::control::config::ProxyConfig;
 use crate::stage::fault::FaultState;
 use crate::stage::registry::{self, RouteState};
+use crate::telemetry::metrics::Metrics;
 
-/// A snapshot and the runtime state of its routes, swapped in together so that
-/// `states[route.index]` always belongs to `snapshot`.
+/// The settings, a snapshot and the runtime state of its routes, swapped in together so that
+/// `states[route.index]` always belongs to `snapshot` and `config` to the same generation.
 pub struct Installed {
+    pub config: Arc<ProxyConfig>,
     pub snapshot: Snapshot,
-    pub states: Vec<Arc<RouteState>>,
+    pub states: Vec<Option<Arc<RouteState>>>,
     pub faults: Vec<Option<Arc<FaultState>>>,
 }
 
@@ -39,7 +41,6 @@ struct Sources {
 
 pub struct Store {
     installed: ArcSwap<Installed>,
-    config: ArcSwap<ProxyConfig>,
     sources: Mutex<Sources>,
     metrics: Arc<Metrics>,
     generation: AtomicU64,
@@ -52,10 +53,9 @@ pub struct Store {
 impl Store {
     pub fn new(config: ProxyConfig, snapshot: Snapshot, metrics: Arc<Metrics>, loaded: bool) -> Store {
         let sources = Sources { base: snapshot.documents.clone(), overlay: Overlay::new() };
-        let installed = install(snapshot, None, &sources.overlay, &metrics);
+        let installed = install(Arc::new(config), snapshot, None, &sources.overlay, &metrics);
         Store {
             installed: ArcSwap::from_pointee(installed),
-            config: ArcSwap::from_pointee(config),
             sources: Mutex::new(sources),
             metrics,
             generation: AtomicU64::new(1),
@@ -68,13 +68,21 @@ impl Store {
         self.installed.load()
     }
 
+    /// The settings in force; a request that also needs the policies loads [`Store::installed`]
+    /// once instead.
     pub fn config(&self) -> Arc<ProxyConfig> {
-        self.config.load_full()
+        self.installed.load().config.clone()
     }
 
     /// Puts a new config and the file's new policies in force (with the runtime overlay on
     /// top); returns the new generation.
     pub fn replace(&self, config: ProxyConfig, snapshot: Snapshot) -> u64 {
+        self.put(Some(Arc::new(config)), snapshot)
+    }
+
+    /// The file's (or control plane's) new policies with the overlay on top, and `config` or,
+    /// without one, the settings in force, read under the same lock.
+    fn put(&self, config: Option<Arc<ProxyConfig>>, snapshot: Snapshot) -> u64 {
         let mut guard = self.sources.lock().expect("store lock");
         let sources = &mut *guard;
         sources.base = snapshot.documents.clone();
@@ -99,13 +107,12 @@ impl Store {
                 }
             }
         };
-        self.config.store(Arc::new(config));
-        self.install_locked(sources, snapshot)
+        self.install_locked(sources, config, snapshot)
     }
 
     /// Puts a new policy snapshot in force (from the control plane), keeping the config.
     pub fn replace_policies(&self, snapshot: Snapshot) -> u64 {
-        let generation = self.replace(self.config().as_ref().clone(), snapshot);
+        let generation = self.put(None, snapshot);
         self.loaded.store(true, Ordering::Release);
         generation
     }
@@ -128,7 +135,7 @@ impl Store {
         overlay.insert((policy.to_string(), route.to_string()), spec);
         let snapshot = compile(&sources.base, &overlay, &(self.generation() + 1).to_string())?;
         sources.overlay = overlay;
-        Ok(self.install_locked(&sources, snapshot))
+        Ok(self.install_locked(&sources, None, snapshot))
     }
 
     /// Removes runtime faults from a route; what the file says applies again.
@@ -140,14 +147,17 @@ impl Store {
         }
         let snapshot = compile(&sources.base, &overlay, &(self.generation() + 1).to_string())?;
         sources.overlay = overlay;
-        Ok(self.install_locked(&sources, snapshot))
+        Ok(self.install_locked(&sources, None, snapshot))
     }
 
-    fn install_locked(&self, sources: &Sources, snapshot: Snapshot) -> u64 {
+    /// Installs `snapshot` with `config` (or the settings in force). Callers hold the sources
+    /// lock, so installs never interleave.
+    fn install_locked(&self, sources: &Sources, config: Option<Arc<ProxyConfig>>, snapshot: Snapshot) -> u64 {
         let old = self.installed.load_full();
-        self.installed.store(Arc::new(install(snapshot, Some(&old), &sources.overlay, &self.metrics)));
+        let config = config.unwrap_or_else(|| old.config.clone());
+        self.installed.store(Arc::new(install(config, snapshot, Some(&old), &sources.overlay, &self.metrics)));
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        self.metrics.set_generation(generation);
+        self.metrics.control.generation.set(generation as i64);
         generation
     }
 
@@ -183,8 +193,14 @@ fn compile(base: &[ResiliencePolicy], overlay: &Overlay, version: &str) -> Resul
         .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
 }
 
-fn install(snapshot: Snapshot, old: Option<&Installed>, overlay: &Overlay, metrics: &Metrics) -> Installed {
-    let states = registry::build(&snapshot, old.map_or(&[][..], |o| &o.states[..]), metrics);
+fn install(
+    config: Arc<ProxyConfig>,
+    snapshot: Snapshot,
+    old: Option<&Installed>,
+    overlay: &Overlay,
+    metrics: &Metrics,
+) -> Installed {
+    let states = registry::build(&snapshot, old.map_or(&[][..], |o| &o.states[..]), &metrics.stages);
     let mut faults = vec![None; snapshot.route_count];
     for p in &snapshot.policies {
         for r in p.routes.iter().chain(std::iter::once(&p.default_route)) {
@@ -204,10 +220,10 @@ fn install(snapshot: Snapshot, old: Option<&Installed>, overlay: &Overlay, metri
                     r.name.clone(),
                     f.clone(),
                     runtime,
-                    metrics.faults(&r.policy, &r.name),
+                    metrics.stages.fault.route(&r.policy, &r.name),
                 )
             }));
         }
     }
-    Installed { snapshot, states, faults }
+    Installed { config, snapshot, states, faults }
 }

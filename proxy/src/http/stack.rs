@@ -1,0 +1,203 @@
+//! One HTTP request's life through the proxy. `handle` selects the route, starts the
+//! request's record, runs the stage chain and renders the record; `chain` is the request path
+//! itself, top to bottom, one line per stage (the order is the design's "Why this order").
+//!
+//! Every stage is entered through one function that answers a `Refusal` or what the stage
+//! holds (a breaker permit, a bulkhead slot, a budget withdrawal): a guard that gives it back
+//! when dropped. A request cancelled at any `.await` below — the client left, a timeout fired —
+//! drops its guards, and nothing stays taken.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulwark_policy::{Direction, RequestInfo, Route, Timeouts};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::attempt::{self, Attempt, Failed};
+use super::body::ProxyBody;
+use super::{headers, respond, upgrade};
+use crate::downstream::Downstream;
+use crate::shared::Shared;
+use crate::stage::fault::{Decision, FaultState};
+use crate::stage::registry::RouteState;
+use crate::stage::retry::Retries;
+use crate::stage::{breaker, bulkhead, fault, ratelimit, retry, timeout, Refusal};
+use crate::telemetry::metrics::RouteLabels;
+use crate::telemetry::record::Record;
+use crate::upstream::balance::Cluster;
+use crate::upstream::pool::{Limits, Proto};
+
+pub async fn handle(
+    shared: Arc<Shared>,
+    downstream: Arc<Downstream>,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let grpc = respond::is_grpc(req.headers());
+    headers::ensure_request_id(req.headers_mut());
+    if let (Direction::Outbound, Some(id)) = (downstream.direction, &shared.identity) {
+        // Replaces whatever the app wrote: an app cannot pass for another workload through
+        // its own proxy.
+        req.headers_mut().insert(bulwark_policy::faults::CLIENT_ID_HEADER, id.clone());
+    }
+    let host = headers::request_host(&req);
+    let selected = Selected::of(&shared, &downstream, &req, host.as_deref());
+    let mut rec = Record::start(&shared, selected.labels(&downstream), &mut req, host.as_deref(), downstream.client);
+    let resp = match chain(&shared, &downstream, &selected, req, &mut rec).await {
+        Ok(resp) => resp,
+        Err(refusal) => {
+            rec.reason = Some(refusal.reason);
+            respond::refusal(refusal, grpc)
+        }
+    };
+    Ok(rec.finish(&shared, resp))
+}
+
+/// The request path, in the order the stages run.
+async fn chain(
+    shared: &Shared,
+    down: &Downstream,
+    sel: &Selected,
+    mut req: Request<Incoming>,
+    rec: &mut Record,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let state = sel.state.as_deref();
+    // A rate-limited request costs nothing downstream: no fault draw, no trial, no slot.
+    ratelimit::admit(state.and_then(|s| s.rate_limit.as_ref()), req.headers(), down.client.ip())?;
+    // An injected abort answers before any stage state is taken...
+    let faults = fault::draw(sel.fault.as_deref(), req.headers(), down.client.ip(), rec)?;
+    // ...and an injected delay holds the request before it takes a breaker trial or a slot.
+    if let Some(delay) = faults.delay {
+        tokio::time::sleep(delay).await;
+    }
+    // An open breaker fails fast, before a bulkhead slot is taken (one breaker per cluster).
+    let cluster = state.map(|s| s.cluster(&down.cluster));
+    let trial = breaker::admit(cluster.as_ref().and_then(|c| c.breaker.as_ref()), rec)?;
+    // The bulkhead bounds what is in flight upstream, retries included, until response headers.
+    let _slot = bulkhead::enter(state.and_then(|s| s.bulkhead.as_ref()), rec).await?;
+    // Past every refusal: hop-by-hop headers go, HTTP/1.1 upstream, an upgrade is noted.
+    let tunnel = headers::for_upstream(&mut req, &down.authority()).then(|| hyper::upgrade::on(&mut req));
+    // The overall timeout bounds the whole retry loop, backoff included...
+    let limit = timeout::request_limit(&sel.timeouts, req.headers());
+    let retries = Retries {
+        // An upgrade is one exchange; it is never replayed.
+        policy: sel.route.as_ref().and_then(|r| r.retries.as_ref()).filter(|_| tunnel.is_none()),
+        budget: cluster.as_ref().and_then(|c| c.budget.as_ref()),
+        metrics: state.map(|s| &s.retry_metrics),
+        timeouts: &sel.timeouts,
+    };
+    // ...whose every try picks an endpoint and a connection under the per-try timeout.
+    let attempt = sel.attempt(shared, down, tunnel.is_some(), req.version());
+    let started = Instant::now();
+    let result = match timeout::overall(limit, retry::run(&retries, req, &attempt, rec)).await {
+        Ok(result) => result,
+        Err(elapsed) => {
+            rec.end_try(elapsed.outcome);
+            Err(Failed::from(elapsed))
+        }
+    };
+    // The breaker learns how the whole request went.
+    if let Some(trial) = trial {
+        trial.record(attempt::outcome(&result), started.elapsed(), Instant::now());
+    }
+    let resp = result.map_err(|f| Refusal::from(f.reason))?;
+    // What the upstream answered goes back as the faults drawn above shape it.
+    Ok(pass_back(shared, resp, tunnel, faults, sel).await)
+}
+
+/// The upstream's answer, downstream: hop-by-hop headers off, an accepted upgrade becomes a
+/// tunnel, an injected response delay holds the headers and a bandwidth fault slows the body,
+/// which the route's idle timeout bounds.
+async fn pass_back(
+    shared: &Shared,
+    mut resp: Response<Incoming>,
+    tunnel: Option<hyper::upgrade::OnUpgrade>,
+    faults: Decision,
+    sel: &Selected,
+) -> Response<ProxyBody> {
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    headers::strip_hop_by_hop(resp.headers_mut(), switching && tunnel.is_some());
+    if let (true, Some(down)) = (switching, tunnel) {
+        let up = hyper::upgrade::on(&mut resp);
+        upgrade::tunnel(shared, down, up, sel.timeouts.idle.unwrap_or(sel.tunnel_idle));
+    }
+    if let Some(delay) = faults.response_delay {
+        tokio::time::sleep(delay).await;
+    }
+    let idle = sel.timeouts.idle;
+    resp.map(|b| match faults.bandwidth {
+        Some(rate) => ProxyBody::upstream(b, idle).throttled(rate),
+        None => ProxyBody::upstream(b, idle),
+    })
+}
+
+/// What one request takes from the view in force, read from one load of it: the route, its
+/// stage state, the upstream settings. Nothing here is a guard of the view.
+struct Selected {
+    route: Option<Arc<Route>>,
+    state: Option<Arc<RouteState>>,
+    fault: Option<Arc<FaultState>>,
+    timeouts: Timeouts,
+    cluster: Arc<Cluster>,
+    limits: Limits,
+    connect_timeout: Duration,
+    tunnel_idle: Duration,
+}
+
+impl Selected {
+    fn of(shared: &Shared, down: &Downstream, req: &Request<Incoming>, host: Option<&str>) -> Selected {
+        let installed = shared.store.installed();
+        let defaults = &installed.config.upstream;
+        let policy = installed.snapshot.select(&down.destination(host));
+        let upstream = policy.map(|p| &p.upstream);
+        let limits = Limits {
+            max_connections: upstream.and_then(|u| u.max_connections),
+            idle_timeout: upstream.and_then(|u| u.idle_timeout).unwrap_or(defaults.pool_idle_timeout.get()),
+            max_lifetime: upstream.and_then(|u| u.max_lifetime),
+        };
+        let cluster = shared.clusters.get(
+            &down.cluster,
+            upstream.map(|u| u.load_balancer).unwrap_or_default(),
+            upstream.and_then(|u| u.outlier.as_ref()),
+        );
+        let route = policy.map(|p| {
+            let info = RequestInfo { method: req.method(), path: req.uri().path(), host, headers: req.headers() };
+            p.routes.iter().find(|r| r.matcher.matches(&info)).unwrap_or(&p.default_route).clone()
+        });
+        Selected {
+            state: route.as_ref().and_then(|r| installed.states.get(r.index).cloned().flatten()),
+            fault: route.as_ref().and_then(|r| installed.faults.get(r.index).cloned().flatten()),
+            timeouts: route.as_ref().map(|r| r.timeouts).unwrap_or_default(),
+            route,
+            cluster,
+            limits,
+            connect_timeout: upstream.and_then(|u| u.connect_timeout).unwrap_or(defaults.connect_timeout.get()),
+            tunnel_idle: defaults.tcp_idle_timeout.get(),
+        }
+    }
+
+    fn labels(&self, down: &Downstream) -> RouteLabels {
+        let (policy, route) = match &self.route {
+            Some(r) => (r.policy.clone(), r.name.clone()),
+            None => (Arc::from(""), Arc::from("")),
+        };
+        RouteLabels { direction: down.direction.as_str(), listener: down.label.clone(), policy, route }
+    }
+
+    fn attempt<'a>(&self, shared: &'a Shared, down: &'a Downstream, upgrade: bool, version: Version) -> Attempt<'a> {
+        Attempt {
+            shared,
+            downstream: down,
+            cluster: self.cluster.clone(),
+            limits: self.limits,
+            connect_timeout: self.connect_timeout,
+            proto: if version == Version::HTTP_2 { Proto::Http2 } else { Proto::Http1 },
+            upgrade,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,95 @@
+//! Timeouts, as users of Envoy read them:
+//!
+//! - `request` bounds the whole exchange, retries and backoff included, from the request's
+//!   arrival to its response headers; a gRPC `grpc-timeout` shorter than the policy wins.
+//!   When it fires the proxy answers 504 `timeout` (gRPC: DEADLINE_EXCEEDED).
+//! - `perTry` bounds one attempt (`per-try-timeout`); the retry policy may try again.
+//! - `idle` bounds silence: waiting for one attempt's response headers when it is shorter than
+//!   `perTry`, and between body frames afterwards (`http/body.rs`).
+//!
+//! A timeout holds nothing: when it fires, the future it bounds is dropped and every guard
+//! inside gives back what it held.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bulwark_policy::Timeouts;
+use http::HeaderMap;
+
+use crate::http::headers::grpc_timeout;
+use crate::reason::Reason;
+use crate::upstream::Outcome;
+
+/// The bound fired before the future finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Elapsed {
+    pub outcome: Outcome,
+    pub reason: Reason,
+}
+
+/// The stage: the limit of the whole exchange, the shorter of `request` and `grpc-timeout`.
+pub fn request_limit(timeouts: &Timeouts, headers: &HeaderMap) -> Option<Duration> {
+    match (timeouts.request, grpc_timeout(headers)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Runs `f` under the overall limit.
+pub async fn overall<F: Future>(limit: Option<Duration>, f: F) -> Result<F::Output, Elapsed> {
+    within(limit.map(|d| (d, Elapsed { outcome: Outcome::Timeout, reason: Reason::Timeout })), f).await
+}
+
+/// Runs one attempt under the shorter of `perTry` and `idle`, each failing with its own reason.
+pub async fn per_try<F: Future>(timeouts: &Timeouts, f: F) -> Result<F::Output, Elapsed> {
+    let bound = [
+        (timeouts.per_try, Elapsed { outcome: Outcome::PerTryTimeout, reason: Reason::PerTryTimeout }),
+        (timeouts.idle, Elapsed { outcome: Outcome::Timeout, reason: Reason::Timeout }),
+    ]
+    .into_iter()
+    .filter_map(|(d, e)| d.map(|d| (d, e)))
+    .min_by_key(|(d, _)| *d);
+    within(bound, f).await
+}
+
+async fn within<F: Future>(bound: Option<(Duration, Elapsed)>, f: F) -> Result<F::Output, Elapsed> {
+    match bound {
+        Some((limit, elapsed)) => tokio::time::timeout(limit, f).await.map_err(|_| elapsed),
+        None => Ok(f.await),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeouts(request: Option<u64>, per_try: Option<u64>, idle: Option<u64>) -> Timeouts {
+        let ms = |v: Option<u64>| v.map(Duration::from_millis);
+        Timeouts { request: ms(request), per_try: ms(per_try), idle: ms(idle) }
+    }
+
+    #[test]
+    fn a_shorter_grpc_timeout_wins() {
+        let mut h = HeaderMap::new();
+        let t = timeouts(Some(3000), None, None);
+        assert_eq!(request_limit(&t, &h), Some(Duration::from_secs(3)));
+        h.insert("grpc-timeout", "250m".parse().unwrap());
+        assert_eq!(request_limit(&t, &h), Some(Duration::from_millis(250)));
+        h.insert("grpc-timeout", "10S".parse().unwrap());
+        assert_eq!(request_limit(&t, &h), Some(Duration::from_secs(3)));
+        assert_eq!(request_limit(&timeouts(None, None, None), &h), Some(Duration::from_secs(10)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_shorter_of_per_try_and_idle_bounds_an_attempt_with_its_own_reason() {
+        let never = std::future::pending::<()>;
+        let e = per_try(&timeouts(None, Some(100), Some(50)), never()).await.unwrap_err();
+        assert_eq!(e.reason, Reason::Timeout);
+        let e = per_try(&timeouts(None, Some(100), Some(500)), never()).await.unwrap_err();
+        assert_eq!((e.reason, e.outcome), (Reason::PerTryTimeout, Outcome::PerTryTimeout));
+        assert_eq!(per_try(&timeouts(None, None, None), async { 7 }).await, Ok(7));
+        let start = tokio::time::Instant::now();
+        assert_eq!(overall(Some(Duration::from_secs(2)), never()).await.unwrap_err().reason, Reason::Timeout);
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,8 @@
+//! What every request leaves behind: one [`record::Record`] per request, filled by the
+//! stages and rendered once into Prometheus metrics (`metrics`), an OTLP span (`trace`) and an
+//! access-log line (`access_log`).
+
+pub mod access_log;
+pub mod metrics;
+pub mod record;
+pub mod trace;

@@ -1,0 +1,93 @@
+//! What an attempt at the upstream gave, in the terms retries, breakers and outlier detection
+//! judge it by.
+
+use bulwark_policy::Condition;
+
+/// What happened to an attempt (or, for the breaker, to the whole request: `Timeout` is the
+/// overall timeout).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Response headers arrived; `grpc` is the status of a trailers-only gRPC response.
+    Response {
+        status: u16,
+        grpc: Option<u16>,
+    },
+    ConnectFailure,
+    Reset,
+    PerTryTimeout,
+    Timeout,
+}
+
+impl Outcome {
+    /// The outcome of response headers that arrived (a trailers-only gRPC answer carries its
+    /// status in them).
+    pub fn of<B>(resp: &http::Response<B>) -> Outcome {
+        let grpc = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        Outcome::Response { status: resp.status().as_u16(), grpc }
+    }
+
+    /// What outlier detection counts against an endpoint: its own errors, not timeouts the
+    /// policy chose.
+    pub fn is_endpoint_failure(self) -> bool {
+        match self {
+            Outcome::Response { status, .. } => (500..=599).contains(&status),
+            Outcome::ConnectFailure | Outcome::Reset => true,
+            Outcome::PerTryTimeout | Outcome::Timeout => false,
+        }
+    }
+
+    pub fn matches(self, c: Condition) -> bool {
+        match (self, c) {
+            (Outcome::ConnectFailure, Condition::ConnectFailure) => true,
+            (Outcome::Reset, Condition::Reset) => true,
+            (Outcome::PerTryTimeout, Condition::PerTryTimeout) => true,
+            // For the breaker, "timeout" covers both kinds.
+            (Outcome::Timeout | Outcome::PerTryTimeout, Condition::Timeout) => true,
+            (Outcome::Response { status, .. }, Condition::Any5xx) => (500..=599).contains(&status),
+            (Outcome::Response { status, .. }, Condition::GatewayError) => {
+                matches!(status, 502..=504)
+            }
+            (Outcome::Response { status, .. }, Condition::Status(s)) => status == s,
+            (Outcome::Response { grpc: Some(g), .. }, Condition::Grpc(code)) => g == code,
+            _ => false,
+        }
+    }
+
+    pub fn matches_any(self, conditions: &[Condition]) -> bool {
+        conditions.iter().any(|c| self.matches(*c))
+    }
+}
+
+/// As a try's event in a trace.
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Response { status, grpc: Some(g) } => write!(f, "{status} grpc-status {g}"),
+            Outcome::Response { status, grpc: None } => write!(f, "{status}"),
+            Outcome::ConnectFailure => f.write_str("connect-failure"),
+            Outcome::Reset => f.write_str("reset"),
+            Outcome::PerTryTimeout => f.write_str("per-try-timeout"),
+            Outcome::Timeout => f.write_str("timeout"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_match_their_conditions() {
+        let r503 = Outcome::Response { status: 503, grpc: None };
+        assert!(
+            r503.matches(Condition::Any5xx)
+                && r503.matches(Condition::GatewayError)
+                && r503.matches(Condition::Status(503))
+        );
+        assert!(!Outcome::Response { status: 500, grpc: None }.matches(Condition::GatewayError));
+        assert!(Outcome::Response { status: 200, grpc: Some(14) }.matches(Condition::Grpc(14)));
+        assert!(Outcome::PerTryTimeout.matches(Condition::Timeout));
+        assert!(!Outcome::Timeout.matches(Condition::PerTryTimeout));
+        assert!(!Outcome::Reset.matches(Condition::ConnectFailure));
+    }
+}
