@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use crate::TempDir;
 
-/// A free port on 127.0.0.1 at the time of the call.
+/// A port on 127.0.0.1 that nothing listens on at the time of the call: for tests that need a
+/// closed port. Servers, the proxy included, bind port 0 and report what they got.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
@@ -102,9 +103,7 @@ impl ProxyBuilder {
 
     pub async fn start(self) -> ProxyProcess {
         let dir = TempDir::new("proxy");
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let mut listeners = HashMap::new();
+        let (admin, health) = ("127.0.0.1:0", "127.0.0.1:0");
         let mut yaml = match &self.control_plane {
             Some((cp, cache, id)) => format!(
                 "admin: {admin}\nhealth: {health}\ncontrolPlane: {{ address: \"{cp}\", cacheFile: \"{}\", node: {{ id: {id}, service: web }} }}\n{}",
@@ -121,9 +120,7 @@ impl ProxyBuilder {
             yaml.push_str("listeners:\n");
         }
         for (name, upstream, protocol) in &self.listeners {
-            let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-            let _ = writeln!(yaml, "- {{ name: {name}, listen: \"{listen}\", upstream: {upstream}, protocol: {protocol}, dnsRefresh: 200ms }}");
-            listeners.insert(name.clone(), listen);
+            let _ = writeln!(yaml, "- {{ name: {name}, listen: \"127.0.0.1:0\", upstream: {upstream}, protocol: {protocol}, dnsRefresh: 200ms }}");
         }
         std::fs::create_dir_all(dir.path().join("policies")).expect("policy dir");
         std::fs::write(dir.path().join("policies/policies.yaml"), &self.policies).expect("write policies");
@@ -147,15 +144,31 @@ impl ProxyBuilder {
         } else {
             command.arg("--config").arg(&config_path);
         }
+        let ready_file = dir.path().join("ready.json");
         let child = command
             .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("BULWARK_READY_FILE", &ready_file)
             .env("BULWARK_LOG", "info,bulwark_proxy=debug")
             .stdout(stdout)
             .stderr(log)
             .spawn()
             .expect("spawn bulwark-proxy");
-        let mut p = ProxyProcess { child, dir, config_path, admin, health, listeners, log_path };
-        if !crate::client::wait_ok(health, "/ready", Duration::from_secs(15)).await {
+        let unbound: SocketAddr = "0.0.0.0:0".parse().expect("literal");
+        let mut p = ProxyProcess {
+            child,
+            dir,
+            config_path,
+            admin: unbound,
+            health: unbound,
+            listeners: HashMap::new(),
+            log_path,
+            ready_file,
+        };
+        if !p.read_addresses(Duration::from_secs(15)).await {
+            let status = p.child.try_wait().ok().flatten();
+            panic!("bulwark-proxy never reported its addresses (exit: {status:?}); log:\n{}", p.logs());
+        }
+        if !crate::client::wait_ok(p.health, "/ready", Duration::from_secs(15)).await {
             let status = p.child.try_wait().ok().flatten();
             panic!("bulwark-proxy did not become ready (exit: {status:?}); log:\n{}", p.logs());
         }
@@ -171,9 +184,36 @@ pub struct ProxyProcess {
     pub health: SocketAddr,
     listeners: HashMap<String, SocketAddr>,
     log_path: PathBuf,
+    ready_file: PathBuf,
+}
+
+/// The proxy's `--ready-file`: the addresses it bound.
+#[derive(serde::Deserialize)]
+struct Bound {
+    admin: SocketAddr,
+    health: SocketAddr,
+    listeners: HashMap<String, SocketAddr>,
 }
 
 impl ProxyProcess {
+    /// Reads the addresses from the ready file once the proxy wrote it (false if it never did
+    /// within `within`, or exited).
+    async fn read_addresses(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            let bound = std::fs::read(&self.ready_file).ok().and_then(|b| serde_json::from_slice::<Bound>(&b).ok());
+            if let Some(b) = bound {
+                (self.admin, self.health, self.listeners) = (b.admin, b.health, b.listeners);
+                return true;
+            }
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
     pub fn listener(&self, name: &str) -> SocketAddr {
         *self.listeners.get(name).unwrap_or_else(|| panic!("no listener {name}"))
     }

@@ -105,6 +105,40 @@ impl Drop for Upstream {
     }
 }
 
+/// An endpoint that does not answer connects: a listener whose accept queue is full, so a
+/// connect to it hangs in SYN-SENT (a black-holed endpoint, on loopback). `answer` turns it
+/// into a working [`Upstream`] on the same address.
+pub struct Blackhole {
+    pub addr: SocketAddr,
+    socket: socket2::Socket,
+    _fill: Vec<std::net::TcpStream>,
+}
+
+impl Blackhole {
+    pub fn start() -> Blackhole {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
+        socket.listen(0).expect("listen");
+        let addr = socket.local_addr().expect("addr").as_socket().expect("inet");
+        // The queue takes one connection beyond its backlog of 0; two fill it for sure.
+        let _fill = (0..2)
+            .filter_map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok())
+            .collect();
+        Blackhole { addr, socket, _fill }
+    }
+
+    /// From now on the endpoint accepts and answers like [`Upstream`].
+    pub fn answer(self) -> Upstream {
+        self.socket.listen(1024).expect("listen");
+        self.socket.set_nonblocking(true).expect("nonblocking");
+        let listener = TcpListener::from_std(self.socket.into()).expect("tokio listener");
+        let stats = Arc::new(Stats::default());
+        let s = stats.clone();
+        let task = tokio::spawn(async move { serve(listener, s).await });
+        Upstream { addr: self.addr, stats, task }
+    }
+}
+
 pub async fn serve(listener: TcpListener, stats: Arc<Stats>) {
     let mut conns = tokio::task::JoinSet::new();
     loop {

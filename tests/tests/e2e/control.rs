@@ -72,7 +72,9 @@ async fn every_acknowledged_apply_survives_kill_9_mid_stream() {
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Killed mid-stream of applies, once some were acknowledged.
+    let some = || async { acked.lock().unwrap().len() >= 5 };
+    bulwark_e2e::wait_for("five acknowledged applies", Duration::from_secs(30), some).await;
     cp.kill9_and_restart().await;
     let _ = writer.await;
     let acked = acked.lock().unwrap().clone();

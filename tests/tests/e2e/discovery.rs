@@ -120,7 +120,8 @@ async fn proxies_serve_through_an_outage_a_restarted_one_from_its_cache_and_conv
     wait_acked(&cp, &["steady".to_string()], version).await;
 
     cp.stop();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lost = || async { steady.metric("bulwark_control_plane_connected", &[]).await == 0.0 };
+    bulwark_e2e::wait_for("the proxy to notice the control plane is gone", Duration::from_secs(10), lost).await;
     assert_eq!(slow_reason(&steady).await.as_deref(), Some("timeout"), "serving with the last snapshot");
     assert_eq!(steady.metric("bulwark_control_plane_connected", &[]).await, 0.0);
     // A proxy started while the control plane is down serves from the cache it shares a path with.

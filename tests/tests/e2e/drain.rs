@@ -21,7 +21,8 @@ async fn in_flight_request_completes_and_new_connections_are_refused() {
     assert_eq!(h2_send.send_request(req).await.unwrap().status(), StatusCode::OK);
 
     let slow = tokio::spawn(async move { client::get(addr, "/slow", &[("x-delay", "2s")]).await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let in_flight = || async { up.stats.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 1 };
+    bulwark_e2e::wait_for("the slow request to reach the upstream", Duration::from_secs(10), in_flight).await;
     proxy.signal("TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -42,7 +43,8 @@ async fn drain_deadline_bounds_the_wait() {
     let mut proxy = ProxyBuilder::new().listener("web", up.addr).extra("drainTimeout: 1s").start().await;
     let addr = proxy.listener("web");
     let _hung = tokio::spawn(async move { client::get(addr, "/", &[("x-hang", "1")]).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let in_flight = || async { up.stats.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 1 };
+    bulwark_e2e::wait_for("the hung request to reach the upstream", Duration::from_secs(10), in_flight).await;
     proxy.signal("TERM");
     let status = proxy.wait_exit(Duration::from_secs(10)).await.expect("exits at the drain deadline");
     assert!(status.success());

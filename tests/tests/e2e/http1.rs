@@ -151,7 +151,8 @@ async fn connections_beyond_the_listener_cap_are_closed_at_once() {
     // Two connections that hold their slot (in detection, sending nothing yet).
     let _a = TcpStream::connect(addr).await.unwrap();
     let _b = TcpStream::connect(addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let both_open = || async { proxy.metric("bulwark_downstream_connections_active", &[]).await == 2.0 };
+    bulwark_e2e::wait_for("both connections to be accepted", Duration::from_secs(10), both_open).await;
     let mut c = TcpStream::connect(addr).await.unwrap();
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await.expect("closed at once");

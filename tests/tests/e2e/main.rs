@@ -5,6 +5,7 @@ mod access_log;
 mod admin;
 mod balance;
 mod bulwarkctl;
+mod cancellation;
 mod chart;
 mod cli;
 mod control;

@@ -97,7 +97,8 @@ async fn upstream_crash_mid_request_then_down() {
     let proxy = ProxyBuilder::new().listener("web", up.addr).start().await;
     let addr = proxy.listener("web");
     let in_flight = tokio::spawn(async move { client::get(addr, "/", &[("x-delay", "3s")]).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let arrived = || async { up.requests() == 1 };
+    bulwark_e2e::wait_for("the request to reach the upstream", Duration::from_secs(10), arrived).await;
     up.crash();
     let r = in_flight.await.unwrap().unwrap();
     assert_eq!((r.status, r.reason()), (StatusCode::SERVICE_UNAVAILABLE, Some("upstream-reset")));
