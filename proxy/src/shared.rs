@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use tokio_util::task::TaskTracker;
 
 use crate::control::store::Store;
-use crate::http::replay::UpstreamBody;
+use crate::stage::retry::replay::UpstreamBody;
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::balance::Clusters;
 use crate::upstream::pool::Pool;

@@ -12,36 +12,15 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::replay::UpstreamBody;
 use crate::downstream::Downstream;
 use crate::reason::Reason;
 use crate::shared::Shared;
-use crate::stage::timeout::Elapsed;
+use crate::stage::retry::replay::UpstreamBody;
+use crate::stage::retry::{outcome, Failed, SendTry};
 use crate::telemetry::record::Record;
 use crate::upstream::balance::Cluster;
 use crate::upstream::pool::{Conn, Limits, Proto};
 use crate::upstream::Outcome;
-
-/// A failed try: how it failed, and the body if it was never sent.
-pub struct Failed {
-    pub outcome: Outcome,
-    pub reason: Reason,
-    pub unsent: Option<UpstreamBody>,
-}
-
-impl From<Elapsed> for Failed {
-    fn from(e: Elapsed) -> Failed {
-        Failed { outcome: e.outcome, reason: e.reason, unsent: None }
-    }
-}
-
-/// How a try (or the whole request) ended.
-pub fn outcome(result: &Result<Response<Incoming>, Failed>) -> Outcome {
-    match result {
-        Ok(resp) => Outcome::of(resp),
-        Err(f) => f.outcome,
-    }
-}
 
 /// Everything a request's tries share.
 pub struct Attempt<'a> {
@@ -55,10 +34,10 @@ pub struct Attempt<'a> {
     pub upgrade: bool,
 }
 
-impl Attempt<'_> {
+impl SendTry for Attempt<'_> {
     /// Picks an endpoint (avoiding those already tried when another is healthy), tells the
     /// record, and sends to it.
-    pub async fn send(&self, req: Request<UpstreamBody>, rec: &mut Record) -> Result<Response<Incoming>, Failed> {
+    async fn send(&self, req: Request<UpstreamBody>, rec: &mut Record) -> Result<Response<Incoming>, Failed> {
         let set = match self.downstream.addrs().await {
             Ok(a) => a,
             Err(e) => {
@@ -76,7 +55,9 @@ impl Attempt<'_> {
         self.cluster.report(endpoint, outcome(&result), &set, Instant::now());
         result
     }
+}
 
+impl Attempt<'_> {
     async fn send_to(
         &self,
         endpoint: SocketAddr,

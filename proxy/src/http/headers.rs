@@ -2,8 +2,6 @@
 //! hop and are removed in both directions, except what an HTTP/1.1 upgrade needs and
 //! `te: trailers`, which gRPC relies on. `x-request-id` is added when absent.
 
-use std::time::Duration;
-
 use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, Request, Version};
 
@@ -106,25 +104,6 @@ pub fn ensure_request_id(headers: &mut HeaderMap) {
     headers.insert(REQUEST_ID, HeaderValue::from_bytes(&id).expect("hex is a valid header value"));
 }
 
-/// Parses gRPC's `grpc-timeout` (`<digits><unit>`, unit one of H M S m u n).
-pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get("grpc-timeout")?.to_str().ok()?;
-    if v.len() < 2 || v.len() > 9 {
-        return None;
-    }
-    let (num, unit) = v.split_at(v.len() - 1);
-    let n: u64 = num.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.checked_mul(3600)?),
-        "M" => Duration::from_secs(n.checked_mul(60)?),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,13 +152,5 @@ mod tests {
         assert_eq!(&id[14..15], "4");
         ensure_request_id(&mut h);
         assert_eq!(h[REQUEST_ID], id.as_str());
-    }
-
-    #[test]
-    fn grpc_timeouts() {
-        assert_eq!(grpc_timeout(&map(&[("grpc-timeout", "250m")])), Some(Duration::from_millis(250)));
-        assert_eq!(grpc_timeout(&map(&[("grpc-timeout", "2S")])), Some(Duration::from_secs(2)));
-        assert_eq!(grpc_timeout(&map(&[("grpc-timeout", "x")])), None);
-        assert_eq!(grpc_timeout(&map(&[("grpc-timeout", "10Q")])), None);
     }
 }

@@ -1,11 +1,10 @@
 //! HTTP proxying: serving downstream connections (`server`), the stage chain every request
-//! runs (`stack`), one try upstream (`attempt`), header rules (`headers`), bodies (`body`,
-//! `replay`), upgrade tunnels (`upgrade`) and the proxy's own answers (`respond`).
+//! runs (`stack`), one try upstream (`attempt`), header rules (`headers`), response bodies
+//! (`body`), upgrade tunnels (`upgrade`) and the proxy's own answers (`respond`).
 
 pub mod attempt;
 pub mod body;
 pub mod headers;
-pub mod replay;
 pub mod respond;
 pub mod server;
 pub mod stack;

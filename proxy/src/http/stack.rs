@@ -16,14 +16,14 @@ use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::attempt::{self, Attempt, Failed};
+use super::attempt::Attempt;
 use super::body::ProxyBody;
 use super::{headers, respond, upgrade};
 use crate::downstream::Downstream;
 use crate::shared::Shared;
 use crate::stage::fault::{Decision, FaultState};
 use crate::stage::registry::RouteState;
-use crate::stage::retry::Retries;
+use crate::stage::retry::{outcome, Failed, Retries};
 use crate::stage::{breaker, bulkhead, fault, ratelimit, retry, timeout, Refusal};
 use crate::telemetry::metrics::RouteLabels;
 use crate::telemetry::record::Record;
@@ -100,7 +100,7 @@ async fn chain(
     };
     // The breaker learns how the whole request went.
     if let Some(trial) = trial {
-        trial.record(attempt::outcome(&result), started.elapsed(), Instant::now());
+        trial.record(outcome(&result), started.elapsed(), Instant::now());
     }
     let resp = result.map_err(|f| Refusal::from(f.reason))?;
     // What the upstream answered goes back as the faults drawn above shape it.

@@ -16,7 +16,6 @@ use std::time::Duration;
 use bulwark_policy::Timeouts;
 use http::HeaderMap;
 
-use crate::http::headers::grpc_timeout;
 use crate::reason::Reason;
 use crate::upstream::Outcome;
 
@@ -59,6 +58,25 @@ async fn within<F: Future>(bound: Option<(Duration, Elapsed)>, f: F) -> Result<F
     }
 }
 
+/// Parses gRPC's `grpc-timeout` (`<digits><unit>`, unit one of H M S m u n).
+pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (num, unit) = v.split_at(v.len() - 1);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +109,19 @@ mod tests {
         let start = tokio::time::Instant::now();
         assert_eq!(overall(Some(Duration::from_secs(2)), never()).await.unwrap_err().reason, Reason::Timeout);
         assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+
+    fn map(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("grpc-timeout", v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(grpc_timeout(&map("250m")), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout(&map("2S")), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout(&map("x")), None);
+        assert_eq!(grpc_timeout(&map("10Q")), None);
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod backoff;
 pub mod budget;
+pub mod replay;
 
 use std::time::Duration;
 
@@ -20,14 +21,43 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
-use super::timeout;
-use crate::http::attempt::{self, Attempt, Failed};
-use crate::http::replay::{Kept, UpstreamBody};
+use super::timeout::{self, Elapsed};
 use crate::reason::Reason;
 use crate::telemetry::metrics::{single, StageLabels};
 use crate::telemetry::record::Record;
 use crate::upstream::Outcome;
 use budget::RetryBudget;
+use replay::{Kept, UpstreamBody};
+
+/// A failed try: how it failed, and the body if it was never sent.
+pub struct Failed {
+    pub outcome: Outcome,
+    pub reason: Reason,
+    pub unsent: Option<UpstreamBody>,
+}
+
+impl From<Elapsed> for Failed {
+    fn from(e: Elapsed) -> Failed {
+        Failed { outcome: e.outcome, reason: e.reason, unsent: None }
+    }
+}
+
+/// How a try (or the whole request) ended.
+pub fn outcome(result: &Result<Response<Incoming>, Failed>) -> Outcome {
+    match result {
+        Ok(resp) => Outcome::of(resp),
+        Err(f) => f.outcome,
+    }
+}
+
+/// What sends one try upstream (`http::attempt`): it names the try's endpoint in the record.
+pub trait SendTry {
+    fn send(
+        &self,
+        req: Request<UpstreamBody>,
+        rec: &mut Record,
+    ) -> impl std::future::Future<Output = Result<Response<Incoming>, Failed>>;
+}
 
 /// Retries sent and refused by the budget, by route.
 #[derive(Clone)]
@@ -79,7 +109,7 @@ pub struct Retries<'a> {
 pub async fn run(
     r: &Retries<'_>,
     req: Request<Incoming>,
-    attempt: &Attempt<'_>,
+    attempt: &impl SendTry,
     rec: &mut Record,
 ) -> Result<Response<Incoming>, Failed> {
     if let (Some(_), Some(b)) = (r.policy, r.budget) {
@@ -104,7 +134,7 @@ pub async fn run(
             Ok(result) => result,
             Err(elapsed) => Err(Failed::from(elapsed)),
         };
-        let outcome = attempt::outcome(&result);
+        let outcome = outcome(&result);
         rec.end_try(outcome);
         let Some(policy) = r.policy else {
             return result;
