@@ -59,13 +59,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
 /// Readies a request that passed every stage for the upstream: hop-by-hop headers off and,
 /// for HTTP/1, version 1.1 with a `Host` (an HTTP/1.0 client may send none; upstream
 /// keep-alive needs both). Returns true when it asks for an upgrade, which then goes through.
-pub fn for_upstream<B>(req: &mut Request<B>, authority: &str) -> bool {
+pub fn for_upstream<B>(req: &mut Request<B>, authority: impl FnOnce() -> String) -> bool {
     let h1 = req.version() != Version::HTTP_2;
     let upgrade = strip_hop_by_hop(req.headers_mut(), h1);
     if h1 {
         req.headers_mut()
             .entry(HOST)
-            .or_insert_with(|| HeaderValue::from_str(authority).unwrap_or(HeaderValue::from_static("localhost")));
+            .or_insert_with(|| HeaderValue::from_str(&authority()).unwrap_or(HeaderValue::from_static("localhost")));
         *req.version_mut() = Version::HTTP_11;
     }
     upgrade

@@ -78,7 +78,7 @@ async fn chain(
     // The bulkhead bounds what is in flight upstream, retries included, until response headers.
     let _slot = bulkhead::enter(state.and_then(|s| s.bulkhead.as_ref()), rec).await?;
     // Past every refusal: hop-by-hop headers go, HTTP/1.1 upstream, an upgrade is noted.
-    let tunnel = headers::for_upstream(&mut req, &down.authority()).then(|| hyper::upgrade::on(&mut req));
+    let tunnel = headers::for_upstream(&mut req, || down.authority()).then(|| hyper::upgrade::on(&mut req));
     // The overall timeout bounds the whole retry loop, backoff included...
     let limit = timeout::request_limit(&sel.timeouts, req.headers());
     let retries = Retries {
