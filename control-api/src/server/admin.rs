@@ -132,8 +132,19 @@ impl pb::policy_admin_server::PolicyAdmin for Admin {
             .and_then(|v| serde_yaml::from_value(v).map_err(|e| e.to_string()))
             .map_err(|e| Status::invalid_argument(format!("faults_yaml: {e}")))?;
         if req.for_seconds > 0 {
+            let longest = bulwark_policy::faults::MAX_FAULT_DURATION;
+            let wanted = Duration::from_secs(req.for_seconds);
+            if wanted > longest {
+                return Err(Status::invalid_argument(format!(
+                    "for_seconds: {} is longer than a fault may last ({} s, 7 days)",
+                    req.for_seconds,
+                    longest.as_secs()
+                )));
+            }
             // Absolute, so every proxy drops the faults at the same moment.
-            let at = SystemTime::now() + Duration::from_secs(req.for_seconds);
+            let at = SystemTime::now()
+                .checked_add(wanted)
+                .ok_or_else(|| Status::invalid_argument("for_seconds: past the end of time"))?;
             spec.expires_at = Some(bulwark_policy::faults::format_rfc3339(at));
             spec.for_ = None;
         }

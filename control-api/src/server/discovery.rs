@@ -10,7 +10,9 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bulwark_policy::route::HostPattern;
@@ -30,11 +32,11 @@ pub struct Proxies {
 
 impl Proxies {
     pub fn list(&self) -> Vec<pb::ProxyStatus> {
-        self.by_id.lock().expect("proxies lock").values().cloned().collect()
+        self.by_id.lock().values().cloned().collect()
     }
 
     fn update(&self, id: &str, f: impl FnOnce(&mut pb::ProxyStatus)) {
-        if let Some(s) = self.by_id.lock().expect("proxies lock").get_mut(id) {
+        if let Some(s) = self.by_id.lock().get_mut(id) {
             f(s);
         }
     }
@@ -92,7 +94,7 @@ impl pb::policy_discovery_server::PolicyDiscovery for Discovery {
         };
         let id = node.id.clone();
         let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
-        self.proxies.by_id.lock().expect("proxies lock").insert(
+        self.proxies.by_id.lock().insert(
             id.clone(),
             pb::ProxyStatus { node: Some(node.clone()), connected_since: since, connected: true, ..Default::default() },
         );

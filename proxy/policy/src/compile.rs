@@ -250,10 +250,10 @@ fn compile_upstream(errs: &mut Errors<'_>, u: &spec::UpstreamSpec) -> UpstreamPo
             );
         }
         let max = o.max_ejection_percent.unwrap_or(10.0);
-        if !(0.0..=100.0).contains(&max) {
+        if !(max > 0.0 && max <= 100.0) {
             errs.push(
                 "spec.upstream.outlierDetection.maxEjectionPercent",
-                format!("{max} is not a percentage in [0, 100]"),
+                format!("{max} is not a percentage in (0, 100]: 0 would never eject (remove outlierDetection instead)"),
             );
         }
         OutlierPolicy {

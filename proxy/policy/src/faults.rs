@@ -11,6 +11,14 @@ use crate::spec::{DelaySpec, FaultSpec, TcpFaultSpec};
 
 /// The finest percentage accepted: one in a million.
 pub const MIN_PERCENT: f64 = 0.0001;
+/// The longest a fault may be set for (`for`, `expiresAt` from now, a runtime toggle): a
+/// fault is an experiment, not a configuration, and one forgotten must end by itself.
+pub const MAX_FAULT_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The slowest bandwidth fault, bytes per second: slower holds a connection for hours per
+/// kilobyte, which is a blackhole (say so with `blackhole`).
+pub const MIN_BANDWIDTH: u64 = 100;
+/// `expiresAt` before this is a mistake, not a time (1 January 2000).
+const EARLIEST_EXPIRY_SECS: u64 = 946_684_800;
 const MAX_DELAY: Duration = Duration::from_secs(3600);
 
 /// A probability, as a threshold a uniform `u64` draw must fall below.
@@ -191,6 +199,19 @@ impl IdentityPattern {
     }
 }
 
+fn bandwidth(errs: &mut Errors<'_>, at: &str, b: &crate::spec::BandwidthSpec) -> BandwidthFault {
+    if b.bytes_per_second < MIN_BANDWIDTH {
+        errs.push(
+            format!("{at}.bytesPerSecond"),
+            format!("{} is below the slowest, {MIN_BANDWIDTH}", b.bytes_per_second),
+        );
+    }
+    BandwidthFault {
+        bytes_per_second: b.bytes_per_second.max(MIN_BANDWIDTH),
+        chance: chance(errs, &format!("{at}.percent"), b.percent),
+    }
+}
+
 pub(crate) fn compile(errs: &mut Errors<'_>, path: &str, s: &FaultSpec, headers: Vec<HeaderMatch>) -> FaultPolicy {
     let abort = s.abort.as_ref().map(|a| {
         let p = format!("{path}.abort");
@@ -198,6 +219,12 @@ pub(crate) fn compile(errs: &mut Errors<'_>, path: &str, s: &FaultSpec, headers:
             (Some(h), None) => {
                 if !(200..=599).contains(&h) {
                     errs.push(format!("{p}.httpStatus"), format!("{h} is not an HTTP status in 200..=599"));
+                } else if matches!(h, 204 | 205 | 304) {
+                    // These forbid a body, and the proxy's answer carries one saying why.
+                    errs.push(
+                        format!("{p}.httpStatus"),
+                        format!("{h} cannot carry the abort's body; use an error status"),
+                    );
                 }
                 AbortWith::Http(h)
             }
@@ -214,21 +241,23 @@ pub(crate) fn compile(errs: &mut Errors<'_>, path: &str, s: &FaultSpec, headers:
         };
         AbortFault { with, chance: chance(errs, &format!("{p}.percent"), a.percent) }
     });
-    let bandwidth = |errs: &mut Errors<'_>, at: &str, b: &crate::spec::BandwidthSpec| {
-        if b.bytes_per_second == 0 {
-            errs.push(format!("{at}.bytesPerSecond"), "must be at least 1");
-        }
-        BandwidthFault {
-            bytes_per_second: b.bytes_per_second.max(1),
-            chance: chance(errs, &format!("{at}.percent"), b.percent),
-        }
-    };
     let expiry = match (&s.expires_at, &s.for_) {
         (Some(_), Some(_)) => {
             errs.push(path, "set at most one of expiresAt and for");
             None
         }
         (Some(t), None) => match parse_rfc3339(t) {
+            Ok(at) if at < UNIX_EPOCH + Duration::from_secs(EARLIEST_EXPIRY_SECS) => {
+                errs.push(format!("{path}.expiresAt"), format!("{t:?} is before the year 2000"));
+                None
+            }
+            Ok(at) if at.duration_since(SystemTime::now()).is_ok_and(|ahead| ahead > MAX_FAULT_DURATION) => {
+                errs.push(
+                    format!("{path}.expiresAt"),
+                    format!("{t:?} is more than 7 days ahead; faults last at most 7 days"),
+                );
+                None
+            }
             Ok(at) => Some(Expiry::At(at)),
             Err(e) => {
                 errs.push(format!("{path}.expiresAt"), e);
@@ -238,6 +267,8 @@ pub(crate) fn compile(errs: &mut Errors<'_>, path: &str, s: &FaultSpec, headers:
         (None, Some(d)) => {
             if d.get().is_zero() {
                 errs.push(format!("{path}.for"), "must be greater than zero");
+            } else if d.get() > MAX_FAULT_DURATION {
+                errs.push(format!("{path}.for"), "must be at most 7 days (168h)");
             }
             Some(Expiry::After(d.get()))
         }
@@ -281,86 +312,27 @@ pub(crate) fn compile_tcp(errs: &mut Errors<'_>, path: &str, s: &TcpFaultSpec) -
             }
             (d.per_chunk.get(), chance(errs, &format!("{path}.delay.percent"), d.percent))
         }),
-        bandwidth: s.bandwidth.as_ref().map(|b| {
-            if b.bytes_per_second == 0 {
-                errs.push(format!("{path}.bandwidth.bytesPerSecond"), "must be at least 1");
-            }
-            BandwidthFault {
-                bytes_per_second: b.bytes_per_second.max(1),
-                chance: chance(errs, &format!("{path}.bandwidth.percent"), b.percent),
-            }
-        }),
+        bandwidth: s.bandwidth.as_ref().map(|b| bandwidth(errs, &format!("{path}.bandwidth"), b)),
         reset: s.reset.as_ref().map(|r| (r.after_bytes, chance(errs, &format!("{path}.reset.percent"), r.percent))),
         blackhole: s.blackhole.as_ref().map(|b| chance(errs, &format!("{path}.blackhole.percent"), b.percent)),
     }
 }
 
-/// `2026-11-23T10:00:00Z`, with optional fraction and `+hh:mm`/`-hh:mm` offset.
+/// An RFC 3339 time, `2026-11-23T10:00:00Z` or with a fraction and a `+hh:mm` offset, parsed
+/// by jiff (which also accepts the other ISO 8601 extended forms, and refuses impossible dates
+/// and offsets such as Feb 30 or `+99:99`).
 pub fn parse_rfc3339(text: &str) -> Result<SystemTime, String> {
-    let bad = || format!("{text:?} is not an RFC 3339 time such as 2026-11-23T10:00:00Z");
-    let b = text.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !(b[10] == b'T' || b[10] == b't')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return Err(bad());
-    }
-    let num = |r: std::ops::Range<usize>| text.get(r).and_then(|s| s.parse::<i64>().ok()).ok_or_else(bad);
-    let (y, mo, d, h, mi, sec) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
-        return Err(bad());
-    }
-    let mut rest = &text[19..];
-    let mut nanos = 0u32;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(bad());
-        }
-        let f: String = frac[..digits].chars().chain(std::iter::repeat('0')).take(9).collect();
-        nanos = f.parse().map_err(|_| bad())?;
-        rest = &frac[digits..];
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
-            let sign = if o.starts_with('-') { -1 } else { 1 };
-            sign * (o[1..3].parse::<i64>().map_err(|_| bad())? * 3600 + o[4..6].parse::<i64>().map_err(|_| bad())? * 60)
-        }
-        _ => return Err(bad()),
-    };
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let (yy, m) = if mo <= 2 { (y - 1, mo + 9) } else { (y, mo - 3) };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let doy = (153 * m + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset;
-    if secs < 0 {
-        return Err(bad());
-    }
-    Ok(UNIX_EPOCH + Duration::new(secs as u64, nanos))
+    let bad =
+        |why: &dyn std::fmt::Display| format!("{text:?} is not an RFC 3339 time such as 2026-11-23T10:00:00Z: {why}");
+    let ts: jiff::Timestamp = text.parse().map_err(|e: jiff::Error| bad(&e))?;
+    Ok(SystemTime::from(ts))
 }
 
-/// `2026-11-23T10:00:00Z` (UTC, whole seconds).
+/// `2026-11-23T10:00:00Z` (UTC, whole seconds); times before 1970 are written as 1970.
 pub fn format_rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = i64::try_from(secs).unwrap_or(i64::MAX);
+    jiff::Timestamp::from_second(secs).unwrap_or(jiff::Timestamp::MAX).strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 #[cfg(test)]
@@ -401,6 +373,14 @@ mod tests {
         assert_eq!(parse_rfc3339("2026-11-23T10:00:00.5Z").unwrap(), t + Duration::from_millis(500));
         assert!(parse_rfc3339("2026-11-23 10:00:00").is_err());
         assert!(parse_rfc3339("tomorrow").is_err());
+        for bad in [
+            "2026-02-30T10:00:00Z",
+            "2026-11-23T10:00:00+99:99",
+            "2026-11-23T10:00:00+\u{e9}\u{e9}0",
+            "2026-11-23T10:00:00\u{e9}",
+        ] {
+            assert!(parse_rfc3339(bad).is_err(), "{bad}");
+        }
         for text in ["2026-11-23T10:00:00Z", "2000-02-29T23:59:59Z", "1970-01-01T00:00:00Z"] {
             assert_eq!(format_rfc3339(parse_rfc3339(text).unwrap()), text);
         }

@@ -88,9 +88,14 @@ fn percent(errs: &mut Errors<'_>, path: &str, v: f64) -> f64 {
     v
 }
 
+/// Below this a stage's window, open time or queue wait is a typo, not a setting.
+const MIN_STAGE_DURATION: Duration = Duration::from_millis(1);
+
 fn positive(errs: &mut Errors<'_>, path: &str, d: Duration, max: Duration) -> Duration {
     if d.is_zero() {
         errs.push(path, "must be greater than zero");
+    } else if d < MIN_STAGE_DURATION {
+        errs.push(path, format!("{} is too short: at least 1ms", crate::duration::format(d)));
     } else if d > max {
         errs.push(path, format!("must be at most {}", crate::duration::format(max)));
     }
@@ -260,9 +265,14 @@ pub struct RateLimitPolicy {
     pub per_client: Option<(ClientKey, Bucket, u32)>,
 }
 
+/// The slowest rate a limit may have, in tokens per second.
+pub const MIN_RATE: f64 = 0.001;
+
 fn bucket(errs: &mut Errors<'_>, path: &str, per_second: f64, burst: Option<u32>) -> Bucket {
-    if !(per_second > 0.0 && per_second <= 1e9) {
-        errs.push(format!("{path}.perSecond"), format!("{per_second} is out of range (0, 1e9]"));
+    // At least one token in 1000 s: below that a limit refuses everything for good, and the
+    // time until the next token no longer fits a Retry-After.
+    if !(MIN_RATE..=1e9).contains(&per_second) {
+        errs.push(format!("{path}.perSecond"), format!("{per_second} is out of range [0.001, 1e9]"));
     }
     // Without an explicit burst, one second's worth (at least one token).
     let burst = burst.unwrap_or_else(|| per_second.ceil().max(1.0) as u32);

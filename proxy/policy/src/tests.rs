@@ -265,7 +265,7 @@ spec:
         "spec.defaults.faults.delay: set exactly one of fixed and range",
         "spec.defaults.faults.abort.httpStatus: 700 is not an HTTP status",
         "spec.defaults.faults.abort.percent: 0.00001 is finer than the smallest percentage",
-        "spec.defaults.faults.responseBandwidth.bytesPerSecond: must be at least 1",
+        "spec.defaults.faults.responseBandwidth.bytesPerSecond: 0 is below the slowest, 100",
         "spec.defaults.faults.match.clientPercent: 101 is not a percentage",
         "spec.defaults.faults.match.identities[2]: \"Web.Shop\" is not a mesh identity",
         "spec.defaults.faults.expiresAt: \"next tuesday\" is not an RFC 3339 time",
@@ -273,16 +273,80 @@ spec:
     ] {
         assert!(errs.iter().any(|e| e.contains(want)), "missing {want:?} in {errs:#?}");
     }
+    let soon = crate::faults::format_rfc3339(std::time::SystemTime::now() + Duration::from_secs(3600));
     let ok = compile(
         &text
             .replace("range: { min: 1s, max: 2s }, ", "")
             .replace("700", "503")
             .replace("0.00001", "0.0001")
-            .replace("bytesPerSecond: 0", "bytesPerSecond: 10")
+            .replace("bytesPerSecond: 0", "bytesPerSecond: 1000")
             .replace("101", "50")
             .replace(", \"Web.Shop\"", "")
-            .replace("\"next tuesday\"", "\"2030-01-01T00:00:00Z\"")
-            .replace("-1", "100"),
+            .replace("-1", "100")
+            // Last: the time has dashes the replacement above would take.
+            .replace("\"next tuesday\"", &format!("\"{soon}\"")),
     );
     assert!(ok.is_ok(), "{ok:?}");
+}
+
+/// A policy whose defaults are `defaults` (YAML flow lines, indented four spaces) and whose
+/// spec continues with `rest`.
+fn with_defaults(defaults: &str, rest: &str) -> Result<Snapshot, Vec<String>> {
+    compile(&format!(
+        "apiVersion: bulwark.dev/v1\nkind: ResiliencePolicy\nmetadata: {{ name: p, namespace: ns }}\nspec:\n  target: {{ listener: web }}\n  defaults:\n{defaults}{rest}"
+    ))
+}
+
+/// Each value is refused, with the field path and what is wrong, and nothing panics.
+#[test]
+fn absurd_values_are_refused_with_their_field_path() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("    circuitBreaker: { consecutiveFailures: 5, openFor: 1ns }\n", "spec.defaults.circuitBreaker.openFor", "at least 1ms"),
+        ("    circuitBreaker: { failureRatePercent: 50, window: 1ns }\n", "spec.defaults.circuitBreaker.window", "at least 1ms"),
+        ("    bulkhead: { maxConcurrent: 1, maxQueued: 1, queueTimeout: 1ns }\n", "spec.defaults.bulkhead.queueTimeout", "at least 1ms"),
+        ("    rateLimit: { perSecond: 1e-20 }\n", "spec.defaults.rateLimit.perSecond", "out of range"),
+        ("    rateLimit: { perSecond: 1e-300 }\n", "spec.defaults.rateLimit.perSecond", "out of range"),
+        ("    rateLimit: { perSecond: 10, perClient: { header: x-k, perSecond: 1e-9 } }\n", "spec.defaults.rateLimit.perClient.perSecond", "out of range"),
+        ("    faults: { abort: { httpStatus: 503, percent: 1 }, expiresAt: \"2026-11-23T10:00:00+\u{e9}\u{e9}0\" }\n", "spec.defaults.faults.expiresAt", "not an RFC 3339 time"),
+        ("    faults: { abort: { httpStatus: 503, percent: 1 }, expiresAt: \"1970-01-01T00:00:00Z\" }\n", "spec.defaults.faults.expiresAt", "before the year 2000"),
+        ("    faults: { abort: { httpStatus: 503, percent: 1 }, expiresAt: \"2027-02-30T10:00:00Z\" }\n", "spec.defaults.faults.expiresAt", "not an RFC 3339 time"),
+        ("    faults: { abort: { httpStatus: 503, percent: 1 }, expiresAt: \"2027-01-01T10:00:00+99:99\" }\n", "spec.defaults.faults.expiresAt", "not an RFC 3339 time"),
+        ("    faults: { abort: { httpStatus: 503, percent: 1 }, expiresAt: \"2999-01-01T10:00:00Z\" }\n", "spec.defaults.faults.expiresAt", "at most 7 days"),
+        ("    faults: { abort: { httpStatus: 503, percent: 1 }, for: 87600h }\n", "spec.defaults.faults.for", "at most 7 days"),
+        ("    faults: { responseBandwidth: { bytesPerSecond: 1, percent: 100 } }\n", "spec.defaults.faults.responseBandwidth.bytesPerSecond", "below the slowest"),
+        ("    faults: { abort: { httpStatus: 204, percent: 1 } }\n", "spec.defaults.faults.abort.httpStatus", "cannot carry"),
+        ("    faults: { abort: { httpStatus: 304, percent: 1 } }\n", "spec.defaults.faults.abort.httpStatus", "cannot carry"),
+        ("    faults: { abort: { httpStatus: 101, percent: 1 } }\n", "spec.defaults.faults.abort.httpStatus", "200..=599"),
+    ];
+    for (defaults, path, says) in cases {
+        let errs = with_defaults(defaults, "").expect_err(defaults);
+        assert!(
+            errs.iter().any(|e| e.contains(&format!("policy ns/p: {path}: ")) && e.contains(says)),
+            "{defaults}: {errs:?}"
+        );
+    }
+    let tcp =
+        with_defaults("    {}\n", "  tcpFaults: { bandwidth: { bytesPerSecond: 1, percent: 100 } }\n").unwrap_err();
+    assert!(tcp.iter().any(|e| e.contains("spec.tcpFaults.bandwidth.bytesPerSecond")), "{tcp:?}");
+    let outlier = with_defaults(
+        "    {}\n",
+        "  upstream: { outlierDetection: { consecutive5xx: 5, baseEjection: 30s, maxEjectionPercent: 0 } }\n",
+    )
+    .unwrap_err();
+    assert!(outlier.iter().any(|e| e.contains("spec.upstream.outlierDetection.maxEjectionPercent")), "{outlier:?}");
+}
+
+#[test]
+fn sane_limits_still_pass() {
+    let ok = with_defaults(
+        "    circuitBreaker: { consecutiveFailures: 5, openFor: 1ms, window: 1ms }\n    rateLimit: { perSecond: 0.001 }\n    faults: { responseBandwidth: { bytesPerSecond: 100, percent: 1 }, for: 168h }\n",
+        "",
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+    let soon = crate::faults::format_rfc3339(std::time::SystemTime::now() + Duration::from_secs(3600));
+    let at = with_defaults(
+        &format!("    faults: {{ abort: {{ httpStatus: 503, percent: 1 }}, expiresAt: \"{soon}\" }}\n"),
+        "",
+    );
+    assert!(at.is_ok(), "{at:?}");
 }

@@ -10,7 +10,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use arc_swap::ArcSwap;
 use bulwark_policy::spec::FaultSpec;
@@ -83,7 +85,7 @@ impl Store {
     /// The file's (or control plane's) new policies with the overlay on top, and `config` or,
     /// without one, the settings in force, read under the same lock.
     fn put(&self, config: Option<Arc<ProxyConfig>>, snapshot: Snapshot) -> u64 {
-        let mut guard = self.sources.lock().expect("store lock");
+        let mut guard = self.sources.lock();
         let sources = &mut *guard;
         sources.base = snapshot.documents.clone();
         let version = snapshot.version.clone();
@@ -119,7 +121,7 @@ impl Store {
 
     /// Puts a new config in force, keeping the policies (they come from the control plane).
     pub fn replace_config(&self, config: ProxyConfig) -> u64 {
-        let base = self.sources.lock().expect("store lock").base.clone();
+        let base = self.sources.lock().base.clone();
         let version = (self.generation() + 1).to_string();
         let snapshot = Snapshot::compile(version, base).unwrap_or_default();
         self.replace(config, snapshot)
@@ -127,7 +129,7 @@ impl Store {
 
     /// Sets faults on a route at runtime, replacing any set before; returns the generation.
     pub fn set_fault(&self, policy: &str, route: &str, spec: FaultSpec) -> Result<u64, String> {
-        let mut sources = self.sources.lock().expect("store lock");
+        let mut sources = self.sources.lock();
         if !route_exists(&sources.base, policy, route) {
             return Err(format!("no route {route:?} in policy {policy:?}"));
         }
@@ -140,7 +142,7 @@ impl Store {
 
     /// Removes runtime faults from a route; what the file says applies again.
     pub fn clear_fault(&self, policy: &str, route: &str) -> Result<u64, String> {
-        let mut sources = self.sources.lock().expect("store lock");
+        let mut sources = self.sources.lock();
         let mut overlay = sources.overlay.clone();
         if overlay.remove(&(policy.to_string(), route.to_string())).is_none() {
             return Err(format!("no runtime fault on route {route:?} of policy {policy:?}"));

@@ -115,7 +115,7 @@ impl Throttled {
             if !self.pending.is_empty() {
                 let n = self.pending.len().min((self.rate / 10).max(1) as usize);
                 let piece = self.pending.split_to(n);
-                let pause = Duration::from_secs_f64(n as f64 / self.rate as f64);
+                let pause = Duration::try_from_secs_f64(n as f64 / self.rate as f64).unwrap_or(Duration::from_secs(1));
                 self.wait.as_mut().reset(Instant::now() + pause);
                 self.waiting = true;
                 return Poll::Ready(Some(Ok(Frame::data(piece))));

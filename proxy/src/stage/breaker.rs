@@ -12,7 +12,9 @@
 //! measured over the last `window` to within one slice. A trial abandoned before it finished
 //! (the client went away) gives its slot back.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use bulwark_policy::BreakerPolicy;
@@ -214,7 +216,7 @@ impl Breaker {
     pub fn admit(self: &Arc<Self>, now: Instant) -> Result<Permit, CircuitOpen> {
         let mut transition = None;
         let result = {
-            let mut inner = self.inner.lock().expect("breaker lock");
+            let mut inner = self.inner.lock();
             if let Phase::Open { until } = inner.phase {
                 if now >= until {
                     inner.phase = Phase::HalfOpen { admitted: 0, succeeded: 0 };
@@ -242,7 +244,7 @@ impl Breaker {
         let slow = self.policy.slow_call.is_some_and(|(over, _)| elapsed > over);
         let mut transition = None;
         {
-            let mut inner = self.inner.lock().expect("breaker lock");
+            let mut inner = self.inner.lock();
             match (&mut inner.phase, trial) {
                 (Phase::HalfOpen { succeeded, .. }, true) => {
                     if failure || slow {
@@ -303,7 +305,7 @@ impl Breaker {
     }
 
     fn release_trial(&self) {
-        let mut inner = self.inner.lock().expect("breaker lock");
+        let mut inner = self.inner.lock();
         if let Phase::HalfOpen { admitted, .. } = &mut inner.phase {
             *admitted = admitted.saturating_sub(1);
         }
@@ -311,14 +313,14 @@ impl Breaker {
 
     /// Trials admitted and not yet finished or given back, while half-open.
     pub fn trials_in_flight(&self) -> Option<u32> {
-        match self.inner.lock().expect("breaker lock").phase {
+        match self.inner.lock().phase {
             Phase::HalfOpen { admitted, succeeded } => Some(admitted.saturating_sub(succeeded)),
             _ => None,
         }
     }
 
     pub fn state(&self, now: Instant) -> State {
-        match self.inner.lock().expect("breaker lock").phase {
+        match self.inner.lock().phase {
             Phase::Closed => State::Closed,
             // Reported as it will behave: an expired open period admits a trial next.
             Phase::Open { until } if now >= until => State::HalfOpen,
@@ -329,7 +331,7 @@ impl Breaker {
 
     /// The phase as last transitioned (what the state gauges count).
     pub fn phase(&self) -> State {
-        match self.inner.lock().expect("breaker lock").phase {
+        match self.inner.lock().phase {
             Phase::Closed => State::Closed,
             Phase::Open { .. } => State::Open,
             Phase::HalfOpen { .. } => State::HalfOpen,
@@ -338,7 +340,7 @@ impl Breaker {
 
     pub fn view(&self, now: Instant) -> View {
         let state = self.state(now);
-        let inner = self.inner.lock().expect("breaker lock");
+        let inner = self.inner.lock();
         let epoch = (now.saturating_duration_since(self.start).as_nanos() / self.slice_len.as_nanos()) as u64;
         let (total, failures, slow) = window_counts(&inner, epoch);
         let half_open_in_seconds = match inner.phase {

@@ -179,7 +179,7 @@ impl FaultState {
         let delay_of = |d: &Option<DelayFault>, draw: &mut dyn FnMut() -> u64| {
             d.filter(|d| d.chance.hit(draw())).map(|d| match d.delay {
                 Delay::Fixed(x) => x,
-                Delay::Range(lo, hi) => lo + (hi - lo).mul_f64(draw() as f64 / u64::MAX as f64),
+                Delay::Range(lo, hi) => lo + hi.saturating_sub(lo).mul_f64(draw() as f64 / u64::MAX as f64),
             })
         };
         Decision {

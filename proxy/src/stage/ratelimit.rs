@@ -5,8 +5,8 @@
 //! bounded: a bucket that has refilled completely is identical to a new one and is forgotten;
 //! beyond `maxClients`, the least recently seen client is forgotten.
 
+use parking_lot::Mutex;
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use bulwark_policy::stages::Bucket;
@@ -48,7 +48,7 @@ impl TokenBucket {
 
     /// Takes one token, or says how long until one is available.
     pub fn take(&self, now: Instant) -> Result<(), Duration> {
-        let mut s = self.state.lock().expect("bucket lock");
+        let mut s = self.state.lock();
         let (tokens, last) = *s;
         let tokens = (tokens + now.saturating_duration_since(last).as_secs_f64() * self.rate).min(self.burst);
         if tokens >= 1.0 {
@@ -56,18 +56,19 @@ impl TokenBucket {
             Ok(())
         } else {
             *s = (tokens, now);
-            Err(Duration::from_secs_f64((1.0 - tokens) / self.rate))
+            // Validation bounds the rate, but the arithmetic must not be able to panic either.
+            Err(Duration::try_from_secs_f64((1.0 - tokens) / self.rate).unwrap_or(Duration::from_secs(u32::MAX.into())))
         }
     }
 
     /// True when the bucket would be full at `now`: forgetting it changes nothing.
     fn is_full(&self, now: Instant) -> bool {
-        let (tokens, last) = *self.state.lock().expect("bucket lock");
+        let (tokens, last) = *self.state.lock();
         tokens + now.saturating_duration_since(last).as_secs_f64() * self.rate >= self.burst
     }
 
     fn last_seen(&self) -> Instant {
-        self.state.lock().expect("bucket lock").1
+        self.state.lock().1
     }
 }
 
@@ -235,6 +236,18 @@ mod tests {
         assert!(!refused.per_client);
         assert!(rl.check(&HeaderMap::new(), IP, now + Duration::from_millis(99)).is_err());
         assert!(rl.check(&HeaderMap::new(), IP, now + Duration::from_millis(200)).is_ok());
+    }
+
+    /// Validation refuses such rates; the bucket must not panic on them either (it once did,
+    /// with its lock held, failing every later request of the route).
+    #[tokio::test(start_paused = true)]
+    async fn an_absurd_rate_refuses_without_panicking() {
+        let now = Instant::now();
+        let rl = RateLimiter::new(&policy(1e-20, 1, None), now, RateLimitMetrics::default());
+        assert!(rl.check(&HeaderMap::new(), IP, now).is_ok());
+        let refused = rl.check(&HeaderMap::new(), IP, now).unwrap_err();
+        assert!(refused.retry_after >= Duration::from_secs(u32::MAX.into()));
+        assert!(rl.check(&HeaderMap::new(), IP, now).is_err(), "and the next one too");
     }
 
     #[tokio::test(start_paused = true)]

@@ -11,7 +11,9 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use bulwark_policy::{LoadBalancer, OutlierPolicy};
 use dashmap::DashMap;
@@ -19,6 +21,9 @@ use tokio::time::Instant;
 
 use super::ClusterKey;
 use super::Outcome;
+
+/// The longest an endpoint stays ejected, however often it was ejected before.
+const MAX_EJECTION: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Bound on endpoint sets tracked; beyond it a set is balanced without remembered state.
 const MAX_CLUSTERS: usize = 10_000;
@@ -33,7 +38,7 @@ struct Endpoint {
 
 impl Endpoint {
     fn ejected(&self, now: Instant) -> bool {
-        self.ejected_until.lock().expect("endpoint lock").is_some_and(|until| now < until)
+        self.ejected_until.lock().is_some_and(|until| now < until)
     }
 }
 
@@ -116,7 +121,8 @@ impl Cluster {
             return;
         }
         let times = e.times_ejected.fetch_add(1, Ordering::AcqRel) + 1;
-        *e.ejected_until.lock().expect("endpoint lock") = Some(now + policy.base_ejection * times);
+        let ejection = policy.base_ejection.saturating_mul(times).min(MAX_EJECTION);
+        *e.ejected_until.lock() = Some(now + ejection);
         e.consecutive.store(0, Ordering::Release);
         (self.on_eject)(addr);
     }

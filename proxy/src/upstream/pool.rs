@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -131,18 +133,18 @@ impl<B: SendBody> Pool<B> {
     }
 
     fn slots(&self, ep: SocketAddr) -> Arc<Slots> {
-        self.slots.lock().expect("pool lock").entry(ep).or_default().clone()
+        self.slots.lock().entry(ep).or_default().clone()
     }
 
     /// Connections open (or being opened) to `ep`.
     pub fn open(&self, ep: SocketAddr) -> usize {
-        self.slots.lock().expect("pool lock").get(&ep).map_or(0, |s| s.open.load(Ordering::Acquire))
+        self.slots.lock().get(&ep).map_or(0, |s| s.open.load(Ordering::Acquire))
     }
 
     /// A ready pooled connection to `ep`, if any, and when it was made.
     pub fn checkout(&self, ep: SocketAddr, proto: Proto) -> Option<(Conn<B>, Instant)> {
         let now = Instant::now();
-        let mut entries = self.entries.lock().expect("pool lock");
+        let mut entries = self.entries.lock();
         let entry = entries.get_mut(&(ep, proto))?;
         let found = match proto {
             Proto::Http2 => match &entry.h2 {
@@ -175,7 +177,7 @@ impl<B: SendBody> Pool<B> {
         }
         let cap = limits.max_connections.map_or(MAX_IDLE_PER_ENDPOINT, |m| m as usize);
         {
-            let mut entries = self.entries.lock().expect("pool lock");
+            let mut entries = self.entries.lock();
             let entry = entries.entry((ep, Proto::Http1)).or_default();
             if entry.h1.len() < cap {
                 entry.h1.push(Pooled { conn, created, last_used: Instant::now(), limits });
@@ -275,7 +277,7 @@ impl<B: SendBody> Pool<B> {
                     drop(slot);
                 });
                 let now = Instant::now();
-                let mut entries = self.entries.lock().expect("pool lock");
+                let mut entries = self.entries.lock();
                 entries.entry((ep, Proto::Http2)).or_default().h2 =
                     Some(Pooled { conn: send.clone(), created: now, last_used: now, limits });
                 Conn::H2(send)
@@ -301,7 +303,7 @@ impl<B: SendBody> Pool<B> {
     }
 
     fn sweep(&self, now: Instant) {
-        let mut entries = self.entries.lock().expect("pool lock");
+        let mut entries = self.entries.lock();
         entries.retain(|_, e| {
             e.h1.retain(|p| {
                 let idle = p.conn.is_ready() && now.duration_since(p.last_used) > p.limits.idle_timeout;

@@ -118,6 +118,13 @@ async fn set_and_clear_fault_edit_the_stored_policy() {
     let bad = pb::SetFaultRequest { faults_yaml: "abort: { httpStatus: 503, percent: 150 }".into(), ..set.clone() };
     let r = admin.set_fault(bad).await.unwrap().into_inner();
     assert!(!r.applied && r.errors.iter().any(|e| e.path == "spec.routes[0].faults.abort.percent"), "{r:?}");
+    // A duration past any sane fault (or past the end of time) is refused, never a crash.
+    for for_seconds in [u64::MAX, 8 * 24 * 3600] {
+        let long = pb::SetFaultRequest { for_seconds, ..set.clone() };
+        let e = admin.set_fault(long).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("for_seconds"), "{e:?}");
+    }
     let missing = pb::SetFaultRequest { route: "nope".into(), ..set };
     assert_eq!(admin.set_fault(missing).await.unwrap_err().code(), Code::NotFound);
     let clear = pb::ClearFaultRequest { namespace: "shop".into(), name: "a".into(), route: "pay".into() };

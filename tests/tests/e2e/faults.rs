@@ -262,3 +262,32 @@ async fn targeting_by_mesh_identity_hits_only_that_caller() {
     assert_eq!(get(callee.listener("web"), &[]).await.0, 200, "a caller without identity is not hit");
     assert_eq!(up.requests(), 3, "the aborted request never reached the upstream");
 }
+
+/// A malformed time in a runtime fault is refused with its field; the proxy, its store and
+/// every later change keep working (it once panicked under the store's lock, poisoning it).
+#[tokio::test]
+async fn a_malformed_expiry_is_refused_and_harms_nothing() {
+    let up = Upstream::start().await;
+    let spec = "  routes:\n  - name: pay\n    match: { pathPrefix: /pay }\n";
+    let proxy = start(&up, spec).await;
+    let post = |body: &'static str| {
+        let mut r = client::request(Method::POST, "/faults?policy=default/web&route=pay", &[]);
+        *r.body_mut() = http_body_util::Full::new(bytes::Bytes::from(body));
+        client::send(proxy.admin, r)
+    };
+    for bad in [
+        "abort: { httpStatus: 503, percent: 100 }\nexpiresAt: \"2026-11-23T10:00:00+\u{e9}\u{e9}0\"\n",
+        "abort: { httpStatus: 503, percent: 100 }\nexpiresAt: \"2026-02-30T10:00:00Z\"\n",
+        "abort: { httpStatus: 503, percent: 100 }\nfor: 87600h\n",
+    ] {
+        let r = post(bad).await.unwrap();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text());
+        assert!(r.text().contains("spec.routes[0].faults."), "{}", r.text());
+    }
+    assert_eq!(client::get(proxy.listener("web"), "/pay", &[]).await.unwrap().status, StatusCode::OK);
+    let r = post("abort: { httpStatus: 503, percent: 100 }\nfor: 1m\n").await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "a good fault after the bad ones: {}", r.text());
+    assert_eq!(client::get(proxy.listener("web"), "/pay", &[]).await.unwrap().reason(), Some("fault-abort"));
+    proxy.signal("HUP");
+    assert_eq!(client::get(proxy.admin, "/faults", &[]).await.unwrap().status, StatusCode::OK, "reloads still work");
+}

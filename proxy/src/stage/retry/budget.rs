@@ -3,7 +3,7 @@
 //! dependency fails everything, it sees at most that share more traffic, not `attempts` times
 //! the traffic (a retry storm). Counts are kept in one-second slices.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -30,7 +30,7 @@ impl RetryBudget {
     /// Counts a request (each request once, not each try).
     pub fn deposit(&self, now: Instant) {
         let s = self.second(now);
-        let mut slices = self.slices.lock().expect("budget lock");
+        let mut slices = self.slices.lock();
         let slot = &mut slices[(s % SLICES) as usize];
         if slot.0 != s {
             *slot = (s, 0, 0);
@@ -43,7 +43,7 @@ impl RetryBudget {
     /// withdrawal unspent gives it back.
     pub fn withdraw(&self, now: Instant) -> Option<Withdrawal<'_>> {
         let s = self.second(now);
-        let mut slices = self.slices.lock().expect("budget lock");
+        let mut slices = self.slices.lock();
         let (requests, retries) = window(&slices, s);
         let allowed = (requests as f64 * self.percent / 100.0) as u64 + u64::from(self.min_per_second) * SLICES;
         if retries >= allowed {
@@ -59,7 +59,7 @@ impl RetryBudget {
 
     /// Retries counted over the window ending at `now`.
     pub fn retries(&self, now: Instant) -> u64 {
-        window(&self.slices.lock().expect("budget lock"), self.second(now)).1
+        window(&self.slices.lock(), self.second(now)).1
     }
 }
 
@@ -90,7 +90,7 @@ impl Drop for Withdrawal<'_> {
         if self.spent {
             return;
         }
-        let mut slices = self.budget.slices.lock().expect("budget lock");
+        let mut slices = self.budget.slices.lock();
         let slot = &mut slices[(self.second % SLICES) as usize];
         // A slice already reused for a later second has forgotten this retry by itself.
         if slot.0 == self.second {

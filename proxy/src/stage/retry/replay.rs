@@ -5,7 +5,9 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -32,7 +34,7 @@ pub struct Kept {
 impl Kept {
     /// A body to send again, when the whole original body was kept.
     pub fn replay(&self) -> Option<UpstreamBody> {
-        let c = self.copy.lock().expect("replay lock");
+        let c = self.copy.lock();
         (c.complete && !c.overflow)
             .then(|| UpstreamBody::Replay { chunks: c.chunks.iter().cloned().collect(), trailers: c.trailers.clone() })
     }
@@ -65,7 +67,7 @@ impl Body for UpstreamBody {
             UpstreamBody::Stream(b) => Pin::new(b).poll_frame(cx),
             UpstreamBody::Tee { inner, kept } => {
                 let polled = Pin::new(&mut *inner).poll_frame(cx);
-                let mut c = kept.copy.lock().expect("replay lock");
+                let mut c = kept.copy.lock();
                 // hyper stops polling a body once its Content-Length is written, so the end is
                 // known from the body's own state, not only from a final `None`.
                 if inner.is_end_stream() {
