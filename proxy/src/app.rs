@@ -65,8 +65,8 @@ pub async fn run(
         drain: CancellationToken::new(),
         tracker: TaskTracker::new(),
     };
-    let proxy = Arc::new(Shared::new(store.clone(), metrics.clone(), life.tracker.clone())?);
-    proxy.pool.spawn_sweeper(Duration::from_secs(1), background.child_token());
+    let shared = Arc::new(Shared::new(store.clone(), metrics.clone(), life.tracker.clone())?);
+    shared.pool.spawn_sweeper(Duration::from_secs(1), background.child_token());
 
     let health = bind(config.health, "health").await?;
     bound.health = health.local_addr().ok();
@@ -95,7 +95,7 @@ pub async fn run(
             Direction::Inbound => bound.inbound = at,
         }
         let l = Arc::new(Listener { label: direction.as_str().into(), kind: Kind::Transparent(direction) });
-        tokio::spawn(listener::run(socket, l, proxy.clone(), life.clone()));
+        tokio::spawn(listener::run(socket, l, shared.clone(), life.clone()));
         tracing::info!(%addr, direction = direction.as_str(), "transparent listener ready");
     }
 
@@ -104,7 +104,7 @@ pub async fn run(
     }
 
     let mut explicit = ExplicitListeners::default();
-    explicit.reconcile(&config.listeners, &proxy, &life).await.map_err(|e| anyhow::anyhow!(e.join("; ")))?;
+    explicit.reconcile(&config.listeners, &shared, &life).await.map_err(|e| anyhow::anyhow!(e.join("; ")))?;
     let mut report = |explicit: &ExplicitListeners| {
         bound.listeners = explicit.addresses();
         if let Some(path) = &ready_file {
@@ -120,7 +120,7 @@ pub async fn run(
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading configuration");
-                reload(&source, &control_plane, &proxy, &mut explicit, &life).await;
+                reload(&source, &control_plane, &shared, &mut explicit, &life).await;
                 report(&explicit);
                 seen = fingerprint(&source, &store.config());
             }
@@ -128,7 +128,7 @@ pub async fn run(
                 let now = fingerprint(&source, &store.config());
                 if now != seen {
                     tracing::info!("configuration changed on disk: reloading");
-                    reload(&source, &control_plane, &proxy, &mut explicit, &life).await;
+                    reload(&source, &control_plane, &shared, &mut explicit, &life).await;
                     report(&explicit);
                     seen = now;
                 }
@@ -179,21 +179,21 @@ async fn drain(store: &Store, life: &Lifecycle, deadline: Duration) {
 async fn reload(
     source: &config::Source,
     control_plane: &Option<String>,
-    proxy: &Arc<Shared>,
+    shared: &Arc<Shared>,
     explicit: &mut ExplicitListeners,
     life: &Lifecycle,
 ) {
-    let next = proxy.store.generation() + 1;
+    let next = shared.store.generation() + 1;
     let mut loaded = match source.load(&next.to_string()) {
         Ok(l) => l,
         Err(errors) => {
             tracing::error!(config = %source, errors = %errors.join("\n  "), "reload rejected; the configuration in force is kept");
-            proxy.metrics.control.reload(false);
+            shared.metrics.control.reload(false);
             return;
         }
     };
     with_control_plane(&mut loaded.config, control_plane);
-    let current = proxy.store.config();
+    let current = shared.store.config();
     for (what, old, new) in [
         ("admin", Some(current.admin), Some(loaded.config.admin)),
         ("health", Some(current.health), Some(loaded.config.health)),
@@ -207,18 +207,18 @@ async fn reload(
     if current.access_log != loaded.config.access_log || current.tracing != loaded.config.tracing {
         tracing::warn!("changed accessLog or tracing settings take effect at the next restart");
     }
-    if let Err(errors) = explicit.reconcile(&loaded.config.listeners, proxy, life).await {
+    if let Err(errors) = explicit.reconcile(&loaded.config.listeners, shared, life).await {
         tracing::error!(errors = %errors.join("; "), "reload rejected; the configuration in force is kept");
-        proxy.metrics.control.reload(false);
+        shared.metrics.control.reload(false);
         return;
     }
     // With a control plane the policies are its; the file only brings the rest of the config.
     let generation = if loaded.config.control_plane.is_some() {
-        proxy.store.replace_config(loaded.config)
+        shared.store.replace_config(loaded.config)
     } else {
-        proxy.store.replace(loaded.config, loaded.snapshot)
+        shared.store.replace(loaded.config, loaded.snapshot)
     };
-    proxy.metrics.control.reload(true);
+    shared.metrics.control.reload(true);
     tracing::info!(generation, "configuration reloaded");
 }
 
@@ -264,7 +264,7 @@ impl ExplicitListeners {
     async fn reconcile(
         &mut self,
         wanted: &[ListenerConfig],
-        proxy: &Arc<Shared>,
+        shared: &Arc<Shared>,
         life: &Lifecycle,
     ) -> Result<(), Vec<String>> {
         // Bind every new socket first, so a failure changes nothing.
@@ -313,7 +313,7 @@ impl ExplicitListeners {
             let listen = socket.local_addr().unwrap_or(l.listen);
             let lifecycle = Lifecycle { stop_accept: stop.clone(), ..life.clone() };
             let listener = Arc::new(Listener { label: l.name.as_str().into(), kind: Kind::Explicit(upstream.clone()) });
-            tokio::spawn(listener::run(socket, listener, proxy.clone(), lifecycle));
+            tokio::spawn(listener::run(socket, listener, shared.clone(), lifecycle));
             tracing::info!(listener = %l.name, %listen, upstream = %l.upstream, "explicit listener ready");
             self.running.insert(
                 l.name.clone(),

@@ -32,14 +32,19 @@ const H2_STREAM_WINDOW: u32 = 1 << 20;
 const H2_CONN_WINDOW: u32 = 4 << 20;
 const H2_MAX_SEND_BUF: usize = 1 << 20;
 
-pub async fn serve<I>(io: I, protocol: Protocol, conn: Arc<Downstream>, proxy: Arc<Shared>, drain: CancellationToken)
-where
+pub async fn serve<I>(
+    io: I,
+    protocol: Protocol,
+    downstream: Arc<Downstream>,
+    shared: Arc<Shared>,
+    drain: CancellationToken,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let header_read_timeout = proxy.store.config().limits.header_read_timeout.get();
+    let header_read_timeout = shared.store.config().limits.header_read_timeout.get();
     let svc = {
-        let proxy = proxy.clone();
-        service_fn(move |req| super::stack::handle(proxy.clone(), conn.clone(), req))
+        let shared = shared.clone();
+        service_fn(move |req| super::stack::handle(shared.clone(), downstream.clone(), req))
     };
     let io = TokioIo::new(io);
     let result = match protocol {

@@ -47,10 +47,10 @@ pub struct Lifecycle {
     pub tracker: TaskTracker,
 }
 
-pub async fn run(socket: TcpListener, listener: Arc<Listener>, proxy: Arc<Shared>, life: Lifecycle) {
-    let cap = proxy.store.config().limits.max_connections_per_listener;
+pub async fn run(socket: TcpListener, listener: Arc<Listener>, shared: Arc<Shared>, life: Lifecycle) {
+    let cap = shared.store.config().limits.max_connections_per_listener;
     let slots = Arc::new(Semaphore::new(cap));
-    let active = proxy.metrics.listeners.active(&listener.label);
+    let active = shared.metrics.listeners.active(&listener.label);
     loop {
         let (stream, peer) = tokio::select! {
             _ = life.stop_accept.cancelled() => return,
@@ -65,14 +65,14 @@ pub async fn run(socket: TcpListener, listener: Arc<Listener>, proxy: Arc<Shared
             },
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            proxy.metrics.listeners.rejected(&listener.label);
+            shared.metrics.listeners.rejected(&listener.label);
             drop(stream);
             continue;
         };
-        let (listener, proxy, drain, active) = (listener.clone(), proxy.clone(), life.drain.clone(), active.clone());
+        let (listener, shared, drain, active) = (listener.clone(), shared.clone(), life.drain.clone(), active.clone());
         life.tracker.spawn(async move {
             active.inc();
-            handle(stream, peer, &listener, proxy, drain).await;
+            handle(stream, peer, &listener, shared, drain).await;
             active.dec();
             drop(permit);
         });
@@ -83,10 +83,10 @@ async fn handle(
     stream: TcpStream,
     peer: SocketAddr,
     listener: &Listener,
-    proxy: Arc<Shared>,
+    shared: Arc<Shared>,
     drain: CancellationToken,
 ) {
-    let config = proxy.store.config();
+    let config = shared.store.config();
     let (direction, upstream, forced) = match &listener.kind {
         Kind::Explicit(upstream) => {
             let u = upstream.load_full();
@@ -117,7 +117,7 @@ async fn handle(
             (*direction, Upstream::OriginalDst(dst), skip.then_some(Protocol::Opaque))
         }
     };
-    let target = Arc::new(Downstream::new(direction, listener.label.clone(), upstream, peer));
+    let downstream = Arc::new(Downstream::new(direction, listener.label.clone(), upstream, peer));
     let _ = stream.set_nodelay(true);
 
     let (protocol, io) = match forced {
@@ -130,10 +130,10 @@ async fn handle(
             }
         },
     };
-    proxy.metrics.listeners.opened(&listener.label, protocol.as_str());
+    shared.metrics.listeners.opened(&listener.label, protocol.as_str());
     match protocol {
-        Protocol::Http1 | Protocol::Http2 => crate::http::server::serve(io, protocol, target, proxy, drain).await,
-        Protocol::Opaque => crate::tcp::forward(io, &target, &proxy).await,
+        Protocol::Http1 | Protocol::Http2 => crate::http::server::serve(io, protocol, downstream, shared, drain).await,
+        Protocol::Opaque => crate::tcp::forward(io, &downstream, &shared).await,
     }
 }
 

@@ -11,10 +11,13 @@
 //! inside gives back what it held.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bulwark_policy::Timeouts;
 use http::HeaderMap;
+use pin_project_lite::pin_project;
 
 use crate::reason::Reason;
 use crate::upstream::Outcome;
@@ -35,12 +38,12 @@ pub fn request_limit(timeouts: &Timeouts, headers: &HeaderMap) -> Option<Duratio
 }
 
 /// Runs `f` under the overall limit.
-pub async fn overall<F: Future>(limit: Option<Duration>, f: F) -> Result<F::Output, Elapsed> {
-    within(limit.map(|d| (d, Elapsed { outcome: Outcome::Timeout, reason: Reason::Timeout })), f).await
+pub fn overall<F: Future>(limit: Option<Duration>, f: F) -> Bounded<F> {
+    Bounded::new(limit.map(|d| (d, Elapsed { outcome: Outcome::Timeout, reason: Reason::Timeout })), f)
 }
 
 /// Runs one attempt under the shorter of `perTry` and `idle`, each failing with its own reason.
-pub async fn per_try<F: Future>(timeouts: &Timeouts, f: F) -> Result<F::Output, Elapsed> {
+pub fn per_try<F: Future>(timeouts: &Timeouts, f: F) -> Bounded<F> {
     let bound = [
         (timeouts.per_try, Elapsed { outcome: Outcome::PerTryTimeout, reason: Reason::PerTryTimeout }),
         (timeouts.idle, Elapsed { outcome: Outcome::Timeout, reason: Reason::Timeout }),
@@ -48,13 +51,37 @@ pub async fn per_try<F: Future>(timeouts: &Timeouts, f: F) -> Result<F::Output, 
     .into_iter()
     .filter_map(|(d, e)| d.map(|d| (d, e)))
     .min_by_key(|(d, _)| *d);
-    within(bound, f).await
+    Bounded::new(bound, f)
 }
 
-async fn within<F: Future>(bound: Option<(Duration, Elapsed)>, f: F) -> Result<F::Output, Elapsed> {
-    match bound {
-        Some((limit, elapsed)) => tokio::time::timeout(limit, f).await.map_err(|_| elapsed),
-        None => Ok(f.await),
+pin_project! {
+    /// `F` under a bound, or unbounded (no timer at all then). A plain future rather than an
+    /// `async fn`: the bounded future (the whole retry loop, or one attempt) is stored once,
+    /// in place, not copied into each wrapper's state.
+    #[project = BoundedProj]
+    pub enum Bounded<F> {
+        Timed { #[pin] inner: tokio::time::Timeout<F>, elapsed: Elapsed },
+        Free { #[pin] inner: F },
+    }
+}
+
+impl<F: Future> Bounded<F> {
+    fn new(bound: Option<(Duration, Elapsed)>, f: F) -> Bounded<F> {
+        match bound {
+            Some((limit, elapsed)) => Bounded::Timed { inner: tokio::time::timeout(limit, f), elapsed },
+            None => Bounded::Free { inner: f },
+        }
+    }
+}
+
+impl<F: Future> Future for Bounded<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            BoundedProj::Timed { inner, elapsed } => inner.poll(cx).map(|r| r.map_err(|_| *elapsed)),
+            BoundedProj::Free { inner } => inner.poll(cx).map(Ok),
+        }
     }
 }
 

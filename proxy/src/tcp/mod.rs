@@ -9,11 +9,11 @@ use crate::downstream::Downstream;
 use crate::listener::detect::Prefixed;
 use crate::shared::Shared;
 
-pub async fn forward(mut down: Prefixed<TcpStream>, target: &Downstream, proxy: &Shared) {
+pub async fn forward(mut down: Prefixed<TcpStream>, downstream: &Downstream, shared: &Shared) {
     let (connect_timeout, idle, policy_id, tcp_faults) = {
-        let installed = proxy.store.installed();
+        let installed = shared.store.installed();
         let config = &installed.config;
-        let policy = installed.snapshot.select(&target.destination(None));
+        let policy = installed.snapshot.select(&downstream.destination(None));
         (
             policy.and_then(|p| p.upstream.connect_timeout).unwrap_or(config.upstream.connect_timeout.get()),
             policy.and_then(|p| p.default_route.timeouts.idle).unwrap_or(config.upstream.tcp_idle_timeout.get()),
@@ -24,7 +24,7 @@ pub async fn forward(mut down: Prefixed<TcpStream>, target: &Downstream, proxy: 
     let drawn = tcp_faults.map(|f| draw_tcp_faults(&f)).unwrap_or_default();
     let count = |kind| {
         if let Some(id) = &policy_id {
-            proxy.metrics.stages.fault.counter(id, "tcp", kind).inc();
+            shared.metrics.stages.fault.counter(id, "tcp", kind).inc();
         }
     };
     if drawn.reset_now {
@@ -48,28 +48,28 @@ pub async fn forward(mut down: Prefixed<TcpStream>, target: &Downstream, proxy: 
             count(kind);
         }
     }
-    let addrs = match target.addrs().await {
+    let addrs = match downstream.addrs().await {
         Ok(a) => a,
         Err(e) => {
-            tracing::info!(upstream = %target.authority(), error = %e, "tcp: resolution failed; closing");
+            tracing::info!(upstream = %downstream.authority(), error = %e, "tcp: resolution failed; closing");
             return;
         }
     };
     let mut up = match crate::upstream::connect::connect(&addrs, connect_timeout).await {
         Ok((up, _)) => {
-            proxy.metrics.upstream.connection("opened");
+            shared.metrics.upstream.connection("opened");
             up
         }
         Err(e) => {
-            proxy.metrics.upstream.connection("failed");
+            shared.metrics.upstream.connection("failed");
             tracing::info!(error = %e, "tcp: upstream connect failed; closing");
             return;
         }
     };
     match relay::forward(&mut down, &mut up, idle, drawn.faults).await {
-        Ok((sent, received)) => tracing::debug!(client = %target.client, sent, received, "tcp connection closed"),
+        Ok((sent, received)) => tracing::debug!(client = %downstream.client, sent, received, "tcp connection closed"),
         Err(e) => {
-            tracing::debug!(client = %target.client, error = %e, "tcp connection ended");
+            tracing::debug!(client = %downstream.client, error = %e, "tcp connection ended");
             if e.kind() == std::io::ErrorKind::ConnectionReset {
                 reset(down.inner());
                 reset(&up);
