@@ -184,7 +184,13 @@ async fn reload(
     life: &Lifecycle,
 ) {
     let next = shared.store.generation() + 1;
-    let mut loaded = match source.load(&next.to_string()) {
+    // Parsing and compiling a large policy set takes a while: on a blocking thread, so the
+    // workers keep serving (the same for installing it below).
+    let read = source.clone();
+    let loaded = tokio::task::spawn_blocking(move || read.load(&next.to_string()))
+        .await
+        .unwrap_or_else(|e| Err(vec![format!("reading the configuration failed: {e}")]));
+    let mut loaded = match loaded {
         Ok(l) => l,
         Err(errors) => {
             tracing::error!(config = %source, errors = %errors.join("\n  "), "reload rejected; the configuration in force is kept");
@@ -213,13 +219,25 @@ async fn reload(
         return;
     }
     // With a control plane the policies are its; the file only brings the rest of the config.
-    let generation = if loaded.config.control_plane.is_some() {
-        shared.store.replace_config(loaded.config)
-    } else {
-        shared.store.replace(loaded.config, loaded.snapshot)
-    };
-    shared.metrics.control.reload(true);
-    tracing::info!(generation, "configuration reloaded");
+    let store = shared.store.clone();
+    let installed = tokio::task::spawn_blocking(move || {
+        if loaded.config.control_plane.is_some() {
+            store.replace_config(loaded.config)
+        } else {
+            store.replace(loaded.config, loaded.snapshot)
+        }
+    })
+    .await;
+    match installed {
+        Ok(generation) => {
+            shared.metrics.control.reload(true);
+            tracing::info!(generation, "configuration reloaded");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "installing the reloaded configuration failed; the one in force is kept");
+            shared.metrics.control.reload(false);
+        }
+    }
 }
 
 /// Content hash of the config file and every policy file, so that edits, `kubectl`'s

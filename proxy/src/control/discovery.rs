@@ -104,6 +104,35 @@ fn node(cp: &ControlPlane) -> pb::Node {
     }
 }
 
+/// Compiles a pushed snapshot, builds its stage state, installs it and writes the cache, on a
+/// blocking thread: a large policy set takes long enough to compile that doing it on a worker
+/// would hold up every request that worker serves. Returns the generation, or every error.
+async fn install_off_the_data_path(
+    store: &Arc<Store>,
+    cache: Option<std::path::PathBuf>,
+    version: String,
+    policies: Vec<(String, String)>,
+) -> Result<u64, Vec<ValidationError>> {
+    let store = store.clone();
+    let work = tokio::task::spawn_blocking(move || {
+        let compiled = compile(&version, &policies)?;
+        let generation = store.replace_policies(compiled);
+        if let Some(path) = &cache {
+            if let Err(e) = write_cache(path, &version, &policies) {
+                tracing::warn!(cache = %path.display(), error = %e, "cannot write the snapshot cache");
+            }
+        }
+        Ok(generation)
+    });
+    work.await.unwrap_or_else(|e| {
+        Err(vec![ValidationError {
+            policy: String::new(),
+            path: String::new(),
+            message: format!("compile failed: {e}"),
+        }])
+    })
+}
+
 /// Keeps a discovery stream open until `stop`, reconnecting after any failure.
 pub async fn run(cp: ControlPlane, store: Arc<Store>, metrics: Arc<Metrics>, stop: CancellationToken) {
     let mut backoff = MIN_BACKOFF;
@@ -129,7 +158,7 @@ pub async fn run(cp: ControlPlane, store: Arc<Store>, metrics: Arc<Metrics>, sto
     }
 }
 
-async fn session(cp: &ControlPlane, store: &Store, metrics: &Metrics) -> anyhow::Result<()> {
+async fn session(cp: &ControlPlane, store: &Arc<Store>, metrics: &Metrics) -> anyhow::Result<()> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cp.address))?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30))
@@ -146,16 +175,13 @@ async fn session(cp: &ControlPlane, store: &Store, metrics: &Metrics) -> anyhow:
     while let Some(snapshot) = snapshots.message().await? {
         let policies: Vec<(String, String)> =
             snapshot.policies.iter().map(|p| (format!("{}/{}", p.namespace, p.name), p.yaml.clone())).collect();
-        let reply = match compile(&snapshot.version, &policies) {
-            Ok(compiled) => {
-                let generation = store.replace_policies(compiled);
+        let count = policies.len();
+        let reply = match install_off_the_data_path(store, cp.cache_file.clone(), snapshot.version.clone(), policies)
+            .await
+        {
+            Ok(generation) => {
                 metrics.control.snapshot(true);
-                tracing::info!(version = %snapshot.version, policies = policies.len(), generation, "snapshot in force");
-                if let Some(path) = &cp.cache_file {
-                    if let Err(e) = write_cache(path, &snapshot.version, &policies) {
-                        tracing::warn!(cache = %path.display(), error = %e, "cannot write the snapshot cache");
-                    }
-                }
+                tracing::info!(version = %snapshot.version, policies = count, generation, "snapshot in force");
                 pb::discovery_request::Kind::Ack(pb::Ack { version: snapshot.version })
             }
             Err(errors) => {

@@ -30,8 +30,18 @@ struct ConfigView<'a> {
 /// `shutdown` is cancelled by `POST /quitquitquit`: the proxy then drains and exits as on
 /// SIGTERM. A Job's app calls it when done on clusters without native sidecars, so the pod can
 /// complete.
+///
+/// Requests are answered on a blocking thread: setting a fault compiles the policy set, which
+/// must not hold up a worker that serves traffic.
 pub fn handler(store: Arc<Store>, log: Arc<dyn LogControl>, shutdown: CancellationToken) -> Handler {
-    Arc::new(move |req| server::ready(route(&store, &*log, &shutdown, req)))
+    Arc::new(move |req| {
+        let (store, log, shutdown) = (store.clone(), log.clone(), shutdown.clone());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || route(&store, &*log, &shutdown, req)).await.unwrap_or_else(|e| {
+                server::text(StatusCode::INTERNAL_SERVER_ERROR, format!("the admin request failed: {e}\n"))
+            })
+        })
+    })
 }
 
 fn route(
