@@ -314,11 +314,16 @@ impl<B: SendBody> Pool<B> {
             }
             !e.h1.is_empty() || e.h2.is_some()
         });
+        drop(entries);
+        // An endpoint's slot count is kept only while something holds it (a connection's
+        // reservation, a request waiting or connecting): a proxy that talks to ever new
+        // destinations must not keep one for each of them.
+        self.slots.lock().retain(|_, s| Arc::strong_count(s) > 1 || s.open.load(Ordering::Acquire) > 0);
     }
 }
 
 #[cfg(test)]
-mod cancellation {
+mod tests {
     use super::*;
 
     /// A listener whose accept queue is full: further connects hang in SYN_SENT.
@@ -331,6 +336,23 @@ mod cancellation {
             .filter_map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok())
             .collect();
         (addr, fill, s)
+    }
+
+    #[tokio::test]
+    async fn the_sweep_forgets_endpoints_nothing_holds() {
+        let pool = Pool::<http_body_util::Empty<Bytes>>::new(UpstreamMetrics::default());
+        let held: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let reservation = Reservation::take(&pool.slots(held), 1).unwrap();
+        for port in 2..1002u16 {
+            let _ = pool.slots(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+        assert_eq!(pool.slots.lock().len(), 1001);
+        pool.sweep(Instant::now());
+        assert_eq!(pool.slots.lock().len(), 1, "only the endpoint with a live reservation is kept");
+        assert_eq!(pool.open(held), 1);
+        drop(reservation);
+        pool.sweep(Instant::now());
+        assert!(pool.slots.lock().is_empty());
     }
 
     #[tokio::test]
