@@ -31,10 +31,16 @@ struct ConfigView<'a> {
 /// SIGTERM. A Job's app calls it when done on clusters without native sidecars, so the pod can
 /// complete.
 ///
-/// Requests are answered on a blocking thread: setting a fault compiles the policy set, which
-/// must not hold up a worker that serves traffic.
+/// Setting or clearing a fault compiles the policy set: those requests are answered on a
+/// blocking thread, so a worker that serves traffic is not held up. The others are answered
+/// at once, on the connection's task (`/quitquitquit`'s reply must be written before the
+/// drain it starts can end the process).
 pub fn handler(store: Arc<Store>, log: Arc<dyn LogControl>, shutdown: CancellationToken) -> Handler {
     Arc::new(move |req| {
+        let compiles = req.uri().path() == "/faults" && req.method() != Method::GET;
+        if !compiles {
+            return server::ready(route(&store, &*log, &shutdown, req));
+        }
         let (store, log, shutdown) = (store.clone(), log.clone(), shutdown.clone());
         Box::pin(async move {
             tokio::task::spawn_blocking(move || route(&store, &*log, &shutdown, req)).await.unwrap_or_else(|e| {
