@@ -93,7 +93,14 @@ impl Store {
         let mut incoming = Vec::new();
         let mut errors = Vec::new();
         for (i, t) in texts.iter().enumerate() {
-            match parse_documents(t, &format!("document {}", i + 1)) {
+            let label = format!("document {}", i + 1);
+            match parse_documents(t, &label) {
+                // Applying nothing is a mistake (the wrong file, an empty pipe), not a no-op.
+                Ok(d) if d.is_empty() => errors.push(ValidationError {
+                    policy: label,
+                    path: String::new(),
+                    message: "there is no policy in it (it is empty, or only comments and `---`)".into(),
+                }),
                 Ok(mut d) => incoming.append(&mut d),
                 Err(mut e) => errors.append(&mut e),
             }

@@ -56,6 +56,20 @@ async fn a_bad_policy_is_refused_with_field_paths_and_nothing_changes() {
 }
 
 #[tokio::test]
+async fn an_apply_with_no_policy_in_it_says_so() {
+    let cp = ControlPlane::start(None).await;
+    let mut admin = cp.admin().await;
+    let r = admin.apply(apply(&["".into(), "---\n# nothing\n---\n".into(), policy("a", "1s")])).await.unwrap();
+    let r = r.into_inner();
+    assert!(!r.applied, "{r:?}");
+    for doc in ["document 1", "document 2"] {
+        assert!(r.errors.iter().any(|e| e.policy == doc && e.message.contains("no policy in it")), "{doc}: {r:?}");
+    }
+    let listed = admin.list(pb::ListRequest::default()).await.unwrap().into_inner();
+    assert!(listed.policies.is_empty(), "nothing was applied: {listed:?}");
+}
+
+#[tokio::test]
 async fn every_acknowledged_apply_survives_kill_9_mid_stream() {
     let mut cp = ControlPlane::start(None).await;
     let mut admin = cp.admin().await;
