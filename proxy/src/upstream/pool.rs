@@ -323,11 +323,12 @@ impl<B: SendBody> Pool<B> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A listener whose accept queue is full: further connects hang in SYN_SENT.
-    fn blackhole() -> (std::net::SocketAddr, Vec<std::net::TcpStream>, socket2::Socket) {
+    /// Also used by the stage-chain tests (`http/stack/tests.rs`).
+    pub(crate) fn blackhole() -> (std::net::SocketAddr, Vec<std::net::TcpStream>, socket2::Socket) {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
         s.listen(0).unwrap();

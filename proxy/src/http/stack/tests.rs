@@ -67,17 +67,6 @@ async fn upstream() -> TestUpstream {
     TestUpstream { addr, requests }
 }
 
-/// A listener whose accept queue is full: a connect to it hangs.
-fn blackhole() -> (SocketAddr, socket2::Socket, Vec<std::net::TcpStream>) {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
-    s.listen(0).unwrap();
-    let addr = s.local_addr().unwrap().as_socket().unwrap();
-    let fill =
-        (0..2).filter_map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()).collect();
-    (addr, s, fill)
-}
-
 struct TestProxy {
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -236,7 +225,7 @@ async fn clients_that_leave_while_queued_give_their_places_back() {
 
 #[tokio::test]
 async fn a_client_that_leaves_during_connect_gives_the_pool_slot_back() {
-    let (dead, _socket, _fill) = blackhole();
+    let (dead, _fill, _socket) = crate::upstream::pool::tests::blackhole();
     let p = proxy(dead, "    upstream:\n      connectTimeout: 30s\n      pool: { maxConnections: 1 }\n").await;
     for _ in 0..3 {
         let client = leaving(p.addr, &[]).await;
