@@ -16,6 +16,8 @@ pub enum Reason {
     UpstreamReset,
     NoHealthyUpstream,
     RetryBudgetExhausted,
+    /// The request is malformed or ambiguous (RFC 9112 §3.2): never forwarded.
+    BadRequest,
 }
 
 impl Reason {
@@ -31,6 +33,7 @@ impl Reason {
             Reason::UpstreamReset => "upstream-reset",
             Reason::NoHealthyUpstream => "no-healthy-upstream",
             Reason::RetryBudgetExhausted => "retry-budget-exhausted",
+            Reason::BadRequest => "bad-request",
         }
     }
 }

@@ -114,17 +114,24 @@ fn default_drain() -> Dur {
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Detection {
     /// How long to wait for the client's first bytes before treating the connection as TCP.
     pub timeout: Dur,
     /// Destination ports forwarded as TCP without waiting for detection.
     pub server_first_ports: Vec<u16>,
+    /// Destination ports of captured traffic that are HTTP: never forwarded as TCP (bytes
+    /// that are not HTTP are answered 400).
+    pub http_ports: Vec<u16>,
 }
 
 impl Default for Detection {
     fn default() -> Self {
-        Detection { timeout: Dur(Duration::from_secs(1)), server_first_ports: DEFAULT_SERVER_FIRST_PORTS.to_vec() }
+        Detection {
+            timeout: Dur(Duration::from_secs(1)),
+            server_first_ports: DEFAULT_SERVER_FIRST_PORTS.to_vec(),
+            http_ports: Vec::new(),
+        }
     }
 }
 
@@ -194,6 +201,8 @@ pub enum ListenerProtocol {
     /// Detect HTTP/1.1, HTTP/2 (h2c, gRPC) or fall back to TCP.
     #[default]
     Auto,
+    /// Detect HTTP/1.1 or HTTP/2; never TCP.
+    Http,
     Http1,
     Http2,
     Tcp,

@@ -3,7 +3,7 @@
 //! `te: trailers`, which gRPC relies on. `x-request-id` is added when absent.
 
 use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, Request, Version};
+use http::{HeaderMap, Method, Request, Version};
 
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -69,6 +69,36 @@ pub fn for_upstream<B>(req: &mut Request<B>, authority: impl FnOnce() -> String)
         *req.version_mut() = Version::HTTP_11;
     }
     upgrade
+}
+
+/// Decides the request's one authority, before anything reads it (RFC 9112 §3.2, §3.2.2): an
+/// absolute-form target's authority wins and `Host` is rewritten to it, and the target
+/// becomes origin-form, so route matching and the upstream see the same authority. More than
+/// one `Host`, or one that is not an authority, is refused with what was wrong. Returns the
+/// host to route on.
+pub fn settle_authority<B>(req: &mut Request<B>) -> Result<Option<String>, &'static str> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let given = hosts.next().cloned();
+    if hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    if given.as_ref().is_some_and(|h| h.to_str().ok().and_then(|h| h.parse::<http::uri::Authority>().ok()).is_none()) {
+        return Err("Host is not a valid authority");
+    }
+    let h1 = req.version() != Version::HTTP_2;
+    if let Some(authority) = req.uri().authority() {
+        let value =
+            HeaderValue::from_str(authority.as_str()).map_err(|_| "the request target's authority is invalid")?;
+        // HTTP/2 carries it in `:authority`; a `Host` beside it is made to agree.
+        if h1 || given.is_some() {
+            req.headers_mut().insert(HOST, value);
+        }
+        if h1 && req.method() != Method::CONNECT {
+            let origin = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            *req.uri_mut() = origin.parse().map_err(|_| "the request target is invalid")?;
+        }
+    }
+    Ok(request_host(req))
 }
 
 /// Authority host without port, lower case: from the URI (HTTP/2, absolute form) or `Host`.
@@ -141,6 +171,34 @@ mod tests {
         let mut h2 = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert!(!strip_hop_by_hop(&mut h2, false));
         assert!(h2.is_empty());
+    }
+
+    fn h1(target: &str, hosts: &[&str]) -> Request<()> {
+        let mut b = Request::builder().uri(target);
+        for h in hosts {
+            b = b.header(HOST, *h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn the_absolute_form_authority_wins_and_rewrites_host() {
+        let mut req = h1("http://Other.Example:8080/abs?q=1", &["guarded.example"]);
+        assert_eq!(settle_authority(&mut req), Ok(Some("other.example".into())));
+        assert_eq!(req.headers()[HOST], "Other.Example:8080");
+        assert_eq!(req.uri(), "/abs?q=1", "origin-form upstream");
+        assert_eq!(req.headers().get_all(HOST).iter().count(), 1);
+
+        let mut plain = h1("/x", &["guarded.example"]);
+        assert_eq!(settle_authority(&mut plain), Ok(Some("guarded.example".into())));
+        assert_eq!(plain.uri(), "/x");
+    }
+
+    #[test]
+    fn ambiguous_hosts_are_refused() {
+        assert_eq!(settle_authority(&mut h1("/", &["a.example", "b.example"])), Err("more than one Host header"));
+        assert_eq!(settle_authority(&mut h1("/", &["a b"])), Err("Host is not a valid authority"));
+        assert_eq!(settle_authority(&mut h1("/", &[])), Ok(None));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub const REASON_HEADER: &str = "x-bulwark-reason";
 pub mod grpc_code {
     pub const DEADLINE_EXCEEDED: u16 = 4;
     pub const RESOURCE_EXHAUSTED: u16 = 8;
+    pub const INTERNAL: u16 = 13;
     pub const UNAVAILABLE: u16 = 14;
 }
 
@@ -26,6 +27,7 @@ pub fn status_of(reason: Reason) -> StatusCode {
         Reason::Timeout | Reason::PerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
         Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         Reason::FaultAbort => StatusCode::SERVICE_UNAVAILABLE,
+        Reason::BadRequest => StatusCode::BAD_REQUEST,
         Reason::CircuitOpen
         | Reason::BulkheadFull
         | Reason::UpstreamConnectFailure
@@ -39,6 +41,7 @@ pub fn grpc_status_of(reason: Reason) -> u16 {
     match reason {
         Reason::Timeout | Reason::PerTryTimeout => grpc_code::DEADLINE_EXCEEDED,
         Reason::RateLimited | Reason::BulkheadFull => grpc_code::RESOURCE_EXHAUSTED,
+        Reason::BadRequest => grpc_code::INTERNAL,
         _ => grpc_code::UNAVAILABLE,
     }
 }
@@ -55,6 +58,7 @@ fn message_of(reason: Reason) -> &'static str {
         Reason::UpstreamReset => "upstream reset before response",
         Reason::NoHealthyUpstream => "no healthy upstream",
         Reason::RetryBudgetExhausted => "retry budget exhausted",
+        Reason::BadRequest => "bad request",
     }
 }
 

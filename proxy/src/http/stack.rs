@@ -20,6 +20,7 @@ use super::attempt::Attempt;
 use super::body::ProxyBody;
 use super::{headers, respond, upgrade};
 use crate::downstream::Downstream;
+use crate::reason::Reason;
 use crate::shared::Shared;
 use crate::stage::fault::{Decision, FaultState};
 use crate::stage::registry::RouteState;
@@ -42,7 +43,10 @@ pub async fn handle(
         // its own proxy.
         req.headers_mut().insert(bulwark_policy::faults::CLIENT_ID_HEADER, id.clone());
     }
-    let host = headers::request_host(&req);
+    let host = match headers::settle_authority(&mut req) {
+        Ok(host) => host,
+        Err(why) => return Ok(bad_request(&shared, &downstream, req, why, grpc)),
+    };
     let selected = Selected::of(&shared, &downstream, &req, host.as_deref());
     let mut rec = Record::start(&shared, selected.labels(&downstream), &mut req, host.as_deref(), downstream.client);
     let resp = match chain(&shared, &downstream, &selected, req, &mut rec).await {
@@ -53,6 +57,31 @@ pub async fn handle(
         }
     };
     Ok(rec.finish(&shared, resp))
+}
+
+/// A request that must not be forwarded: answered 400 on no route, and its connection closed
+/// (what follows it on the wire cannot be trusted either).
+fn bad_request(
+    shared: &Arc<Shared>,
+    down: &Downstream,
+    mut req: Request<Incoming>,
+    why: &str,
+    grpc: bool,
+) -> Response<ProxyBody> {
+    tracing::debug!(client = %down.client, why, "bad request refused");
+    let labels = RouteLabels {
+        direction: down.direction.as_str(),
+        listener: down.label.clone(),
+        policy: "".into(),
+        route: "".into(),
+    };
+    let mut rec = Record::start(shared, labels, &mut req, None, down.client);
+    rec.reason = Some(Reason::BadRequest);
+    let mut resp = respond::refuse(Reason::BadRequest, grpc);
+    if req.version() != Version::HTTP_2 {
+        resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
+    rec.finish(shared, resp)
 }
 
 /// The request path, in the order the stages run.

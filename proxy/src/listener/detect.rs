@@ -1,9 +1,21 @@
-//! Protocol detection on a new connection's first bytes. HTTP/2 is recognised by its
-//! connection preface (prior knowledge, which covers gRPC), HTTP/1.x by a request line ending
-//! in ` HTTP/1.0` or ` HTTP/1.1`. Anything else is opaque TCP, decided as early as possible:
-//! a first byte that cannot start a method (TLS, binary protocols) decides at once, and a
-//! client that sends nothing (the server speaks first) is forwarded as TCP when the detection
-//! timeout ends, so such protocols never hang.
+//! Protocol detection on a new connection's first bytes. The rule, in the order it is applied
+//! (docs/limits.md states it for users):
+//!
+//! - the HTTP/2 connection preface is HTTP/2 (prior knowledge, which covers gRPC);
+//! - bytes that start like an HTTP/1 request are HTTP/1: a token followed by a space and a
+//!   request target starting with `/` or `*`, a registered method followed by a space, or a
+//!   first line that contains ` HTTP/`. They go to the HTTP server, which parses them or
+//!   answers 400 and closes: they are never tunnelled, so nothing that looks like a request
+//!   reaches an upstream without passing its route's stages;
+//! - anything else is opaque TCP, decided as early as possible: a first byte that cannot start
+//!   a method (TLS, binary protocols) or a control byte in the first line decides at once, a
+//!   complete first line that is none of the above (`PING`, `get key`) decides at its end;
+//! - a client that sends nothing (the server speaks first) is TCP when the detection timeout
+//!   ends; a client that sent the printable start of a line and paused, or a first line
+//!   longer than 8 KiB, is HTTP/1 (the HTTP server's own limits then answer it).
+//!
+//! Listeners declared `http1`, `http2` or `http`, and transparent ports listed in
+//! `detection.httpPorts`, never fall back to TCP: what is not HTTP/2 is HTTP/1 there.
 
 use std::io;
 use std::pin::Pin;
@@ -14,9 +26,13 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// A request line longer than this is not worth waiting for; treat the stream as opaque.
+/// A first line longer than this is not worth waiting for: it is handed to the HTTP server,
+/// whose request-line limit answers it.
 const MAX_DETECT_BYTES: usize = 8 * 1024;
-const MAX_METHOD_LEN: usize = 20;
+/// Methods of the IANA registry that matter in practice: `GET key` is a request even with an
+/// unusual target. Case matters, so text protocols' lower-case commands stay opaque.
+const METHODS: [&[u8]; 10] =
+    [b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH", b"PRI"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -35,51 +51,70 @@ impl Protocol {
     }
 }
 
+/// What a listener lets detection decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// HTTP/1, HTTP/2 or opaque TCP.
+    Auto,
+    /// HTTP/1 or HTTP/2; bytes that are not HTTP are answered by the HTTP/1 server (400).
+    HttpOnly,
+}
+
 enum Verdict {
     Known(Protocol),
     NeedMore,
 }
 
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_tchar(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
+}
+
+/// A byte no HTTP/1 request line contains (CR and LF end it; HTAB is tolerated).
+fn is_control(c: u8) -> bool {
+    (c < 0x20 && !matches!(c, b'\t' | b'\r' | b'\n')) || c == 0x7f
+}
+
 fn classify(b: &[u8]) -> Verdict {
-    if b.is_empty() {
-        return Verdict::NeedMore;
-    }
+    let Some(&first) = b.first() else { return Verdict::NeedMore };
     let n = b.len().min(H2_PREFACE.len());
-    if b[..n] == H2_PREFACE[..n] {
+    if b.get(..n) == H2_PREFACE.get(..n) {
         return if b.len() >= H2_PREFACE.len() { Verdict::Known(Protocol::Http2) } else { Verdict::NeedMore };
     }
-    // Method token: upper-case letters (and '-') up to the first space.
-    match b.iter().position(|c| *c == b' ') {
-        None if b.len() > MAX_METHOD_LEN => return Verdict::Known(Protocol::Opaque),
-        None => {
-            if !b.iter().all(|c| c.is_ascii_uppercase() || *c == b'-') {
-                return Verdict::Known(Protocol::Opaque);
-            }
-            return Verdict::NeedMore;
-        }
-        Some(0) => return Verdict::Known(Protocol::Opaque),
-        Some(i) if i > MAX_METHOD_LEN || !b[..i].iter().all(|c| c.is_ascii_uppercase() || *c == b'-') => {
-            return Verdict::Known(Protocol::Opaque)
-        }
-        Some(_) => {}
+    if !is_tchar(first) {
+        return Verdict::Known(Protocol::Opaque);
     }
-    match b.windows(2).position(|w| w == b"\r\n") {
-        Some(end) => {
-            let line = &b[..end];
-            if line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0") {
-                Verdict::Known(Protocol::Http1)
-            } else {
-                Verdict::Known(Protocol::Opaque)
-            }
-        }
-        None if b.len() >= MAX_DETECT_BYTES => Verdict::Known(Protocol::Opaque),
-        None => Verdict::NeedMore,
+    let window = &b[..b.len().min(MAX_DETECT_BYTES)];
+    let line_end = window.iter().position(|c| *c == b'\n');
+    let line = &window[..line_end.unwrap_or(window.len())];
+    if line.iter().any(|c| is_control(*c)) {
+        return Verdict::Known(Protocol::Opaque);
     }
+    let token = line.iter().position(|c| !is_tchar(*c)).unwrap_or(line.len());
+    if line.get(token) == Some(&b' ') {
+        let method = &line[..token];
+        let target = line.get(token + 1);
+        if METHODS.contains(&method) || matches!(target, Some(b'/' | b'*')) {
+            return Verdict::Known(Protocol::Http1);
+        }
+    }
+    if line_end.is_some() {
+        let http = line.windows(6).any(|w| w == b" HTTP/");
+        return Verdict::Known(if http { Protocol::Http1 } else { Protocol::Opaque });
+    }
+    if b.len() >= MAX_DETECT_BYTES {
+        return Verdict::Known(Protocol::Http1);
+    }
+    Verdict::NeedMore
 }
 
 /// Reads until the protocol is known, the peer stops sending, or `timeout` passes. The bytes
 /// read are returned inside the `Prefixed` stream so nothing is lost.
-pub async fn detect<S: AsyncRead + Unpin>(mut io: S, timeout: Duration) -> io::Result<(Protocol, Prefixed<S>)> {
+pub async fn detect<S: AsyncRead + Unpin>(
+    mut io: S,
+    timeout: Duration,
+    mode: Mode,
+) -> io::Result<(Protocol, Prefixed<S>)> {
     let mut buf = BytesMut::with_capacity(1024);
     let deadline = tokio::time::Instant::now() + timeout;
     let protocol = loop {
@@ -87,10 +122,17 @@ pub async fn detect<S: AsyncRead + Unpin>(mut io: S, timeout: Duration) -> io::R
             break p;
         }
         match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
-            Ok(Ok(0)) | Err(_) => break Protocol::Opaque,
+            // Silence is a server-first protocol; the start of a line that then pauses is a
+            // (slow or hostile) HTTP client, never a way around the HTTP server.
+            Ok(Ok(0)) | Err(_) if buf.is_empty() => break Protocol::Opaque,
+            Ok(Ok(0)) | Err(_) => break Protocol::Http1,
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
         }
+    };
+    let protocol = match (protocol, mode) {
+        (Protocol::Opaque, Mode::HttpOnly) => Protocol::Http1,
+        (p, _) => p,
     };
     Ok((protocol, Prefixed::new(buf.freeze(), io)))
 }
@@ -143,18 +185,60 @@ mod tests {
         assert_eq!(verdict(b"GET /x HTTP/1.0\r\n"), Some(Protocol::Http1));
         assert_eq!(verdict(H2_PREFACE), Some(Protocol::Http2));
         assert_eq!(verdict(b"PRI * HTTP/2.0\r\n"), None);
-        assert_eq!(verdict(b"GET / HT"), None);
+        assert_eq!(verdict(b"GE"), None);
         assert_eq!(verdict(b"\x16\x03\x01\x02\x00"), Some(Protocol::Opaque), "TLS decides at once");
+        assert_eq!(verdict(b"A\x00\x00\x00"), Some(Protocol::Opaque), "a control byte decides at once");
         assert_eq!(verdict(b"hello world\r\n"), Some(Protocol::Opaque));
         assert_eq!(verdict(b"PING\r\n"), Some(Protocol::Opaque));
-        assert_eq!(verdict(b"GET / SPDY/3\r\n"), Some(Protocol::Opaque));
+        assert_eq!(verdict(b"get key\r\n"), Some(Protocol::Opaque), "memcached's text protocol");
+        assert_eq!(verdict(b"*1\r\n$4\r\nPING\r\n"), Some(Protocol::Opaque), "RESP");
+    }
+
+    #[test]
+    fn what_starts_like_a_request_is_http_even_when_the_parser_will_refuse_it() {
+        for line in [
+            &b"GET / HTTP/1.2\r\n"[..],
+            b"GET /\r\n",
+            b"post / HTTP/1.1\r\n",
+            b"GE(T / HTTP/1.1\r\n",
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZABCD / HTTP/1.1\r\n",
+            b"GET / HTTP/1.1 \r\n",
+            b"GET / HTTP/1.1\n",
+            b"GET key\r\n",
+            b"GET / SPDY/3\r\n",
+            b"OPTIONS * HTTP/1.1\r\n",
+        ] {
+            assert_eq!(verdict(line), Some(Protocol::Http1), "{}", String::from_utf8_lossy(line));
+        }
+        let mut long = b"GET /".to_vec();
+        long.resize(MAX_DETECT_BYTES + 10, b'a');
+        assert_eq!(verdict(&long), Some(Protocol::Http1), "a line over the limit");
+        let mut token = vec![b'a'; MAX_DETECT_BYTES];
+        token.push(b'b');
+        assert_eq!(verdict(&token), Some(Protocol::Http1), "a token over the limit");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_pauses_after_its_first_byte_is_http() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b"G").await.unwrap();
+        let (p, _) = detect(server, Duration::from_secs(1), Mode::Auto).await.unwrap();
+        assert_eq!(p, Protocol::Http1);
+    }
+
+    #[tokio::test]
+    async fn http_only_listeners_never_fall_back() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b"PING\r\n").await.unwrap();
+        let (p, _) = detect(server, Duration::from_secs(1), Mode::HttpOnly).await.unwrap();
+        assert_eq!(p, Protocol::Http1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn silent_client_becomes_tcp_after_the_timeout() {
         let (client, server) = tokio::io::duplex(64);
         let start = tokio::time::Instant::now();
-        let (p, _) = detect(server, Duration::from_secs(1)).await.unwrap();
+        let (p, _) = detect(server, Duration::from_secs(1), Mode::Auto).await.unwrap();
         assert_eq!(p, Protocol::Opaque);
         assert_eq!(start.elapsed(), Duration::from_secs(1));
         drop(client);
@@ -164,7 +248,7 @@ mod tests {
     async fn bytes_read_during_detection_are_replayed() {
         let (mut client, server) = tokio::io::duplex(64);
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-        let (p, mut io) = detect(server, Duration::from_secs(5)).await.unwrap();
+        let (p, mut io) = detect(server, Duration::from_secs(5), Mode::Auto).await.unwrap();
         assert_eq!(p, Protocol::Http1);
         client.write_all(b"rest").await.unwrap();
         drop(client);

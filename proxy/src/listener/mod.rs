@@ -25,7 +25,13 @@ use crate::control::config::ListenerProtocol;
 use crate::downstream::{Downstream, ExplicitUpstream, Upstream};
 use crate::shared::Shared;
 use crate::telemetry::metrics::single;
-use detect::Protocol;
+use detect::{Mode, Protocol};
+
+/// How a connection's protocol is decided: fixed by the listener, or detected.
+enum Decide {
+    Fixed(Protocol),
+    Detect(Mode),
+}
 
 pub enum Kind {
     /// The upstream may be replaced by a reload while the listener keeps its socket.
@@ -87,18 +93,19 @@ async fn handle(
     drain: CancellationToken,
 ) {
     let config = shared.store.config();
-    let (direction, upstream, forced) = match &listener.kind {
+    let (direction, upstream, decide) = match &listener.kind {
         Kind::Explicit(upstream) => {
             let u = upstream.load_full();
             let skip = config.detection.server_first_ports.contains(&u.resolver.primary().port);
-            let forced = match u.protocol {
-                ListenerProtocol::Auto if skip => Some(Protocol::Opaque),
-                ListenerProtocol::Auto => None,
-                ListenerProtocol::Http1 => Some(Protocol::Http1),
-                ListenerProtocol::Http2 => Some(Protocol::Http2),
-                ListenerProtocol::Tcp => Some(Protocol::Opaque),
+            let decide = match u.protocol {
+                ListenerProtocol::Auto if skip => Decide::Fixed(Protocol::Opaque),
+                ListenerProtocol::Auto => Decide::Detect(Mode::Auto),
+                ListenerProtocol::Http => Decide::Detect(Mode::HttpOnly),
+                ListenerProtocol::Http1 => Decide::Fixed(Protocol::Http1),
+                ListenerProtocol::Http2 => Decide::Fixed(Protocol::Http2),
+                ListenerProtocol::Tcp => Decide::Fixed(Protocol::Opaque),
             };
-            (u.direction, Upstream::Explicit(u), forced)
+            (u.direction, Upstream::Explicit(u), decide)
         }
         Kind::Transparent(direction) => {
             let dst = match transparent::original_dst(&stream) {
@@ -113,16 +120,22 @@ async fn handle(
                 tracing::warn!(listener = %listener.label, client = %peer, "refusing a connection addressed to the capture port itself");
                 return;
             }
-            let skip = config.detection.server_first_ports.contains(&dst.port());
-            (*direction, Upstream::OriginalDst(dst), skip.then_some(Protocol::Opaque))
+            let decide = if config.detection.http_ports.contains(&dst.port()) {
+                Decide::Detect(Mode::HttpOnly)
+            } else if config.detection.server_first_ports.contains(&dst.port()) {
+                Decide::Fixed(Protocol::Opaque)
+            } else {
+                Decide::Detect(Mode::Auto)
+            };
+            (*direction, Upstream::OriginalDst(dst), decide)
         }
     };
     let downstream = Arc::new(Downstream::new(direction, listener.label.clone(), upstream, peer));
     let _ = stream.set_nodelay(true);
 
-    let (protocol, io) = match forced {
-        Some(p) => (p, detect::Prefixed::new(bytes::Bytes::new(), stream)),
-        None => match detect::detect(stream, config.detection.timeout.get()).await {
+    let (protocol, io) = match decide {
+        Decide::Fixed(p) => (p, detect::Prefixed::new(bytes::Bytes::new(), stream)),
+        Decide::Detect(mode) => match detect::detect(stream, config.detection.timeout.get(), mode).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(client = %peer, error = %e, "connection failed during detection");

@@ -12,6 +12,7 @@ mod control;
 mod dashboard;
 mod discovery;
 mod drain;
+mod edge;
 mod faults;
 mod grpc;
 mod http1;

@@ -1,0 +1,48 @@
+//! The edge under attack: what hostile or broken clients send, each case measured against a
+//! legitimate client running alongside (its success rate is what "costs nobody anything"
+//! means) and against what the upstream received, byte for byte.
+
+mod detection;
+mod smuggling;
+
+use bulwark_e2e::legit::{Legit, Tally};
+use bulwark_e2e::proxy::{ProxyBuilder, ProxyProcess};
+use bulwark_e2e::raw::RawUpstream;
+use bulwark_e2e::upstream::Upstream;
+
+/// A proxy with listener `web` in front of a recording raw upstream (with `policy` on it) and
+/// listener `legit` in front of an ordinary upstream, for the legitimate client.
+pub struct Edge {
+    pub raw: RawUpstream,
+    pub proxy: ProxyProcess,
+    _legit_upstream: Upstream,
+}
+
+impl Edge {
+    pub async fn start(policy: &str, extra: &str) -> Edge {
+        let raw = RawUpstream::start().await;
+        let legit_upstream = Upstream::start().await;
+        let proxy = ProxyBuilder::new()
+            .listener("web", raw.addr)
+            .listener("legit", legit_upstream.addr)
+            .policies(&crate::web_policy(policy))
+            .extra(extra)
+            .start()
+            .await;
+        Edge { raw, proxy, _legit_upstream: legit_upstream }
+    }
+
+    pub fn web(&self) -> std::net::SocketAddr {
+        self.proxy.listener("web")
+    }
+
+    pub fn legit(&self) -> Legit {
+        Legit::start(self.proxy.listener("legit"), "/")
+    }
+}
+
+/// The legitimate client must not have lost a single request.
+pub fn assert_unharmed(t: Tally) {
+    assert!(t.sent >= 5, "the legitimate client barely ran: {t:?}");
+    assert_eq!(t.ok, t.sent, "the legitimate client lost requests: {t:?}");
+}
