@@ -107,6 +107,12 @@ impl LogControl for ReloadableFilter {
 }
 
 fn main() -> ExitCode {
+    // SIGHUP's default action ends the process. Until `app::run` installs the reload handler,
+    // a SIGHUP (a supervisor's reload sent as the proxy starts) only sets a flag nobody reads:
+    // the config is read after the handler is in place, so nothing it asked for is lost.
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, Default::default()) {
+        eprintln!("cannot install the SIGHUP handler: {e}");
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config, control_plane, ready_file, workers, log } => {

@@ -57,19 +57,27 @@ pub async fn run(socket: TcpListener, listener: Arc<Listener>, shared: Arc<Share
     let cap = shared.store.config().limits.max_connections_per_listener;
     let slots = Arc::new(Semaphore::new(cap));
     let active = shared.metrics.listeners.active(&listener.label);
+    let mut backoff = AcceptBackoff::default();
     loop {
         let (stream, peer) = tokio::select! {
             _ = life.stop_accept.cancelled() => return,
             r = socket.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(listener = %listener.label, error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    // Out of descriptors (EMFILE, ENFILE) or memory: the same accept fails again
+                    // at once, so wait, longer each time, while open connections go on.
+                    shared.metrics.listeners.accept_failed(&listener.label);
+                    let wait = backoff.next();
+                    tracing::warn!(listener = %listener.label, error = %e, ?wait, "accept failed; backing off");
+                    tokio::select! {
+                        _ = life.stop_accept.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
                     continue;
                 }
             },
         };
+        backoff = AcceptBackoff::default();
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             shared.metrics.listeners.rejected(&listener.label);
             drop(stream);
@@ -84,6 +92,23 @@ pub async fn run(socket: TcpListener, listener: Arc<Listener>, shared: Arc<Share
         });
     }
 }
+
+/// Waits after failed accepts: 5 ms, doubling to 1 s.
+#[derive(Default)]
+struct AcceptBackoff {
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    fn next(&mut self) -> std::time::Duration {
+        let wait =
+            std::time::Duration::from_millis(5u64.saturating_mul(1 << self.failures.min(8))).min(MAX_ACCEPT_BACKOFF);
+        self.failures = self.failures.saturating_add(1);
+        wait
+    }
+}
+
+const MAX_ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn handle(
     stream: TcpStream,
@@ -166,6 +191,7 @@ pub struct ListenerMetrics {
     opened: Family<ConnLabels, Counter>,
     active: Family<ListenerLabels, Gauge>,
     rejected: Family<ListenerLabels, Counter>,
+    accept_errors: Family<ListenerLabels, Counter>,
 }
 
 impl ListenerMetrics {
@@ -178,6 +204,11 @@ impl ListenerMetrics {
                 "downstream_connections_rejected",
                 "Downstream connections closed at once because the listener was at its connection cap",
             ),
+            accept_errors: single(
+                r,
+                "downstream_accept_errors",
+                "Failed accepts (out of file descriptors or memory); the listener backs off up to 1 s",
+            ),
         }
     }
 
@@ -189,7 +220,23 @@ impl ListenerMetrics {
         self.active.get_or_create(&ListenerLabels { listener: listener.into() }).clone()
     }
 
+    fn accept_failed(&self, listener: &str) {
+        self.accept_errors.get_or_create(&ListenerLabels { listener: listener.into() }).inc();
+    }
+
     fn rejected(&self, listener: &str) {
         self.rejected.get_or_create(&ListenerLabels { listener: listener.into() }).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_backoff_doubles_to_a_second() {
+        let mut b = AcceptBackoff::default();
+        let waits: Vec<u64> = (0..12).map(|_| b.next().as_millis() as u64).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000, 1000]);
     }
 }

@@ -37,6 +37,9 @@ struct ConfigView<'a> {
 /// drain it starts can end the process).
 pub fn handler(store: Arc<Store>, log: Arc<dyn LogControl>, shutdown: CancellationToken) -> Handler {
     Arc::new(move |req| {
+        if let Some(refused) = cross_site(&req) {
+            return server::ready(refused);
+        }
         let compiles = req.uri().path() == "/faults" && req.method() != Method::GET;
         if !compiles {
             return server::ready(route(&store, &*log, &shutdown, req));
@@ -49,6 +52,58 @@ pub fn handler(store: Arc<Store>, log: Arc<dyn LogControl>, shutdown: Cancellati
         })
     })
 }
+
+/// A browser on this host can reach the admin port: a page elsewhere can make it send a
+/// request (CSRF) or, through a name that resolves to 127.0.0.1, read the answer (DNS
+/// rebinding). Refused, with why:
+/// - a `Host` that is neither an IP address nor `localhost` (a rebinding name);
+/// - a write carrying an `Origin` other than the admin port's own (browsers send `Origin` on
+///   every write, command-line clients send none);
+/// - a write with a content type a cross-site form or `fetch` may send without asking
+///   (`text/plain`, form encodings) and no `x-bulwark-admin` header. Command-line clients
+///   send no content type, or a real one (`application/yaml`, `application/json`).
+pub fn cross_site<B>(req: &http::Request<B>) -> Option<http::Response<http_body_util::Full<bytes::Bytes>>> {
+    let header = |name: &str| req.headers().get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let host = header("host");
+    if let Some(host) = host {
+        let name = host.parse::<http::uri::Authority>().map(|a| a.host().trim_matches(['[', ']']).to_ascii_lowercase());
+        let local = name.is_ok_and(|n| n == "localhost" || n.parse::<std::net::IpAddr>().is_ok());
+        if !local {
+            return Some(server::text(
+                StatusCode::FORBIDDEN,
+                format!("Host {host:?} is not this admin port: use its address or localhost\n"),
+            ));
+        }
+    }
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    if let Some(origin) = header("origin") {
+        if host.is_none_or(|h| origin != format!("http://{h}")) {
+            return Some(server::text(
+                StatusCode::FORBIDDEN,
+                format!("Origin {origin:?} may not change this proxy (a page in a browser?)\n"),
+            ));
+        }
+    }
+    let essence = header("content-type").map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    let simple = essence
+        .as_deref()
+        .is_some_and(|t| matches!(t, "text/plain" | "application/x-www-form-urlencoded" | "multipart/form-data"));
+    if simple && !req.headers().contains_key(ADMIN_HEADER) {
+        return Some(server::text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "a write with Content-Type {:?} needs the {ADMIN_HEADER} header (or send application/yaml or application/json)\n",
+                essence.unwrap_or_default()
+            ),
+        ));
+    }
+    None
+}
+
+/// Marks a write as coming from a tool, not from a form a browser submitted.
+pub const ADMIN_HEADER: &str = "x-bulwark-admin";
 
 fn route(
     store: &Store,

@@ -2,7 +2,10 @@
 //! legitimate client running alongside (its success rate is what "costs nobody anything"
 //! means) and against what the upstream received, byte for byte.
 
+mod admin;
+mod descriptors;
 mod detection;
+mod signals;
 mod smuggling;
 
 use bulwark_e2e::legit::{Legit, Tally};
