@@ -60,11 +60,7 @@ pub async fn run(
     };
     let store = Arc::new(Store::new(loaded.config, snapshot, metrics.clone(), ready));
     let background = CancellationToken::new();
-    let life = Lifecycle {
-        stop_accept: CancellationToken::new(),
-        drain: CancellationToken::new(),
-        tracker: TaskTracker::new(),
-    };
+    let life = Lifecycle::new(TaskTracker::new());
     let shared = Arc::new(Shared::new(store.clone(), metrics.clone(), life.tracker.clone())?);
     shared.pool.spawn_sweeper(Duration::from_secs(1), background.child_token());
 
@@ -116,7 +112,7 @@ pub async fn run(
     let mut seen = fingerprint(&source, &config);
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     tracing::info!(config = %source, policies = store.installed().snapshot.policies.len(), "bulwark-proxy serving");
-    loop {
+    let stop = loop {
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading configuration");
@@ -133,13 +129,18 @@ pub async fn run(
                     seen = now;
                 }
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = shutdown.cancelled() => break,
+            _ = term.recv() => break Stop::Terminate,
+            _ = int.recv() => break Stop::Now,
+            _ = shutdown.cancelled() => break Stop::Now,
         }
-    }
+    };
 
-    drain(&store, &life, store.config().drain_timeout.get()).await;
+    let config = store.config();
+    let period = match stop {
+        Stop::Terminate => config.drain_period.get(),
+        Stop::Now => Duration::ZERO,
+    };
+    drain(&store, &life, period, config.drain_timeout.get()).await;
     background.cancel();
     Ok(())
 }
@@ -160,15 +161,28 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
-/// SIGTERM: fail readiness, stop accepting (new connections are refused), let connections
-/// finish — HTTP/1 after the in-flight exchange, HTTP/2 after GOAWAY — until the deadline.
-async fn drain(store: &Store, life: &Lifecycle, deadline: Duration) {
-    tracing::info!(?deadline, "draining");
+/// How the proxy was asked to stop.
+enum Stop {
+    /// SIGTERM: the pod is going away, and clients may still arrive for a while.
+    Terminate,
+    /// SIGINT or `/quitquitquit`: nobody else is coming.
+    Now,
+}
+
+/// Fail readiness at once, keep accepting and serving for `period` (HTTP/1 responses say
+/// `Connection: close`, HTTP/2 clients get GOAWAY), then stop accepting and let connections
+/// finish — HTTP/1 after the in-flight exchange — until `deadline` from the start.
+async fn drain(store: &Store, life: &Lifecycle, period: Duration, deadline: Duration) {
+    let period = period.min(deadline);
+    tracing::info!(?period, ?deadline, "draining");
+    let started = tokio::time::Instant::now();
     store.start_draining();
-    life.stop_accept.cancel();
     life.drain.cancel();
+    tokio::time::sleep(period).await;
+    life.stop_accept.cancel();
+    life.close.cancel();
     life.tracker.close();
-    if tokio::time::timeout(deadline, life.tracker.wait()).await.is_err() {
+    if tokio::time::timeout_at(started + deadline, life.tracker.wait()).await.is_err() {
         tracing::warn!(open = life.tracker.len(), "drain deadline reached; closing remaining connections");
     } else {
         tracing::info!("drained");

@@ -24,8 +24,14 @@ pub struct ProxyConfig {
     pub admin: SocketAddr,
     #[serde(default = "default_health")]
     pub health: SocketAddr,
+    /// SIGTERM to exit, at most: the drain period, then the wait for in-flight work.
     #[serde(default = "default_drain")]
     pub drain_timeout: Dur,
+    /// After SIGTERM, readiness fails at once but listeners keep accepting and serving this
+    /// long (capped at `drainTimeout`), as Kubernetes takes seconds to stop sending new
+    /// clients; HTTP/1 responses say `Connection: close` and HTTP/2 clients get GOAWAY.
+    #[serde(default = "default_drain_period")]
+    pub drain_period: Dur,
     #[serde(default)]
     pub detection: Detection,
     #[serde(default)]
@@ -111,6 +117,9 @@ fn default_health() -> SocketAddr {
 }
 fn default_drain() -> Dur {
     Dur(Duration::from_secs(20))
+}
+fn default_drain_period() -> Dur {
+    Dur(Duration::from_secs(5))
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]

@@ -171,6 +171,11 @@ impl Store {
         self.draining.store(true, Ordering::Release);
     }
 
+    /// After SIGTERM: HTTP/1 responses then ask the client to reconnect elsewhere.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
     /// Ready means "a snapshot is in force and the proxy is not draining" — not whether the
     /// control plane is reachable.
     pub fn is_ready(&self) -> bool {

@@ -1,7 +1,8 @@
 //! Serving one downstream HTTP connection with every limit set explicitly (hyper's defaults
 //! are not a stable contract): header count and size, header read timeout, HTTP/2 stream and
-//! reset caps, bounded windows. On drain, HTTP/1 closes after the in-flight exchange and
-//! HTTP/2 gets GOAWAY.
+//! reset caps, bounded windows. When the drain period starts HTTP/2 gets GOAWAY (HTTP/1
+//! responses then carry `Connection: close`, see `stack`); when it ends, HTTP/1 closes after
+//! the in-flight exchange.
 //!
 //! Ambiguous HTTP/1 framing is hyper's to judge, before a request reaches the proxy: duplicate
 //! or non-numeric Content-Length and a final transfer coding other than chunked are answered
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::downstream::Downstream;
 use crate::listener::detect::Protocol;
+use crate::listener::Lifecycle;
 use crate::shared::Shared;
 
 pub const MAX_HEADERS: usize = 100;
@@ -32,13 +34,8 @@ const H2_STREAM_WINDOW: u32 = 1 << 20;
 const H2_CONN_WINDOW: u32 = 4 << 20;
 const H2_MAX_SEND_BUF: usize = 1 << 20;
 
-pub async fn serve<I>(
-    io: I,
-    protocol: Protocol,
-    downstream: Arc<Downstream>,
-    shared: Arc<Shared>,
-    drain: CancellationToken,
-) where
+pub async fn serve<I>(io: I, protocol: Protocol, downstream: Arc<Downstream>, shared: Arc<Shared>, life: &Lifecycle)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let header_read_timeout = shared.store.config().limits.header_read_timeout.get();
@@ -61,7 +58,7 @@ pub async fn serve<I>(
                 .keep_alive_interval(Duration::from_secs(60))
                 .keep_alive_timeout(Duration::from_secs(20))
                 .serve_connection(io, svc);
-            until_done(c, &drain, |c| c.graceful_shutdown()).await
+            until_done(c, &life.drain, |c| c.graceful_shutdown()).await
         }
         _ => {
             let c = hyper::server::conn::http1::Builder::new()
@@ -73,7 +70,7 @@ pub async fn serve<I>(
                 .keep_alive(true)
                 .serve_connection(io, svc)
                 .with_upgrades();
-            until_done(c, &drain, |c| c.graceful_shutdown()).await
+            until_done(c, &life.close, |c| c.graceful_shutdown()).await
         }
     };
     if let Err(e) = result {

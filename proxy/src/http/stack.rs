@@ -56,7 +56,12 @@ pub async fn handle(
             respond::refusal(refusal, grpc)
         }
     };
-    Ok(rec.finish(&shared, resp))
+    let mut resp = rec.finish(&shared, resp);
+    if shared.store.is_draining() && resp.version() != Version::HTTP_2 {
+        // Draining: this client's next request goes to a new connection, and so elsewhere.
+        resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
+    Ok(resp)
 }
 
 /// A request that must not be forwarded: answered 400 on no route, and its connection closed

@@ -44,13 +44,27 @@ pub struct Listener {
     pub kind: Kind,
 }
 
-/// Everything an accept loop needs to stop: `stop_accept` closes the socket, `drain` asks
-/// open connections to finish, `tracker` counts them.
+/// Everything an accept loop needs to stop, in the order a drain uses it: `drain` starts the
+/// drain period (HTTP/2 connections get GOAWAY, HTTP/1 responses `Connection: close`, new
+/// connections are still served), `stop_accept` closes the socket at its end, `close` asks
+/// HTTP/1 connections to finish their exchange and close, `tracker` counts connections.
 #[derive(Clone)]
 pub struct Lifecycle {
-    pub stop_accept: CancellationToken,
     pub drain: CancellationToken,
+    pub stop_accept: CancellationToken,
+    pub close: CancellationToken,
     pub tracker: TaskTracker,
+}
+
+impl Lifecycle {
+    pub fn new(tracker: TaskTracker) -> Lifecycle {
+        Lifecycle {
+            drain: CancellationToken::new(),
+            stop_accept: CancellationToken::new(),
+            close: CancellationToken::new(),
+            tracker,
+        }
+    }
 }
 
 pub async fn run(socket: TcpListener, listener: Arc<Listener>, shared: Arc<Shared>, life: Lifecycle) {
@@ -83,10 +97,10 @@ pub async fn run(socket: TcpListener, listener: Arc<Listener>, shared: Arc<Share
             drop(stream);
             continue;
         };
-        let (listener, shared, drain, active) = (listener.clone(), shared.clone(), life.drain.clone(), active.clone());
+        let (listener, shared, lifecycle, active) = (listener.clone(), shared.clone(), life.clone(), active.clone());
         life.tracker.spawn(async move {
             active.inc();
-            handle(stream, peer, &listener, shared, drain).await;
+            handle(stream, peer, &listener, shared, &lifecycle).await;
             active.dec();
             drop(permit);
         });
@@ -110,13 +124,7 @@ impl AcceptBackoff {
 
 const MAX_ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
-async fn handle(
-    stream: TcpStream,
-    peer: SocketAddr,
-    listener: &Listener,
-    shared: Arc<Shared>,
-    drain: CancellationToken,
-) {
+async fn handle(stream: TcpStream, peer: SocketAddr, listener: &Listener, shared: Arc<Shared>, life: &Lifecycle) {
     let config = shared.store.config();
     let (direction, upstream, decide) = match &listener.kind {
         Kind::Explicit(upstream) => {
@@ -170,7 +178,7 @@ async fn handle(
     };
     shared.metrics.listeners.opened(&listener.label, protocol.as_str());
     match protocol {
-        Protocol::Http1 | Protocol::Http2 => crate::http::server::serve(io, protocol, downstream, shared, drain).await,
+        Protocol::Http1 | Protocol::Http2 => crate::http::server::serve(io, protocol, downstream, shared, life).await,
         Protocol::Opaque => crate::tcp::forward(io, &downstream, &shared).await,
     }
 }

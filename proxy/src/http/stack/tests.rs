@@ -89,11 +89,7 @@ async fn proxy(to: SocketAddr, spec: &str) -> TestProxy {
     let addr = socket.local_addr().unwrap();
     let downstream = Downstream::new(config.direction, "web".into(), Upstream::Explicit(explicit.clone()), addr);
     let l = Arc::new(Listener { label: "web".into(), kind: Kind::Explicit(Arc::new(ArcSwap::new(explicit))) });
-    let life = Lifecycle {
-        stop_accept: CancellationToken::new(),
-        drain: CancellationToken::new(),
-        tracker: shared.tasks.clone(),
-    };
+    let life = Lifecycle::new(shared.tasks.clone());
     tokio::spawn(listener::run(socket, l, shared.clone(), life));
     TestProxy { addr, shared, downstream }
 }
