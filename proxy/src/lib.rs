@@ -11,6 +11,7 @@
 //! writes the iptables redirect.
 
 pub mod app;
+pub mod buffers;
 pub mod control;
 pub mod downstream;
 pub mod http;

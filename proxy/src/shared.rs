@@ -55,7 +55,10 @@ impl Shared {
             None => None,
         };
         Ok(Shared {
-            pool: Pool::new(metrics.upstream.clone()),
+            pool: Pool::new(
+                metrics.upstream.clone(),
+                crate::buffers::Buffers::new(store.config().limits.connection_buffer_bytes),
+            ),
             identity: config.identity_header(),
             store,
             access_log,

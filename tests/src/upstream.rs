@@ -269,11 +269,39 @@ async fn answer(mut req: Request<Incoming>, stats: Arc<Stats>) -> Result<Respons
         builder = builder.header("x-upstream-streaming", "1");
         StreamBody::new(stream).boxed()
     } else if let Some(n) = header(&h, "x-body-bytes").and_then(|s| s.parse::<usize>().ok()) {
-        Full::new(Bytes::from(vec![b'b'; n])).map_err(|never| match never {}).boxed()
+        Repeat { left: n, chunk: Bytes::from_static(&[b'b'; 64 * 1024]) }.boxed()
     } else {
         Full::new(json).map_err(|never| match never {}).boxed()
     };
     Ok(builder.body(body).expect("valid response"))
+}
+
+/// `left` bytes of `b`, made as the proxy reads them: a 50 MB body costs this server 64 KiB,
+/// and a client that never reads holds it back through the proxy.
+struct Repeat {
+    left: usize,
+    chunk: Bytes,
+}
+
+impl http_body::Body for Repeat {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.left.min(self.chunk.len());
+        self.left -= n;
+        std::task::Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left as u64)
+    }
 }
 
 fn empty() -> Body {

@@ -154,17 +154,33 @@ pub struct Transparent {
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Limits {
     /// Downstream connections per listener; beyond it new connections are closed at once.
     pub max_connections_per_listener: usize,
     /// HTTP/1: slowloris guard on reading request headers.
     pub header_read_timeout: Dur,
+    /// Bytes the proxy buffers per connection and direction (HTTP/1), and per stream (HTTP/2
+    /// flow-control windows and send buffers), downstream and upstream. A slow reader holds
+    /// at most this much; beyond it TCP or HTTP/2 flow control pushes back on the sender.
+    /// Read at start.
+    pub connection_buffer_bytes: usize,
 }
+
+/// 128 KiB: Envoy's per-connection buffer limit is 1 MiB; a sidecar per pod keeps less.
+pub const DEFAULT_CONNECTION_BUFFER: usize = 128 * 1024;
+/// Below this, HTTP/2 frames (16 KiB) and HTTP/1 reads are too small to move data well.
+pub const MIN_CONNECTION_BUFFER: usize = 16 * 1024;
+/// HTTP/2's largest window (RFC 9113 §6.9.1).
+pub const MAX_CONNECTION_BUFFER: usize = (1 << 31) - 1;
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_connections_per_listener: 10_000, header_read_timeout: Dur(Duration::from_secs(10)) }
+        Limits {
+            max_connections_per_listener: 10_000,
+            header_read_timeout: Dur(Duration::from_secs(10)),
+            connection_buffer_bytes: DEFAULT_CONNECTION_BUFFER,
+        }
     }
 }
 
@@ -458,6 +474,12 @@ fn check_listeners(c: &ProxyConfig, file: &str) -> Vec<String> {
     }
     if !(0.0..=1.0).contains(&c.access_log.sample) {
         errors.push(format!("{file}: accessLog.sample: {} is not a share between 0 and 1", c.access_log.sample));
+    }
+    if !(MIN_CONNECTION_BUFFER..=MAX_CONNECTION_BUFFER).contains(&c.limits.connection_buffer_bytes) {
+        errors.push(format!(
+            "{file}: limits.connectionBufferBytes: {} is out of range: {MIN_CONNECTION_BUFFER} to {MAX_CONNECTION_BUFFER}",
+            c.limits.connection_buffer_bytes
+        ));
     }
     if c.limits.max_connections_per_listener == 0 {
         errors.push(format!("{file}: limits.maxConnectionsPerListener: must be at least 1"));

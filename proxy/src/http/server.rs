@@ -20,25 +20,24 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
+use crate::buffers::{Buffers, MAX_HEADER_BYTES};
 use crate::downstream::Downstream;
 use crate::listener::detect::Protocol;
 use crate::listener::Lifecycle;
 use crate::shared::Shared;
 
 pub const MAX_HEADERS: usize = 100;
-pub const MAX_HEADER_BYTES: usize = 60 * 1024;
 const H2_MAX_STREAMS: u32 = 100;
 const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
 const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
-const H2_STREAM_WINDOW: u32 = 1 << 20;
-const H2_CONN_WINDOW: u32 = 4 << 20;
-const H2_MAX_SEND_BUF: usize = 1 << 20;
 
 pub async fn serve<I>(io: I, protocol: Protocol, downstream: Arc<Downstream>, shared: Arc<Shared>, life: &Lifecycle)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let header_read_timeout = shared.store.config().limits.header_read_timeout.get();
+    let limits = &shared.store.config().limits;
+    let header_read_timeout = limits.header_read_timeout.get();
+    let buffers = Buffers::new(limits.connection_buffer_bytes);
     let svc = {
         let shared = shared.clone();
         service_fn(move |req| super::stack::handle(shared.clone(), downstream.clone(), req))
@@ -52,9 +51,9 @@ where
                 .max_header_list_size(MAX_HEADER_BYTES as u32)
                 .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
                 .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
-                .initial_stream_window_size(H2_STREAM_WINDOW)
-                .initial_connection_window_size(H2_CONN_WINDOW)
-                .max_send_buf_size(H2_MAX_SEND_BUF)
+                .initial_stream_window_size(buffers.h2_stream_window())
+                .initial_connection_window_size(buffers.h2_stream_window().saturating_mul(8))
+                .max_send_buf_size(buffers.h2_send_buf())
                 .keep_alive_interval(Duration::from_secs(60))
                 .keep_alive_timeout(Duration::from_secs(20))
                 .serve_connection(io, svc);
@@ -65,7 +64,7 @@ where
                 .timer(TokioTimer::new())
                 .max_headers(MAX_HEADERS)
                 .max_header_size(MAX_HEADER_BYTES)
-                .max_buf_size(MAX_HEADER_BYTES + 16 * 1024)
+                .max_buf_size(buffers.h1_max_buf())
                 .header_read_timeout(header_read_timeout)
                 .keep_alive(true)
                 .serve_connection(io, svc)

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use std::time::Duration;
 
+use crate::buffers::{Buffers, MAX_HEADER_BYTES};
 use bytes::Bytes;
 use http_body::Body;
 use hyper::client::conn::{http1, http2};
@@ -116,6 +117,7 @@ pub struct Pool<B> {
     entries: Mutex<HashMap<(SocketAddr, Proto), Entry<B>>>,
     slots: Mutex<HashMap<SocketAddr, Arc<Slots>>>,
     metrics: UpstreamMetrics,
+    buffers: Buffers,
 }
 
 /// Why no connection could be had.
@@ -128,8 +130,8 @@ pub enum PoolError {
 }
 
 impl<B: SendBody> Pool<B> {
-    pub fn new(metrics: UpstreamMetrics) -> Arc<Pool<B>> {
-        Arc::new(Pool { entries: Mutex::default(), slots: Mutex::default(), metrics })
+    pub fn new(metrics: UpstreamMetrics, buffers: Buffers) -> Arc<Pool<B>> {
+        Arc::new(Pool { entries: Mutex::default(), slots: Mutex::default(), metrics, buffers })
     }
 
     fn slots(&self, ep: SocketAddr) -> Arc<Slots> {
@@ -251,8 +253,11 @@ impl<B: SendBody> Pool<B> {
             |e: hyper::Error| ConnectError::Io { addr: addr.to_string(), source: std::io::Error::other(e) };
         let conn = match proto {
             Proto::Http1 => {
-                let (send, conn) =
-                    http1::Builder::new().max_buf_size(1 << 20).handshake(io).await.map_err(handshake_failed)?;
+                let (send, conn) = http1::Builder::new()
+                    .max_buf_size(self.buffers.h1_max_buf())
+                    .handshake(io)
+                    .await
+                    .map_err(handshake_failed)?;
                 tokio::spawn(async move {
                     if let Err(e) = conn.with_upgrades().await {
                         tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
@@ -266,7 +271,10 @@ impl<B: SendBody> Pool<B> {
                     .timer(TokioTimer::new())
                     .keep_alive_interval(Duration::from_secs(30))
                     .keep_alive_timeout(Duration::from_secs(10))
-                    .max_header_list_size(60 * 1024)
+                    .max_header_list_size(MAX_HEADER_BYTES as u32)
+                    .initial_stream_window_size(self.buffers.h2_stream_window())
+                    .initial_connection_window_size(self.buffers.h2_connection_window())
+                    .max_send_buf_size(self.buffers.h2_send_buf())
                     .handshake(io)
                     .await
                     .map_err(handshake_failed)?;
@@ -325,6 +333,7 @@ impl<B: SendBody> Pool<B> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::control::config::DEFAULT_CONNECTION_BUFFER;
 
     /// A listener whose accept queue is full: further connects hang in SYN_SENT.
     /// Also used by the stage-chain tests (`http/stack/tests.rs`).
@@ -341,7 +350,10 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn the_sweep_forgets_endpoints_nothing_holds() {
-        let pool = Pool::<http_body_util::Empty<Bytes>>::new(UpstreamMetrics::default());
+        let pool = Pool::<http_body_util::Empty<Bytes>>::new(
+            UpstreamMetrics::default(),
+            Buffers::new(DEFAULT_CONNECTION_BUFFER),
+        );
         let held: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let reservation = Reservation::take(&pool.slots(held), 1).unwrap();
         for port in 2..1002u16 {
@@ -359,7 +371,10 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_connect_abandoned_midway_gives_its_slot_back() {
         let (ep, _fill, _socket) = blackhole();
-        let pool = Pool::<http_body_util::Empty<Bytes>>::new(UpstreamMetrics::default());
+        let pool = Pool::<http_body_util::Empty<Bytes>>::new(
+            UpstreamMetrics::default(),
+            Buffers::new(DEFAULT_CONNECTION_BUFFER),
+        );
         let limits = Limits { max_connections: Some(2), idle_timeout: Duration::from_secs(60), max_lifetime: None };
         for _ in 0..5 {
             let r = tokio::time::timeout(

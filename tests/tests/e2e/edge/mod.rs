@@ -5,7 +5,9 @@
 mod admin;
 mod descriptors;
 mod detection;
+mod h2_isolation;
 mod signals;
+mod slow_readers;
 mod smuggling;
 
 use bulwark_e2e::legit::{Legit, Tally};
