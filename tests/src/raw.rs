@@ -180,3 +180,54 @@ async fn serve(mut s: TcpStream, log: Log) {
         }
     }
 }
+
+/// HTTP/2 frames written by hand, for what no client library sends (floods, frames out of
+/// order). RFC 9113 §4.1: length (24 bits), type, flags, stream id (31 bits), payload.
+pub mod h2 {
+    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    pub const HEADERS: u8 = 0x1;
+    pub const SETTINGS: u8 = 0x4;
+    pub const PING: u8 = 0x6;
+    pub const GOAWAY: u8 = 0x7;
+    pub const CONTINUATION: u8 = 0x9;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const END_STREAM: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// An HPACK block for `GET / http` with `:authority: a`, from the static table and one
+    /// literal (RFC 7541 appendix A).
+    pub fn get_block() -> Vec<u8> {
+        // :method GET (2), :path / (4), :scheme http (6), :authority literal without indexing.
+        vec![0x82, 0x84, 0x86, 0x01, 0x01, b'a']
+    }
+
+    /// The frames in `buf`: (type, stream, payload).
+    pub fn frames(buf: &[u8]) -> Vec<(u8, u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Some(head) = buf.get(at..at + 9) {
+            let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let Some(payload) = buf.get(at + 9..at + 9 + len) else { break };
+            out.push((head[3], stream, payload.to_vec()));
+            at += 9 + len;
+        }
+        out
+    }
+
+    /// The error code of the first frame of type `kind` (GOAWAY: after the last stream id;
+    /// RST_STREAM: the payload).
+    pub fn error_code(buf: &[u8], kind: u8) -> Option<u32> {
+        let (_, _, p) = frames(buf).into_iter().find(|(t, _, _)| *t == kind)?;
+        let at = if kind == GOAWAY { 4 } else { 0 };
+        Some(u32::from_be_bytes(p.get(at..at + 4)?.try_into().ok()?))
+    }
+}

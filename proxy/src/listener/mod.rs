@@ -177,9 +177,13 @@ async fn handle(stream: TcpStream, peer: SocketAddr, listener: &Listener, shared
         },
     };
     shared.metrics.listeners.opened(&listener.label, protocol.as_str());
+    // Boxed: a connection's task is allocated for its largest state, and an idle connection
+    // still detecting its protocol should cost a few hundred bytes, not a served request's.
     match protocol {
-        Protocol::Http1 | Protocol::Http2 => crate::http::server::serve(io, protocol, downstream, shared, life).await,
-        Protocol::Opaque => crate::tcp::forward(io, &downstream, &shared).await,
+        Protocol::Http1 | Protocol::Http2 => {
+            Box::pin(crate::http::server::serve(io, protocol, downstream, shared, life)).await
+        }
+        Protocol::Opaque => Box::pin(crate::tcp::forward(io, &downstream, &shared)).await,
     }
 }
 

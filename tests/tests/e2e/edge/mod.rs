@@ -5,7 +5,9 @@
 mod admin;
 mod descriptors;
 mod detection;
+mod h2_floods;
 mod h2_isolation;
+mod idle;
 mod signals;
 mod slow_readers;
 mod smuggling;

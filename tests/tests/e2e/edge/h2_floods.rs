@@ -1,0 +1,86 @@
+//! HTTP/2 floods: the proxy ends a connection that floods it with GOAWAY, within the
+//! documented limit, and clients on other connections do not notice.
+
+use std::time::Duration;
+
+use bulwark_e2e::raw::h2;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{assert_unharmed, Edge};
+
+/// HTTP/2 error codes (RFC 9113 §7).
+const REFUSED_STREAM: u32 = 0x7;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// Writes frames one at a time until the proxy answers GOAWAY or closes; returns the bytes
+/// written until then and what the proxy sent.
+async fn flood(
+    addr: std::net::SocketAddr,
+    first: Vec<u8>,
+    next: impl Fn(usize) -> Vec<u8>,
+    max: usize,
+) -> (usize, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut written = 0;
+    let mut got = Vec::new();
+    let mut open = [h2::PREFACE.to_vec(), h2::frame(h2::SETTINGS, 0, 0, &[]), first].concat();
+    for i in 0..max {
+        if s.write_all(&open).await.is_err() {
+            break;
+        }
+        written += open.len();
+        open = next(i);
+        let mut buf = [0u8; 4096];
+        // Give the proxy the time to read what was written, so bytes counted are bytes read.
+        match tokio::time::timeout(Duration::from_millis(3), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if h2::error_code(&got, h2::GOAWAY).is_some() {
+            break;
+        }
+    }
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_millis(500), s.read_to_end(&mut rest)).await;
+    got.extend_from_slice(&rest);
+    (written, got)
+}
+
+#[tokio::test]
+async fn a_continuation_flood_is_cut_at_the_header_limit() {
+    let edge = Edge::start("", "").await;
+    let legit = edge.legit();
+    let headers = h2::frame(h2::HEADERS, 0, 1, &h2::get_block());
+    // Each CONTINUATION carries 154 literal headers (`x-a: v…`, 106 bytes each), never ending
+    // the block.
+    let literal = [&[0x00, 0x03][..], b"x-a", &[100], &[b'v'; 100]].concat();
+    let chunk = literal.repeat(154);
+    let (written, got) = flood(edge.web(), headers, |_| h2::frame(h2::CONTINUATION, 0, 1, &chunk), 400).await;
+    println!("CONTINUATION flood: {written} bytes written before the proxy ended it");
+    assert_eq!(h2::error_code(&got, h2::GOAWAY), Some(ENHANCE_YOUR_CALM), "the flood was ended with GOAWAY");
+    assert!(written < 256 * 1024, "the header block was cut near its 60 KiB limit, not after {written} bytes");
+    assert_unharmed(legit.finish().await);
+}
+
+#[tokio::test]
+async fn streams_beyond_the_concurrency_limit_are_refused_and_a_persistent_offender_dropped() {
+    let edge = Edge::start("", "").await;
+    let legit = edge.legit();
+    // Streams opened and never finished (no END_STREAM): past 100 at once they are refused.
+    let (written, got) = flood(
+        edge.web(),
+        Vec::new(),
+        |i| h2::frame(h2::HEADERS, h2::END_HEADERS, (2 * i + 1) as u32, &h2::get_block()),
+        5000,
+    )
+    .await;
+    println!("stream flood: {written} bytes written before the proxy ended it");
+    assert_eq!(h2::error_code(&got, h2::RST_STREAM), Some(REFUSED_STREAM), "streams past the limit are refused");
+    assert!(
+        h2::error_code(&got, h2::GOAWAY).is_some(),
+        "a client that keeps opening streams past the limit is disconnected with GOAWAY"
+    );
+    assert_unharmed(legit.finish().await);
+}

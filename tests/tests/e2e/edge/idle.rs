@@ -1,0 +1,54 @@
+//! Connections that open and send nothing: each costs little memory until it sends bytes, and
+//! past the connection cap new ones are refused at once (closed, counted) while the ones
+//! already open keep working.
+
+use std::time::Duration;
+
+use bulwark_e2e::legit::{rss_kib, Legit};
+use bulwark_e2e::proxy::ProxyBuilder;
+use bulwark_e2e::upstream::Upstream;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+const IDLE: usize = 10_000;
+/// Resident memory an idle connection may add (docs/limits.md); measured about 2 KiB.
+const BOUND_KIB_PER_CONNECTION: u64 = 10;
+
+#[tokio::test]
+async fn ten_thousand_idle_connections_stay_small_and_the_cap_refuses_the_next() {
+    let up = Upstream::start().await;
+    let proxy = ProxyBuilder::new()
+        .listener("web", up.addr)
+        .listener("legit", up.addr)
+        .extra(&format!("detection: {{ timeout: 60s }}\nlimits: {{ maxConnectionsPerListener: {IDLE} }}"))
+        .start()
+        .await;
+    let web = proxy.listener("web");
+    let legit = Legit::start(proxy.listener("legit"), "/");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_kib(proxy.child.id());
+    let mut idle = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        idle.push(TcpStream::connect(web).await.unwrap());
+    }
+    bulwark_e2e::wait_for("every idle connection accepted", Duration::from_secs(30), || async {
+        proxy.metric("bulwark_downstream_connections_active", &[("listener", "web")]).await == IDLE as f64
+    })
+    .await;
+    let after = rss_kib(proxy.child.id());
+    let per = after.saturating_sub(before) * 1024 / IDLE as u64;
+    println!("{IDLE} idle connections: proxy RSS {} -> {} MiB ({per} bytes each)", before / 1024, after / 1024);
+    assert!(per < BOUND_KIB_PER_CONNECTION * 1024, "{per} bytes per idle connection");
+
+    // Connection 10,001 is closed at once, not left hanging.
+    let mut over = TcpStream::connect(web).await.unwrap();
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), over.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "the connection over the cap was closed: {closed:?}");
+    bulwark_e2e::wait_for("the refusal counted", Duration::from_secs(5), || async {
+        proxy.metric("bulwark_downstream_connections_rejected_total", &[("listener", "web")]).await >= 1.0
+    })
+    .await;
+    super::assert_unharmed(legit.finish().await);
+    drop(idle);
+}
