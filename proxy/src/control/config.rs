@@ -156,7 +156,8 @@ pub struct Transparent {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Limits {
-    /// Downstream connections per listener; beyond it new connections are closed at once.
+    /// Downstream connections per listener. At the cap the oldest connection that has sent
+    /// nothing is shed for a newcomer; with none idle, the newcomer is closed at once.
     pub max_connections_per_listener: usize,
     /// HTTP/1: slowloris guard on reading request headers.
     pub header_read_timeout: Dur,

@@ -4,6 +4,7 @@
 //! HTTP server or the TCP forwarder.
 
 pub mod detect;
+pub mod idle;
 pub mod transparent;
 
 use std::net::SocketAddr;
@@ -70,6 +71,7 @@ impl Lifecycle {
 pub async fn run(socket: TcpListener, listener: Arc<Listener>, shared: Arc<Shared>, life: Lifecycle) {
     let cap = shared.store.config().limits.max_connections_per_listener;
     let slots = Arc::new(Semaphore::new(cap));
+    let idle = Arc::new(idle::Idle::default());
     let active = shared.metrics.listeners.active(&listener.label);
     let mut backoff = AcceptBackoff::default();
     loop {
@@ -92,15 +94,26 @@ pub async fn run(socket: TcpListener, listener: Arc<Listener>, shared: Arc<Share
             },
         };
         backoff = AcceptBackoff::default();
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            // At the cap: a connection that never spoke makes room for this one...
+            Err(_) if idle.shed_oldest() => {
+                shared.metrics.listeners.shed(&listener.label);
+                tokio::time::timeout(SHED_WAIT, slots.clone().acquire_owned()).await.ok().and_then(Result::ok)
+            }
+            Err(_) => None,
+        };
+        // ...else the newcomer is refused.
+        let Some(permit) = permit else {
             shared.metrics.listeners.rejected(&listener.label);
             drop(stream);
             continue;
         };
-        let (listener, shared, lifecycle, active) = (listener.clone(), shared.clone(), life.clone(), active.clone());
+        let (listener, shared, lifecycle, active, idle) =
+            (listener.clone(), shared.clone(), life.clone(), active.clone(), idle.clone());
         life.tracker.spawn(async move {
             active.inc();
-            handle(stream, peer, &listener, shared, &lifecycle).await;
+            handle(stream, peer, &listener, shared, &lifecycle, &idle).await;
             active.dec();
             drop(permit);
         });
@@ -123,8 +136,17 @@ impl AcceptBackoff {
 }
 
 const MAX_ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+/// A shed connection's task gives its slot back at once; this only bounds a stuck one.
+const SHED_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
-async fn handle(stream: TcpStream, peer: SocketAddr, listener: &Listener, shared: Arc<Shared>, life: &Lifecycle) {
+async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: &Listener,
+    shared: Arc<Shared>,
+    life: &Lifecycle,
+    idle: &Arc<idle::Idle>,
+) {
     let config = shared.store.config();
     let (direction, upstream, decide) = match &listener.kind {
         Kind::Explicit(upstream) => {
@@ -168,13 +190,23 @@ async fn handle(stream: TcpStream, peer: SocketAddr, listener: &Listener, shared
 
     let (protocol, io) = match decide {
         Decide::Fixed(p) => (p, detect::Prefixed::new(bytes::Bytes::new(), stream)),
-        Decide::Detect(mode) => match detect::detect(stream, config.detection.timeout.get(), mode).await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::debug!(client = %peer, error = %e, "connection failed during detection");
-                return;
+        Decide::Detect(mode) => {
+            let waiting = idle.enter();
+            let detected = tokio::select! {
+                d = detect::detect(stream, config.detection.timeout.get(), mode) => d,
+                _ = waiting.shed.cancelled() => {
+                    tracing::debug!(client = %peer, "idle connection shed for a new one at the connection cap");
+                    return;
+                }
+            };
+            match detected {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::debug!(client = %peer, error = %e, "connection failed during detection");
+                    return;
+                }
             }
-        },
+        }
     };
     shared.metrics.listeners.opened(&listener.label, protocol.as_str());
     // Boxed: a connection's task is allocated for its largest state, and an idle connection
@@ -204,6 +236,7 @@ pub struct ListenerMetrics {
     active: Family<ListenerLabels, Gauge>,
     rejected: Family<ListenerLabels, Counter>,
     accept_errors: Family<ListenerLabels, Counter>,
+    shed: Family<ListenerLabels, Counter>,
 }
 
 impl ListenerMetrics {
@@ -215,6 +248,11 @@ impl ListenerMetrics {
                 r,
                 "downstream_connections_rejected",
                 "Downstream connections closed at once because the listener was at its connection cap",
+            ),
+            shed: single(
+                r,
+                "downstream_connections_shed",
+                "Connections that had sent nothing, closed to make room for a new one at the connection cap",
             ),
             accept_errors: single(
                 r,
@@ -230,6 +268,10 @@ impl ListenerMetrics {
 
     fn active(&self, listener: &str) -> Gauge {
         self.active.get_or_create(&ListenerLabels { listener: listener.into() }).clone()
+    }
+
+    fn shed(&self, listener: &str) {
+        self.shed.get_or_create(&ListenerLabels { listener: listener.into() }).inc();
     }
 
     fn accept_failed(&self, listener: &str) {

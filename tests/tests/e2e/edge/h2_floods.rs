@@ -84,3 +84,39 @@ async fn streams_beyond_the_concurrency_limit_are_refused_and_a_persistent_offen
     );
     assert_unharmed(legit.finish().await);
 }
+
+/// PING and SETTINGS each need an answer. A client that floods them without reading the
+/// answers is pushed back (the proxy keeps at most one answer pending and stops reading until
+/// it is written): its connection stalls, the proxy's memory does not grow, and nobody else
+/// notices.
+#[tokio::test]
+async fn ping_and_settings_floods_are_pushed_back_not_buffered() {
+    let edge = Edge::start("", "").await;
+    let legit = edge.legit();
+    let pid = edge.proxy.child.id();
+    let before = bulwark_e2e::legit::rss_kib(pid);
+    for (what, frame) in
+        [("PING", h2::frame(h2::PING, 0, 0, &[7; 8])), ("SETTINGS", h2::frame(h2::SETTINGS, 0, 0, &[]))]
+    {
+        let mut s = TcpStream::connect(edge.web()).await.unwrap();
+        s.write_all(&[h2::PREFACE, &h2::frame(h2::SETTINGS, 0, 0, &[])].concat()).await.unwrap();
+        let batch = frame.repeat(1024);
+        let (mut written, mut pushed_back) = (0usize, false);
+        // At most 64 MiB, never reading an answer.
+        while written < 64 << 20 {
+            match tokio::time::timeout(Duration::from_secs(1), s.write_all(&batch)).await {
+                Ok(Ok(())) => written += batch.len(),
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    pushed_back = true;
+                    break;
+                }
+            }
+        }
+        println!("{what} flood: pushed back after {written} bytes");
+        assert!(pushed_back, "{what}: the proxy kept reading {written} bytes of frames it could not answer");
+    }
+    let grown = bulwark_e2e::legit::rss_kib(pid).saturating_sub(before) / 1024;
+    assert!(grown < 32, "the floods grew the proxy by {grown} MiB");
+    assert_unharmed(legit.finish().await);
+}

@@ -1,6 +1,6 @@
-//! Connections that open and send nothing: each costs little memory until it sends bytes, and
-//! past the connection cap new ones are refused at once (closed, counted) while the ones
-//! already open keep working.
+//! Connections that open and send nothing: each costs little memory until it sends bytes. At
+//! the connection cap the oldest of them is shed for a newcomer; only when none is idle is the
+//! newcomer refused (closed at once, counted), and the connections already open keep working.
 
 use std::time::Duration;
 
@@ -41,7 +41,7 @@ fn enough_descriptors() -> Option<String> {
 }
 
 #[tokio::test]
-async fn ten_thousand_idle_connections_stay_small_and_the_cap_refuses_the_next() {
+async fn ten_thousand_idle_connections_stay_small_and_the_oldest_is_shed_at_the_cap() {
     if let Some(why) = enough_descriptors() {
         println!("SKIP ten_thousand_idle_connections: {why}");
         return;
@@ -58,7 +58,13 @@ async fn ten_thousand_idle_connections_stay_small_and_the_cap_refuses_the_next()
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = rss_kib(proxy.child.id());
     let mut idle = Vec::with_capacity(IDLE);
-    for _ in 0..IDLE {
+    // The first is known to the proxy before the others come: it is the oldest idle one.
+    idle.push(TcpStream::connect(web).await.unwrap());
+    bulwark_e2e::wait_for("the first idle connection accepted", Duration::from_secs(10), || async {
+        proxy.metric("bulwark_downstream_connections_active", &[("listener", "web")]).await == 1.0
+    })
+    .await;
+    for _ in 1..IDLE {
         idle.push(TcpStream::connect(web).await.unwrap());
     }
     bulwark_e2e::wait_for("every idle connection accepted", Duration::from_secs(30), || async {
@@ -70,15 +76,47 @@ async fn ten_thousand_idle_connections_stay_small_and_the_cap_refuses_the_next()
     println!("{IDLE} idle connections: proxy RSS {} -> {} MiB ({per} bytes each)", before / 1024, after / 1024);
     assert!(per < BOUND_KIB_PER_CONNECTION * 1024, "{per} bytes per idle connection");
 
-    // Connection 10,001 is closed at once, not left hanging.
+    // Connection 10,001 speaks: the oldest idle connection makes room for it.
+    let served = bulwark_e2e::raw::exchange(
+        web,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(served.starts_with("HTTP/1.1 200"), "a client that speaks is served at the cap: {served:?}");
+    let mut buf = [0u8; 1];
+    let shed = tokio::time::timeout(Duration::from_secs(5), idle[0].read(&mut buf)).await;
+    assert!(matches!(shed, Ok(Ok(0)) | Ok(Err(_))), "the oldest idle connection was closed: {shed:?}");
+    assert_eq!(proxy.metric("bulwark_downstream_connections_shed_total", &[("listener", "web")]).await, 1.0);
+    super::assert_unharmed(legit.finish().await);
+    drop(idle);
+}
+
+#[tokio::test]
+async fn at_the_cap_with_nobody_idle_the_newcomer_is_refused_at_once() {
+    let up = Upstream::start().await;
+    // HTTP/1 by declaration: no detection, so no connection counts as idle.
+    let proxy = ProxyBuilder::new()
+        .listener_with_protocol("web", up.addr, "http1")
+        .extra("limits: { maxConnectionsPerListener: 3 }")
+        .start()
+        .await;
+    let web = proxy.listener("web");
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(bulwark_e2e::client::connect_h1(web).await.unwrap());
+    }
+    bulwark_e2e::wait_for("three connections open", Duration::from_secs(5), || async {
+        proxy.metric("bulwark_downstream_connections_active", &[("listener", "web")]).await == 3.0
+    })
+    .await;
     let mut over = TcpStream::connect(web).await.unwrap();
     let mut buf = [0u8; 1];
     let closed = tokio::time::timeout(Duration::from_secs(5), over.read(&mut buf)).await;
     assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "the connection over the cap was closed: {closed:?}");
-    bulwark_e2e::wait_for("the refusal counted", Duration::from_secs(5), || async {
-        proxy.metric("bulwark_downstream_connections_rejected_total", &[("listener", "web")]).await >= 1.0
-    })
-    .await;
-    super::assert_unharmed(legit.finish().await);
-    drop(idle);
+    assert_eq!(proxy.metric("bulwark_downstream_connections_rejected_total", &[("listener", "web")]).await, 1.0);
+    for send in &mut open {
+        let r = send.send_request(bulwark_e2e::client::request(http::Method::GET, "/", &[])).await.unwrap();
+        assert_eq!(r.status(), http::StatusCode::OK, "open connections keep working");
+    }
 }
