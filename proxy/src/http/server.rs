@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
+use super::half_close::{Announced, HalfClose};
 use crate::buffers::{Buffers, MAX_HEADER_BYTES};
 use crate::downstream::Downstream;
 use crate::listener::detect::Protocol;
@@ -38,11 +39,15 @@ where
     let limits = &shared.store.config().limits;
     let header_read_timeout = limits.header_read_timeout.get();
     let buffers = Buffers::new(limits.connection_buffer_bytes);
+    let announced = Announced::default();
     let svc = {
-        let shared = shared.clone();
-        service_fn(move |req| super::stack::handle(shared.clone(), downstream.clone(), req))
+        let (shared, announced) = (shared.clone(), announced.clone());
+        service_fn(move |req| {
+            // Before hyper reads on: an end of stream after this request may be a half-close.
+            announced.note(&req);
+            super::stack::handle(shared.clone(), downstream.clone(), req)
+        })
     };
-    let io = TokioIo::new(io);
     let result = match protocol {
         Protocol::Http2 => {
             let c = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -56,7 +61,7 @@ where
                 .max_send_buf_size(buffers.h2_send_buf())
                 .keep_alive_interval(Duration::from_secs(60))
                 .keep_alive_timeout(Duration::from_secs(20))
-                .serve_connection(io, svc);
+                .serve_connection(TokioIo::new(io), svc);
             until_done(c, &life.drain, |c| c.graceful_shutdown()).await
         }
         _ => {
@@ -67,7 +72,7 @@ where
                 .max_buf_size(buffers.h1_max_buf())
                 .header_read_timeout(header_read_timeout)
                 .keep_alive(true)
-                .serve_connection(io, svc)
+                .serve_connection(TokioIo::new(HalfClose::new(io, announced)), svc)
                 .with_upgrades();
             until_done(c, &life.close, |c| c.graceful_shutdown()).await
         }

@@ -7,6 +7,7 @@ mod descriptors;
 mod detection;
 mod h2_floods;
 mod h2_isolation;
+mod half_close;
 mod idle;
 mod signals;
 mod slow_readers;
