@@ -6,6 +6,7 @@ pub mod attempt;
 pub mod body;
 pub mod half_close;
 pub mod headers;
+pub mod resets;
 pub mod respond;
 pub mod server;
 pub mod stack;

@@ -18,9 +18,9 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::sync::CancellationToken;
 
 use super::half_close::{Announced, HalfClose};
+use super::resets::Resets;
 use crate::buffers::{Buffers, MAX_HEADER_BYTES};
 use crate::downstream::Downstream;
 use crate::listener::detect::Protocol;
@@ -40,12 +40,20 @@ where
     let header_read_timeout = limits.header_read_timeout.get();
     let buffers = Buffers::new(limits.connection_buffer_bytes);
     let announced = Announced::default();
+    let resets = Arc::new(Resets::default());
+    let label = downstream.label.clone();
     let svc = {
-        let (shared, announced) = (shared.clone(), announced.clone());
+        let (shared, announced, resets) = (shared.clone(), announced.clone(), resets.clone());
         service_fn(move |req| {
             // Before hyper reads on: an end of stream after this request may be a half-close.
             announced.note(&req);
-            super::stack::handle(shared.clone(), downstream.clone(), req)
+            let stream = resets.open();
+            let answer = super::stack::handle(shared.clone(), downstream.clone(), req);
+            async move {
+                let r = answer.await;
+                stream.answered();
+                r
+            }
         })
     };
     let result = match protocol {
@@ -62,7 +70,16 @@ where
                 .keep_alive_interval(Duration::from_secs(60))
                 .keep_alive_timeout(Duration::from_secs(20))
                 .serve_connection(TokioIo::new(io), svc);
-            until_done(c, &life.drain, |c| c.graceful_shutdown()).await
+            let stop = async {
+                tokio::select! {
+                    _ = life.drain.cancelled() => {}
+                    _ = resets.flood() => {
+                        tracing::info!(listener = %label, "a client reset most of its streams before their answer: GOAWAY");
+                        shared.metrics.listeners.reset_flood(&label);
+                    }
+                }
+            };
+            until_done(c, stop, |c| c.graceful_shutdown()).await
         }
         _ => {
             let c = hyper::server::conn::http1::Builder::new()
@@ -74,7 +91,7 @@ where
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(HalfClose::new(io, announced)), svc)
                 .with_upgrades();
-            until_done(c, &life.close, |c| c.graceful_shutdown()).await
+            until_done(c, life.close.cancelled(), |c| c.graceful_shutdown()).await
         }
     };
     if let Err(e) = result {
@@ -82,13 +99,13 @@ where
     }
 }
 
-/// Runs `conn` to completion; when `drain` fires first, asks it to shut down gracefully and
+/// Runs `conn` to completion; when `stop` completes first, asks it to shut down gracefully and
 /// keeps running it until it has.
-async fn until_done<C: Future>(conn: C, drain: &CancellationToken, shutdown: impl FnOnce(Pin<&mut C>)) -> C::Output {
+async fn until_done<C: Future>(conn: C, stop: impl Future, shutdown: impl FnOnce(Pin<&mut C>)) -> C::Output {
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => r,
-        _ = drain.cancelled() => {
+        _ = stop => {
             shutdown(conn.as_mut());
             conn.await
         }

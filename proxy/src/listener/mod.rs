@@ -237,6 +237,7 @@ pub struct ListenerMetrics {
     rejected: Family<ListenerLabels, Counter>,
     accept_errors: Family<ListenerLabels, Counter>,
     shed: Family<ListenerLabels, Counter>,
+    reset_floods: Family<ListenerLabels, Counter>,
 }
 
 impl ListenerMetrics {
@@ -248,6 +249,11 @@ impl ListenerMetrics {
                 r,
                 "downstream_connections_rejected",
                 "Downstream connections closed at once because the listener was at its connection cap",
+            ),
+            reset_floods: single(
+                r,
+                "downstream_h2_reset_floods",
+                "HTTP/2 connections told to go away because the client reset most of its streams before their answer",
             ),
             shed: single(
                 r,
@@ -268,6 +274,10 @@ impl ListenerMetrics {
 
     fn active(&self, listener: &str) -> Gauge {
         self.active.get_or_create(&ListenerLabels { listener: listener.into() }).clone()
+    }
+
+    pub(crate) fn reset_flood(&self, listener: &str) {
+        self.reset_floods.get_or_create(&ListenerLabels { listener: listener.into() }).inc();
     }
 
     fn shed(&self, listener: &str) {

@@ -85,6 +85,30 @@ async fn streams_beyond_the_concurrency_limit_are_refused_and_a_persistent_offen
     assert_unharmed(legit.finish().await);
 }
 
+#[tokio::test]
+async fn a_rapid_reset_flood_is_ended_with_goaway() {
+    let edge = Edge::start("", "").await;
+    let legit = edge.legit();
+    let cancel = 0x8u32.to_be_bytes();
+    let block = h2::get_block();
+    // Open a stream and cancel it at once, over and over (CVE-2023-44487).
+    let (written, got) = flood(
+        edge.web(),
+        Vec::new(),
+        |i| {
+            let id = (2 * i + 1) as u32;
+            let open = h2::frame(h2::HEADERS, h2::END_HEADERS | h2::END_STREAM, id, &block);
+            [open, h2::frame(h2::RST_STREAM, 0, id, &cancel)].concat()
+        },
+        2_000,
+    )
+    .await;
+    println!("rapid reset: {written} bytes written before the proxy ended it");
+    assert!(h2::error_code(&got, h2::GOAWAY).is_some(), "the flood was ended with GOAWAY");
+    assert_eq!(edge.proxy.metric("bulwark_downstream_h2_reset_floods_total", &[("listener", "web")]).await, 1.0);
+    assert_unharmed(legit.finish().await);
+}
+
 /// PING and SETTINGS each need an answer. A client that floods them without reading the
 /// answers is pushed back (the proxy keeps at most one answer pending and stops reading until
 /// it is written): its connection stalls, the proxy's memory does not grow, and nobody else
