@@ -12,6 +12,9 @@ use crate::upstream::balance::Clusters;
 use crate::upstream::pool::Pool;
 
 pub struct Shared {
+    /// Downstream connections of the whole process (`limits.maxConnections`), over every
+    /// listener.
+    pub connections: Arc<tokio::sync::Semaphore>,
     pub store: Arc<Store>,
     /// Set when `accessLog.enabled`.
     pub access_log: Option<crate::telemetry::access_log::AccessLog>,
@@ -55,6 +58,7 @@ impl Shared {
             None => None,
         };
         Ok(Shared {
+            connections: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
             pool: Pool::new(
                 metrics.upstream.clone(),
                 crate::buffers::Buffers::new(store.config().limits.connection_buffer_bytes),

@@ -159,6 +159,9 @@ pub struct Limits {
     /// Downstream connections per listener. At the cap the oldest connection that has sent
     /// nothing is shed for a newcomer; with none idle, the newcomer is closed at once.
     pub max_connections_per_listener: usize,
+    /// Downstream connections of the whole process, over every listener; at the cap the same
+    /// shedding and refusal apply. Read at start.
+    pub max_connections: usize,
     /// HTTP/1: slowloris guard on reading request headers.
     pub header_read_timeout: Dur,
     /// Bytes the proxy buffers per connection and direction (HTTP/1), and per stream (HTTP/2
@@ -179,6 +182,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections_per_listener: 10_000,
+            max_connections: 100_000,
             header_read_timeout: Dur(Duration::from_secs(10)),
             connection_buffer_bytes: DEFAULT_CONNECTION_BUFFER,
         }
@@ -480,6 +484,13 @@ fn check_listeners(c: &ProxyConfig, file: &str) -> Vec<String> {
         errors.push(format!(
             "{file}: limits.connectionBufferBytes: {} is out of range: {MIN_CONNECTION_BUFFER} to {MAX_CONNECTION_BUFFER}",
             c.limits.connection_buffer_bytes
+        ));
+    }
+    if c.limits.max_connections == 0 || c.limits.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+        errors.push(format!(
+            "{file}: limits.maxConnections: {} is out of range: 1 to {}",
+            c.limits.max_connections,
+            tokio::sync::Semaphore::MAX_PERMITS
         ));
     }
     if c.limits.max_connections_per_listener == 0 {

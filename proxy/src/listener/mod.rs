@@ -18,7 +18,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -94,17 +94,18 @@ pub async fn run(socket: TcpListener, listener: Arc<Listener>, shared: Arc<Share
             },
         };
         backoff = AcceptBackoff::default();
-        let permit = match slots.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            // At the cap: a connection that never spoke makes room for this one...
-            Err(_) if idle.shed_oldest() => {
+        let caps = Caps { listener: &slots, process: &shared.connections };
+        let permits = match caps.try_take() {
+            Some(p) => Some(p),
+            // At a cap: a connection that never spoke makes room for this one...
+            None if idle.shed_oldest() => {
                 shared.metrics.listeners.shed(&listener.label);
-                tokio::time::timeout(SHED_WAIT, slots.clone().acquire_owned()).await.ok().and_then(Result::ok)
+                caps.take_within(SHED_WAIT).await
             }
-            Err(_) => None,
+            None => None,
         };
         // ...else the newcomer is refused.
-        let Some(permit) = permit else {
+        let Some(permits) = permits else {
             shared.metrics.listeners.rejected(&listener.label);
             drop(stream);
             continue;
@@ -115,8 +116,37 @@ pub async fn run(socket: TcpListener, listener: Arc<Listener>, shared: Arc<Share
             active.inc();
             handle(stream, peer, &listener, shared, &lifecycle, &idle).await;
             active.dec();
-            drop(permit);
+            drop(permits);
         });
+    }
+}
+
+/// The two connection caps a new connection must fit under: its listener's and the process's.
+struct Caps<'a> {
+    listener: &'a Arc<Semaphore>,
+    process: &'a Arc<Semaphore>,
+}
+
+type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
+impl Caps<'_> {
+    fn try_take(&self) -> Option<Permits> {
+        let listener = self.listener.clone().try_acquire_owned().ok()?;
+        let process = self.process.clone().try_acquire_owned().ok()?;
+        Some((listener, process))
+    }
+
+    /// A shed connection's task gives its permits back as it ends, on another worker.
+    async fn take_within(&self, wait: std::time::Duration) -> Option<Permits> {
+        let retry = async {
+            loop {
+                if let Some(p) = self.try_take() {
+                    return p;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(wait, retry).await.ok()
     }
 }
 
@@ -137,7 +167,7 @@ impl AcceptBackoff {
 
 const MAX_ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 /// A shed connection's task gives its slot back at once; this only bounds a stuck one.
-const SHED_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+const SHED_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 async fn handle(
     stream: TcpStream,
@@ -248,7 +278,7 @@ impl ListenerMetrics {
             rejected: single(
                 r,
                 "downstream_connections_rejected",
-                "Downstream connections closed at once because the listener was at its connection cap",
+                "Downstream connections closed at once because the listener or the process was at its connection cap",
             ),
             reset_floods: single(
                 r,

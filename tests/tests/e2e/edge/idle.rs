@@ -120,3 +120,27 @@ async fn at_the_cap_with_nobody_idle_the_newcomer_is_refused_at_once() {
         assert_eq!(r.status(), http::StatusCode::OK, "open connections keep working");
     }
 }
+
+#[tokio::test]
+async fn the_process_cap_counts_every_listener() {
+    let up = Upstream::start().await;
+    let proxy = ProxyBuilder::new()
+        .listener_with_protocol("a", up.addr, "http1")
+        .listener_with_protocol("b", up.addr, "http1")
+        .extra("limits: { maxConnections: 3, maxConnectionsPerListener: 10 }")
+        .start()
+        .await;
+    let mut open = Vec::new();
+    for name in ["a", "a", "b"] {
+        open.push(bulwark_e2e::client::connect_h1(proxy.listener(name)).await.unwrap());
+    }
+    bulwark_e2e::wait_for("three connections open", Duration::from_secs(5), || async {
+        proxy.metric("bulwark_downstream_connections_active", &[]).await == 3.0
+    })
+    .await;
+    let mut over = TcpStream::connect(proxy.listener("b")).await.unwrap();
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), over.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "the connection over the process cap was closed: {closed:?}");
+    assert_eq!(proxy.metric("bulwark_downstream_connections_rejected_total", &[("listener", "b")]).await, 1.0);
+}
