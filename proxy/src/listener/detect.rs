@@ -151,6 +151,11 @@ impl<S> Prefixed<S> {
     pub fn inner(&self) -> &S {
         &self.inner
     }
+
+    /// Bytes read during detection are still to be replayed.
+    pub fn has_prefix(&self) -> bool {
+        !self.prefix.is_empty()
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

@@ -218,13 +218,15 @@ async fn handle(
     let downstream = Arc::new(Downstream::new(direction, listener.label.clone(), upstream, peer));
     let _ = stream.set_nodelay(true);
 
+    // A connection that has sent nothing can be shed at a cap, until it or its upstream speaks.
+    let mut waiting = None;
     let (protocol, io) = match decide {
         Decide::Fixed(p) => (p, detect::Prefixed::new(bytes::Bytes::new(), stream)),
         Decide::Detect(mode) => {
-            let waiting = idle.enter();
+            let w = waiting.insert(idle.enter());
             let detected = tokio::select! {
                 d = detect::detect(stream, config.detection.timeout.get(), mode) => d,
-                _ = waiting.shed.cancelled() => {
+                _ = w.shed.cancelled() => {
                     tracing::debug!(client = %peer, "idle connection shed for a new one at the connection cap");
                     return;
                 }
@@ -238,6 +240,10 @@ async fn handle(
             }
         }
     };
+    // Only silence stays idle: as TCP it waits for the first byte of either side.
+    if io.has_prefix() || protocol != Protocol::Opaque {
+        waiting = None;
+    }
     shared.metrics.listeners.opened(&listener.label, protocol.as_str());
     // Boxed: a connection's task is allocated for its largest state, and an idle connection
     // still detecting its protocol should cost a few hundred bytes, not a served request's.
@@ -245,7 +251,7 @@ async fn handle(
         Protocol::Http1 | Protocol::Http2 => {
             Box::pin(crate::http::server::serve(io, protocol, downstream, shared, life)).await
         }
-        Protocol::Opaque => Box::pin(crate::tcp::forward(io, &downstream, &shared)).await,
+        Protocol::Opaque => Box::pin(crate::tcp::forward(io, &downstream, &shared, waiting)).await,
     }
 }
 

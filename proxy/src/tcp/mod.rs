@@ -9,7 +9,12 @@ use crate::downstream::Downstream;
 use crate::listener::detect::Prefixed;
 use crate::shared::Shared;
 
-pub async fn forward(mut down: Prefixed<TcpStream>, downstream: &Downstream, shared: &Shared) {
+pub async fn forward(
+    mut down: Prefixed<TcpStream>,
+    downstream: &Downstream,
+    shared: &Shared,
+    silent: Option<crate::listener::idle::Waiting>,
+) {
     let (connect_timeout, idle, policy_id, tcp_faults) = {
         let installed = shared.store.installed();
         let config = &installed.config;
@@ -66,6 +71,39 @@ pub async fn forward(mut down: Prefixed<TcpStream>, downstream: &Downstream, sha
             return;
         }
     };
+    // Relay buffers are allocated when there is something to relay: a connection silent on
+    // both sides (an idle client, a server that has not greeted yet) holds none.
+    // Until then it can still be shed at a connection cap.
+    if !down.has_prefix() {
+        let shed = async {
+            match &silent {
+                Some(w) => w.shed.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let either = async {
+            tokio::select! { r = down.inner().readable() => r, r = up.readable() => r }
+        };
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(idle, either) => r,
+            _ = shed => {
+                tracing::debug!(client = %downstream.client, "silent tcp connection shed for a new one at the connection cap");
+                return;
+            }
+        };
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(client = %downstream.client, error = %e, "tcp connection ended");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(client = %downstream.client, ?idle, "tcp connection idle; closing");
+                return;
+            }
+        }
+    }
+    drop(silent);
     match relay::forward(&mut down, &mut up, idle, drawn.faults).await {
         Ok((sent, received)) => tracing::debug!(client = %downstream.client, sent, received, "tcp connection closed"),
         Err(e) => {
