@@ -96,3 +96,38 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
 }
+
+/// CPU seconds process `pid` used so far (user + system), from /proc.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// What an attack cost the proxy: resident memory and CPU from `start` to `report`.
+pub struct Meter {
+    pid: u32,
+    rss_kib: u64,
+    cpu: f64,
+    since: std::time::Instant,
+}
+
+impl Meter {
+    pub fn start(pid: u32) -> Meter {
+        Meter { pid, rss_kib: rss_kib(pid), cpu: cpu_seconds(pid), since: std::time::Instant::now() }
+    }
+
+    /// Prints what `what` cost and asserts it stayed under generous bounds: 64 MiB more
+    /// memory, and CPU for at most 90% of the time it ran.
+    pub fn report(&self, what: &str) {
+        let grown_mib = rss_kib(self.pid).saturating_sub(self.rss_kib) / 1024;
+        let cpu = cpu_seconds(self.pid) - self.cpu;
+        let wall = self.since.elapsed().as_secs_f64();
+        println!("{what}: proxy +{grown_mib} MiB, {cpu:.2} CPU s in {wall:.2} s");
+        assert!(grown_mib < 64, "{what} grew the proxy by {grown_mib} MiB");
+        assert!(cpu <= wall * 0.9 + 0.5, "{what} kept the proxy busy: {cpu:.2} CPU s in {wall:.2} s");
+    }
+}

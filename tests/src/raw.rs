@@ -185,6 +185,7 @@ async fn serve(mut s: TcpStream, log: Log) {
 /// order). RFC 9113 §4.1: length (24 bits), type, flags, stream id (31 bits), payload.
 pub mod h2 {
     pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    pub const DATA: u8 = 0x0;
     pub const HEADERS: u8 = 0x1;
     pub const SETTINGS: u8 = 0x4;
     pub const PING: u8 = 0x6;

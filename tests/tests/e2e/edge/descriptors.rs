@@ -4,20 +4,11 @@
 use std::time::Duration;
 
 use bulwark_e2e::client;
+use bulwark_e2e::legit::cpu_seconds;
 use bulwark_e2e::proxy::ProxyBuilder;
 use bulwark_e2e::upstream::Upstream;
 use http::StatusCode;
 use tokio::net::TcpStream;
-
-/// CPU seconds process `pid` used so far (user + system), from /proc.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
 
 async fn get(send: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>) -> StatusCode {
     let r = send.send_request(client::request(http::Method::GET, "/", &[])).await.unwrap();

@@ -17,6 +17,7 @@ const ABORT_ALL: &str = "  defaults:\n    faults:\n      abort: { httpStatus: 41
 async fn requests_the_parser_refuses_are_answered_not_tunnelled() {
     let edge = Edge::start(ABORT_ALL, "detection: { timeout: 300ms }\n").await;
     let legit = edge.legit();
+    let meter = edge.meter();
     let long_line = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(9 * 1024));
     let vectors: Vec<(&str, Vec<u8>)> = vec![
         ("HTTP/1.2", b"GET / HTTP/1.2\r\nHost: a\r\n\r\n".to_vec()),
@@ -42,6 +43,7 @@ async fn requests_the_parser_refuses_are_answered_not_tunnelled() {
         assert!(matches!(status, "400" | "418" | "414" | "431" | "505"), "{what}: answered {answer:?}");
     }
     assert_eq!(edge.raw.received_text(), "", "nothing reached the upstream");
+    meter.report("requests_the_parser_refuses_are_answered_not_tunnelled");
     assert_unharmed(legit.finish().await);
 }
 

@@ -47,6 +47,11 @@ impl Edge {
     pub fn legit(&self) -> Legit {
         Legit::start(self.proxy.listener("legit"), "/")
     }
+
+    /// Starts measuring what the proxy spends from now on.
+    pub fn meter(&self) -> bulwark_e2e::legit::Meter {
+        bulwark_e2e::legit::Meter::start(self.proxy.child.id())
+    }
 }
 
 /// The legitimate client must not have lost a single request.

@@ -30,6 +30,7 @@ const VECTORS: [(&str, &[u8]); 16] = [
 async fn nothing_ambiguous_reaches_the_upstream() {
     let edge = Edge::start("", "").await;
     let legit = edge.legit();
+    let meter = edge.meter();
     // All at once: a vector's connection may stay open until the client gives up.
     let mut all = tokio::task::JoinSet::new();
     for (what, bytes) in VECTORS {
@@ -58,6 +59,7 @@ async fn nothing_ambiguous_reaches_the_upstream() {
         assert!(matches!(h.method.as_str(), "GET" | "POST"), "no smuggled request: {h:?}");
         assert!(h.headers.iter().all(|(_, v)| !v.contains(['\r', '\n'])), "{h:?}");
     }
+    meter.report("nothing_ambiguous_reaches_the_upstream");
     assert_unharmed(legit.finish().await);
 }
 
@@ -66,6 +68,7 @@ async fn one_authority_per_request_routes_and_reaches_the_upstream() {
     let policy = "  routes:\n  - name: guarded\n    match: { hosts: [guarded.example] }\n    faults:\n      abort: { httpStatus: 418, percent: 100 }\n";
     let edge = Edge::start(policy, "").await;
     let legit = edge.legit();
+    let meter = edge.meter();
 
     // RFC 9112 §3.2.2: the absolute-form authority wins; Host is rewritten to it.
     let abs = exchange(
@@ -97,5 +100,6 @@ async fn one_authority_per_request_routes_and_reaches_the_upstream() {
     assert!(two.starts_with("HTTP/1.1 400"), "{two:?}");
     assert!(two.contains("x-bulwark-reason: bad-request"), "{two}");
     assert_eq!(edge.raw.heads().len(), 1, "the ambiguous request was not forwarded");
+    meter.report("one_authority_per_request_routes_and_reaches_the_upstream");
     assert_unharmed(legit.finish().await);
 }
