@@ -34,7 +34,7 @@ pub fn parse_documents(text: &str, source: &str) -> Result<Vec<ResiliencePolicy>
         };
         match from_value(value, &label) {
             Ok(p) => policies.push(p),
-            Err(e) => errors.push(e),
+            Err(mut e) => errors.append(&mut e),
         }
     }
     if errors.is_empty() {
@@ -44,14 +44,64 @@ pub fn parse_documents(text: &str, source: &str) -> Result<Vec<ResiliencePolicy>
     }
 }
 
-/// Deserializes one policy from an already parsed YAML value.
-pub fn from_value(value: serde_yaml::Value, source: &str) -> Result<ResiliencePolicy, ValidationError> {
+/// A document has at most this many shape errors reported; past it, it is surely not a policy.
+const MAX_SHAPE_ERRORS: usize = 64;
+
+/// Deserializes one policy from an already parsed YAML value, or returns every error in it:
+/// each shape error (an unknown field, a value of the wrong type) is recorded and the field
+/// set aside, until what is left deserializes; that rest is then checked like any policy, so
+/// its semantic errors are reported in the same round trip.
+pub fn from_value(mut value: serde_yaml::Value, source: &str) -> Result<ResiliencePolicy, Vec<ValidationError>> {
     let name = policy_label(&value).unwrap_or_else(|| source.to_string());
-    serde_path_to_error::deserialize(value).map_err(|e| ValidationError {
-        policy: name,
-        path: clean_path(&e.path().to_string()),
-        message: e.into_inner().to_string(),
-    })
+    let mut errors = Vec::new();
+    let error = |path: &serde_path_to_error::Path, message: String| ValidationError {
+        policy: name.clone(),
+        path: clean_path(&path.to_string()),
+        message,
+    };
+    loop {
+        let e = match serde_path_to_error::deserialize::<_, ResiliencePolicy>(value.clone()) {
+            Ok(policy) if errors.is_empty() => return Ok(policy),
+            Ok(rest) => {
+                if let Err(mut semantic) = crate::Snapshot::compile("check", vec![rest]) {
+                    errors.append(&mut semantic);
+                }
+                return Err(errors);
+            }
+            Err(e) => e,
+        };
+        let path = e.path().clone();
+        let message = e.into_inner().to_string();
+        errors.push(error(&path, message.clone()));
+        // A missing field cannot be set aside, and past the cap the rest is noise.
+        if message.starts_with("missing field") || errors.len() >= MAX_SHAPE_ERRORS || !remove(&mut value, &path) {
+            return Err(errors);
+        }
+    }
+}
+
+/// Removes what `path` points at from `value`; false when it points at nothing removable.
+fn remove(value: &mut serde_yaml::Value, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let Some((last, parents)) = segments.split_last() else { return false };
+    let mut at = value;
+    for s in parents {
+        let next = match s {
+            Segment::Map { key } => at.get_mut(key.as_str()),
+            Segment::Seq { index } => at.get_mut(*index),
+            _ => None,
+        };
+        match next {
+            Some(v) => at = v,
+            None => return false,
+        }
+    }
+    match (last, at) {
+        (Segment::Map { key }, serde_yaml::Value::Mapping(m)) => m.remove(key.as_str()).is_some(),
+        // An item is not removed: later items would shift and their errors name wrong indexes.
+        _ => false,
+    }
 }
 
 /// `namespace/name` from an untyped document, for errors raised before the shape is known.

@@ -97,6 +97,43 @@ spec:
 }
 
 #[test]
+fn shape_and_semantic_errors_are_reported_together_across_documents() {
+    let bad = r#"
+apiVersion: bulwark.dev/v1
+kind: ResiliencePolicy
+metadata: { name: one }
+spec:
+  target: { listener: web }
+  defaults:
+    retrys: 3
+    timeout: { request: soon, perTry: 2s, idle: 0s }
+  routes:
+  - name: a
+    match: { pathPrefix: /a, methodz: [GET] }
+    breaker: { failureRatio: 2 }
+---
+apiVersion: bulwark.dev/v1
+kind: ResiliencePolicy
+metadata: { name: two }
+spec:
+  target: { listener: web, ports: [0] }
+  defaults: { timeout: { request: 1 } }
+"#;
+    let errs = compile(bad).unwrap_err();
+    let want = [
+        "policy default/one: spec.defaults.retrys: unknown field `retrys`",
+        "policy default/one: spec.defaults.timeout.request: ",
+        "policy default/one: spec.routes[0].match.methodz: unknown field `methodz`",
+        "policy default/one: spec.defaults.timeout.idle: must be greater than zero",
+        "policy default/two: spec.defaults.timeout.request: ",
+        "policy default/two: spec.target.ports[0]: port 0 can never match",
+    ];
+    for w in want {
+        assert!(errs.iter().any(|e| e.starts_with(w)), "missing {w:?} in {errs:#?}");
+    }
+}
+
+#[test]
 fn unit_less_duration_is_refused_with_path() {
     let bad = GOOD.replace("request: 3s", "request: 3");
     let errs = compile(&bad).unwrap_err();

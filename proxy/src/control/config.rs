@@ -370,7 +370,7 @@ pub fn load_text(text: &str, file: &str, base: &Path, version: &str) -> Result<L
     for (i, v) in config.policies.iter().enumerate() {
         match bulwark_policy::document::from_value(v.clone(), &format!("{file} policies[{i}]")) {
             Ok(p) => docs.push(p),
-            Err(e) => policy_errors.push(e),
+            Err(mut e) => policy_errors.append(&mut e),
         }
     }
     if let Some(dir) = &config.policy_dir {
