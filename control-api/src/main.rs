@@ -105,7 +105,8 @@ async fn main() -> anyhow::Result<()> {
         store.clone(),
         changed.subscribe(),
         proxies.clone(),
-    ));
+    ))
+    .max_encoding_message_size(bulwark_policy::document::MAX_SNAPSHOT_BYTES + (1 << 20));
     let admin = pb::policy_admin_server::PolicyAdminServer::with_interceptor(
         Admin::new(store, changed, proxies),
         RequireToken(cli.token.clone()),

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use bulwark_policy::document::{MAX_DOCUMENT_BYTES, MAX_SNAPSHOT_BYTES};
 use bulwark_policy::{parse_documents, ResiliencePolicy, Snapshot, ValidationError};
 use serde::{Deserialize, Serialize};
 
@@ -157,9 +158,43 @@ impl Store {
     }
 
     fn commit(&mut self, mut next: State, changes: Vec<Change>, dry_run: bool) -> Result<Vec<Change>, StoreError> {
-        let docs: Vec<ResiliencePolicy> =
-            next.policies.values().flat_map(|s| parse_documents(&s.yaml, "store").unwrap_or_default()).collect();
-        Snapshot::compile("check", docs).map_err(StoreError::Invalid)?;
+        // What is stored is what every proxy receives: it must obey the limits as stored (YAML
+        // aliases and flow style expand when a policy is written back), or every later push
+        // would fail at the proxies.
+        let mut errors = Vec::new();
+        let mut docs: Vec<ResiliencePolicy> = Vec::new();
+        let mut total = 0usize;
+        for (id, stored) in &next.policies {
+            total = total.saturating_add(stored.yaml.len());
+            if stored.yaml.len() > MAX_DOCUMENT_BYTES {
+                errors.push(ValidationError {
+                    policy: id.clone(),
+                    path: String::new(),
+                    message: format!(
+                        "stored, it is {} bytes (aliases and flow style expanded); the limit is {MAX_DOCUMENT_BYTES}",
+                        stored.yaml.len()
+                    ),
+                });
+                continue;
+            }
+            match parse_documents(&stored.yaml, id) {
+                Ok(mut d) => docs.append(&mut d),
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        if total > MAX_SNAPSHOT_BYTES {
+            errors.push(ValidationError {
+                policy: "(store)".into(),
+                path: String::new(),
+                message: format!("every policy together would be {total} bytes; the limit is {MAX_SNAPSHOT_BYTES}"),
+            });
+        }
+        if let Err(mut e) = Snapshot::compile("check", docs) {
+            errors.append(&mut e);
+        }
+        if !errors.is_empty() {
+            return Err(StoreError::Invalid(errors));
+        }
         if dry_run || changes.iter().all(|c| c.kind == ChangeKind::Unchanged) {
             return Ok(changes);
         }
@@ -222,6 +257,40 @@ mod tests {
         assert!(text.iter().any(|e| e.contains("spec.defaults.timeout.request")), "{text:?}");
         assert_eq!(s.revision(), 1);
         assert!(Store::open(&d).unwrap().get("shop/a").unwrap().yaml.contains("request: 1s"));
+    }
+
+    /// Small as written, over the limit as stored: one header list anchored once and
+    /// referenced by every route.
+    fn expanding(name: &str) -> String {
+        let value = "v".repeat(4000);
+        let mut p = format!(
+            "apiVersion: bulwark.dev/v1\nkind: ResiliencePolicy\nmetadata: {{ name: {name}, namespace: shop }}\nspec:\n  target: {{ service: {name}.shop }}\n  routes:\n"
+        );
+        let headers: Vec<String> = (0..4).map(|i| format!("{{ name: x-{i}, exact: \"{value}\" }}")).collect();
+        p.push_str(&format!("  - name: r0\n    match: {{ pathPrefix: /r0, headers: &h [{}] }}\n", headers.join(", ")));
+        for i in 1..100 {
+            p.push_str(&format!("  - name: r{i}\n    match: {{ pathPrefix: /r{i}, headers: *h }}\n"));
+        }
+        p
+    }
+
+    #[test]
+    fn a_policy_over_the_limit_as_stored_is_refused_and_later_applies_still_work() {
+        let d = dir("expanding");
+        let mut s = Store::open(&d).unwrap();
+        let text = expanding("big");
+        assert!(text.len() < 64 * 1024, "written small: {} bytes", text.len());
+        let err = s.apply(&[text], false).unwrap_err();
+        let StoreError::Invalid(errors) = err else { panic!("{err}") };
+        assert!(
+            errors.iter().any(|e| e.policy == "shop/big"
+                && e.message.contains("stored, it is")
+                && e.message.contains("the limit is 1048576")),
+            "{errors:?}"
+        );
+        assert!(s.get("shop/big").is_none(), "nothing was stored");
+        s.apply(&[policy("a", "1s")], false).unwrap();
+        assert_eq!(s.documents().len(), 1, "a later apply is stored and served");
     }
 
     #[test]

@@ -7,7 +7,12 @@ use crate::error::ValidationError;
 use crate::spec::ResiliencePolicy;
 
 /// Upper bound on one policy text, so a runaway file cannot exhaust memory before validation.
+/// The control plane holds what it stores and sends to the same bound.
 pub const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+
+/// Upper bound on every stored policy together: what one discovery push carries. gRPC
+/// messages on both sides are allowed this much (and a little for the envelope).
+pub const MAX_SNAPSHOT_BYTES: usize = 64 << 20;
 
 /// Parses every document of `text`. `source` names where the text came from (a file path, an
 /// inline list) and is used in errors until the policy's own name is known.

@@ -165,7 +165,9 @@ async fn session(cp: &ControlPlane, store: &Arc<Store>, metrics: &Metrics) -> an
         .keep_alive_timeout(Duration::from_secs(10))
         .connect()
         .await?;
-    let mut client = pb::policy_discovery_client::PolicyDiscoveryClient::new(channel);
+    // A push carries every policy for this proxy: up to the store's limit, not gRPC's 4 MiB.
+    let mut client = pb::policy_discovery_client::PolicyDiscoveryClient::new(channel)
+        .max_decoding_message_size(bulwark_policy::document::MAX_SNAPSHOT_BYTES + (1 << 20));
     let (tx, rx) = mpsc::channel(4);
     let me = node(cp);
     tx.send(pb::DiscoveryRequest { kind: Some(pb::discovery_request::Kind::Node(me.clone())) }).await?;
