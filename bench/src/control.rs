@@ -64,7 +64,8 @@ pub async fn run(
     let cp = Proc::spawn(
         "bulwark-control",
         Command::new(bin.join("bulwark-control"))
-            .args(["--listen", &addr.to_string(), "--data-dir"])
+            // One machine, the benchmark's own control plane: no admin token to pass around.
+            .args(["--insecure-no-auth", "--listen", &addr.to_string(), "--data-dir"])
             .arg(dir.join("control-data"))
             .env("BULWARK_LOG", "warn"),
         dir,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use bulwark_control::inject::Values;
 use bulwark_control::server::discovery::{Discovery, Proxies};
-use bulwark_control::server::{admin::Admin, RequireToken};
+use bulwark_control::server::{admin::Admin, token, RequireToken};
 use bulwark_control::store::Store;
 use bulwark_proto::v1 as pb;
 use clap::Parser;
@@ -29,9 +29,19 @@ struct Cli {
     /// YAML policies applied at start (every *.yaml / *.yml file).
     #[arg(long, env = "BULWARK_CONTROL_POLICY_DIR")]
     policy_dir: Option<PathBuf>,
-    /// Require "authorization: Bearer TOKEN" on PolicyAdmin calls.
+    /// The token PolicyAdmin calls must bear ("authorization: Bearer TOKEN"). Without it, one
+    /// is generated on first start into DATA_DIR/admin-token (owner-only) and kept.
     #[arg(long, env = "BULWARK_CONTROL_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Serve PolicyAdmin without any token: anyone who reaches the port may change policy.
+    /// For demos and tests on one machine.
+    #[arg(long, conflicts_with = "token")]
+    insecure_no_auth: bool,
+    /// The token proxies must bear on discovery streams (a bootstrap token, not the admin
+    /// token). Without it, discovery is open to whoever reaches --listen: restrict it with a
+    /// NetworkPolicy, and PolicyAdmin with --admin-listen.
+    #[arg(long, env = "BULWARK_DISCOVERY_TOKEN", hide_env_values = true)]
+    discovery_token: Option<String>,
     #[arg(long, env = "BULWARK_LOG", default_value = "info")]
     log: String,
     /// Serve the sidecar-injection admission webhook over HTTPS (needs --webhook-cert and
@@ -92,6 +102,18 @@ async fn main() -> anyhow::Result<()> {
         }
         store.apply(&texts, false).map_err(|e| anyhow::anyhow!("--policy-dir {}: {e}", dir.display()))?;
     }
+    let admin_token = match (&cli.token, cli.insecure_no_auth) {
+        (Some(t), _) => Some(t.clone()),
+        (None, true) => {
+            tracing::warn!("--insecure-no-auth: PolicyAdmin accepts every caller");
+            None
+        }
+        (None, false) => {
+            let t = token::load_or_create(&cli.data_dir)?;
+            tracing::info!(file = %token::path(&cli.data_dir).display(), "PolicyAdmin requires the admin token in this file (bulwarkctl on this host reads it)");
+            Some(t)
+        }
+    };
     let (changed, _) = tokio::sync::watch::channel(store.revision());
     tracing::info!(revision = store.revision(), data_dir = %cli.data_dir.display(), "store open");
     let store = Arc::new(tokio::sync::Mutex::new(store));
@@ -101,15 +123,18 @@ async fn main() -> anyhow::Result<()> {
         .build_v1()
         .context("reflection service")?;
     let proxies = Arc::new(Proxies::default());
-    let discovery = pb::policy_discovery_server::PolicyDiscoveryServer::new(Discovery::new(
-        store.clone(),
-        changed.subscribe(),
-        proxies.clone(),
-    ))
-    .max_encoding_message_size(bulwark_policy::document::MAX_SNAPSHOT_BYTES + (1 << 20));
+    let discovery = tonic::service::interceptor::InterceptedService::new(
+        pb::policy_discovery_server::PolicyDiscoveryServer::new(Discovery::new(
+            store.clone(),
+            changed.subscribe(),
+            proxies.clone(),
+        ))
+        .max_encoding_message_size(bulwark_policy::document::MAX_SNAPSHOT_BYTES + (1 << 20)),
+        RequireToken { token: cli.discovery_token.clone(), what: "discovery token" },
+    );
     let admin = pb::policy_admin_server::PolicyAdminServer::with_interceptor(
         Admin::new(store, changed, proxies),
-        RequireToken(cli.token.clone()),
+        RequireToken { token: admin_token.clone(), what: "admin token" },
     );
     let mut term = signal(SignalKind::terminate())?;
     let stop = shutdown_signal();
@@ -125,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(listen = ?socket.local_addr().ok(), "injection webhook serving");
         tokio::spawn(bulwark_control::webhook::serve(socket, certs, values));
     }
-    tracing::info!(listen = %cli.listen, admin_listen = ?cli.admin_listen, token = cli.token.is_some(), "bulwark-control serving");
+    tracing::info!(listen = %cli.listen, admin_listen = ?cli.admin_listen, admin_auth = admin_token.is_some(), discovery_auth = cli.discovery_token.is_some(), "bulwark-control serving");
     match cli.admin_listen {
         None => {
             tonic::transport::Server::builder()

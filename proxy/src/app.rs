@@ -152,6 +152,7 @@ fn with_control_plane(config: &mut ProxyConfig, address: &Option<String>) {
             address: address.clone(),
             cache_file: None,
             node: Default::default(),
+            token_file: None,
         });
         cp.address = address.clone();
     }

@@ -17,14 +17,27 @@ pub struct ControlPlane {
     pub admin_addr: SocketAddr,
     pub data: TempDir,
     token: Option<String>,
+    /// Without a token: false serves PolicyAdmin open (`--insecure-no-auth`), true lets the
+    /// control plane generate its token as it does by default.
+    generated_token: bool,
     args: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
 }
 
 impl ControlPlane {
+    /// With `token`, PolicyAdmin requires it; without, PolicyAdmin is open
+    /// (`--insecure-no-auth`).
     pub async fn start(token: Option<&str>) -> ControlPlane {
         Self::start_with(token, false).await
+    }
+
+    /// As a user starts it: no token given, so one is generated into the data directory.
+    pub async fn start_default_auth(args: Vec<String>) -> ControlPlane {
+        let mut cp = Self::prepare(None, false, args);
+        cp.generated_token = true;
+        cp.spawn().await;
+        cp
     }
 
     /// With `separate_admin`, PolicyAdmin listens on a port of its own.
@@ -38,6 +51,12 @@ impl ControlPlane {
     }
 
     async fn launch(token: Option<&str>, separate_admin: bool, args: Vec<String>) -> ControlPlane {
+        let mut cp = Self::prepare(token, separate_admin, args);
+        cp.spawn().await;
+        cp
+    }
+
+    fn prepare(token: Option<&str>, separate_admin: bool, args: Vec<String>) -> ControlPlane {
         let data = TempDir::new("control");
         let addr: SocketAddr = format!("127.0.0.1:{}", crate::proxy::free_port()).parse().expect("addr");
         let admin_addr = if separate_admin {
@@ -46,17 +65,35 @@ impl ControlPlane {
             addr
         };
         let log = data.path().join("control.log");
-        let mut cp = ControlPlane { addr, admin_addr, data, token: token.map(str::to_string), args, child: None, log };
-        cp.spawn().await;
-        cp
+        ControlPlane {
+            addr,
+            admin_addr,
+            data,
+            token: token.map(str::to_string),
+            generated_token: false,
+            args,
+            child: None,
+            log,
+        }
+    }
+
+    /// The admin token the control plane generated (with `start_default_auth`).
+    pub fn generated_token_file(&self) -> PathBuf {
+        self.data.path().join("store").join("admin-token")
     }
 
     async fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
         let mut cmd = Command::new(crate::workspace_bin("bulwark-control"));
         cmd.arg("--listen").arg(self.addr.to_string()).arg("--data-dir").arg(self.data.path().join("store"));
-        if let Some(t) = &self.token {
-            cmd.arg("--token").arg(t);
+        match (&self.token, self.generated_token) {
+            (Some(t), _) => {
+                cmd.arg("--token").arg(t);
+            }
+            (None, false) => {
+                cmd.arg("--insecure-no-auth");
+            }
+            (None, true) => {}
         }
         cmd.args(&self.args);
         if self.admin_addr != self.addr {

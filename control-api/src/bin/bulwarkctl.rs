@@ -21,6 +21,11 @@ struct Cli {
     /// Bearer token, when the control plane requires one.
     #[arg(long, global = true, env = "BULWARK_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the token. Without --token or --token-file, the token bulwark-control
+    /// generated on this host is used when readable: $BULWARK_CONTROL_DATA/admin-token, else
+    /// /var/lib/bulwark/admin-token.
+    #[arg(long, global = true, env = "BULWARK_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Human)]
     output: Output,
@@ -156,7 +161,14 @@ fn usage(message: impl std::fmt::Display) -> ExitCode {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    match find_token(&cli) {
+        Ok(t) => cli.token = t,
+        Err(e) => {
+            eprintln!("bulwarkctl: {e}");
+            return ExitCode::from(2);
+        }
+    }
     if let Command::Inject { file, values, proxy_image, control_plane } = &cli.command {
         return inject(file, values.as_deref(), proxy_image, control_plane);
     }
@@ -178,6 +190,11 @@ async fn main() -> ExitCode {
         Ok(code) => code,
         Err(status) => {
             eprintln!("bulwarkctl: {}", status.message());
+            if status.code() == tonic::Code::Unauthenticated {
+                eprintln!(
+                    "bulwarkctl: pass --token or --token-file (bulwark-control keeps a generated token in DATA_DIR/admin-token)"
+                );
+            }
             ExitCode::from(match status.code() {
                 tonic::Code::Unavailable | tonic::Code::Unknown => 3,
                 tonic::Code::InvalidArgument => 2,
@@ -185,6 +202,20 @@ async fn main() -> ExitCode {
             })
         }
     }
+}
+
+/// --token, else --token-file, else the token a control plane on this host generated.
+fn find_token(cli: &Cli) -> Result<Option<String>, String> {
+    if cli.token.is_some() {
+        return Ok(cli.token.clone());
+    }
+    if let Some(f) = &cli.token_file {
+        let t = std::fs::read_to_string(f).map_err(|e| format!("--token-file {}: {e}", f.display()))?;
+        return Ok(Some(t.trim().to_string()));
+    }
+    let data =
+        std::env::var_os("BULWARK_CONTROL_DATA").map_or_else(|| "/var/lib/bulwark".into(), std::path::PathBuf::from);
+    Ok(std::fs::read_to_string(data.join("admin-token")).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))
 }
 
 fn req<T>(cli: &Cli, msg: T) -> Request<T> {

@@ -80,6 +80,9 @@ fn selects(yaml: &str, node: &pb::Node) -> bool {
     })
 }
 
+/// How long a new discovery stream may take to send its Node message.
+pub const FIRST_MESSAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 type SnapshotStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Snapshot, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -88,7 +91,11 @@ impl pb::policy_discovery_server::PolicyDiscovery for Discovery {
 
     async fn stream(&self, req: Request<Streaming<pb::DiscoveryRequest>>) -> Result<Response<SnapshotStream>, Status> {
         let mut inbound = req.into_inner();
-        let node = match inbound.message().await? {
+        // A stream that never says who it is would hold its slot for good.
+        let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, inbound.message()).await.map_err(|_| {
+            Status::deadline_exceeded(format!("no Node message within {FIRST_MESSAGE_TIMEOUT:?} of opening the stream"))
+        })?;
+        let node = match first? {
             Some(pb::DiscoveryRequest { kind: Some(pb::discovery_request::Kind::Node(n)) }) if !n.id.is_empty() => n,
             _ => return Err(Status::invalid_argument("the first message must be a Node with an id")),
         };

@@ -92,6 +92,24 @@ pub struct ControlPlane {
     /// Who this proxy is; unset fields come from POD_NAME, POD_NAMESPACE and BULWARK_SERVICE.
     #[serde(default)]
     pub node: NodeIdentity,
+    /// A file holding the discovery token, when bulwark-control requires one
+    /// (`--discovery-token`); `BULWARK_DISCOVERY_TOKEN` gives it directly. Read at every
+    /// connect, so a rotated secret is picked up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl ControlPlane {
+    /// The discovery token to present, if any.
+    pub fn token(&self) -> std::io::Result<Option<String>> {
+        if let Some(t) = std::env::var("BULWARK_DISCOVERY_TOKEN").ok().filter(|t| !t.is_empty()) {
+            return Ok(Some(t));
+        }
+        match &self.token_file {
+            Some(f) => Ok(Some(std::fs::read_to_string(f)?.trim().to_string())),
+            None => Ok(None),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]

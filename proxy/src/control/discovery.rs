@@ -171,7 +171,11 @@ async fn session(cp: &ControlPlane, store: &Arc<Store>, metrics: &Metrics) -> an
     let (tx, rx) = mpsc::channel(4);
     let me = node(cp);
     tx.send(pb::DiscoveryRequest { kind: Some(pb::discovery_request::Kind::Node(me.clone())) }).await?;
-    let mut snapshots = client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(token) = cp.token()? {
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse()?);
+    }
+    let mut snapshots = client.stream(request).await?.into_inner();
     metrics.control.connected(true);
     tracing::info!(control_plane = %cp.address, node = %me.id, "discovery stream open");
     while let Some(snapshot) = snapshots.message().await? {

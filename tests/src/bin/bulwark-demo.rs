@@ -342,11 +342,14 @@ async fn control_plane(root: &Path, up: &Upstream, dir: &bulwark_e2e::TempDir) -
             bail!("the control-plane proxy did not become ready");
         }
         println!("control plane: bulwark-control on {server}; proxy \"demo-proxy\" takes its policies from it");
+        println!("control plane: PolicyAdmin requires the admin token bulwark-control generated in its data directory (admin-token); bulwarkctl on this host reads it there");
         let ctl = |args: &[&str]| -> anyhow::Result<String> {
+            // bulwarkctl finds the admin token bulwark-control generated in its data directory.
             let o = Command::new(bulwark_e2e::workspace_bin("bulwarkctl"))
                 .arg("--server")
                 .arg(&server)
                 .args(args)
+                .env("BULWARK_CONTROL_DATA", dir.path().join("control-data"))
                 .output()?;
             Ok(format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
         };

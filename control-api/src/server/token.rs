@@ -1,0 +1,59 @@
+//! The admin token when none is given: generated on first start into the data directory,
+//! readable by its owner only, and kept across restarts, so a control plane is never open to
+//! whoever can reach its port by default. `bulwarkctl` on the same host finds it there.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+pub const FILE: &str = "admin-token";
+
+/// Where the token of the control plane with data directory `data_dir` lives.
+pub fn path(data_dir: &Path) -> PathBuf {
+    data_dir.join(FILE)
+}
+
+/// The token in `data_dir`, created (32 random bytes, hex) if there is none yet.
+pub fn load_or_create(data_dir: &Path) -> anyhow::Result<String> {
+    let path = path(data_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => anyhow::bail!("{} is empty: remove it to have a new token made", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let mut random = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut random))
+        .context("reading /dev/urandom for a new admin token")?;
+    let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(format!("{token}\n").as_bytes())?;
+    f.sync_all()?;
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn made_once_owner_only_and_kept() {
+        let dir = std::env::temp_dir().join(format!("bulwark-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _ = std::fs::remove_file(path(&dir));
+        let first = load_or_create(&dir).unwrap();
+        assert_eq!(first.len(), 64);
+        assert_eq!(std::fs::metadata(path(&dir)).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(load_or_create(&dir).unwrap(), first, "kept across restarts");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
