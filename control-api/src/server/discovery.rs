@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bulwark_policy::route::HostPattern;
 use bulwark_policy::Direction;
@@ -24,20 +24,80 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::store::Store;
 
+/// A proxy that left is listed this long, then forgotten.
+pub const FORGET_AFTER: Duration = Duration::from_secs(3600);
+/// At most this many proxies that left are remembered (the oldest departures go first), so a
+/// fleet that churns its ids cannot grow the control plane without bound.
+pub const MAX_DEPARTED: usize = 10_000;
+
 /// What the control plane knows about each proxy, by Node.id.
 #[derive(Default)]
 pub struct Proxies {
-    by_id: Mutex<BTreeMap<String, pb::ProxyStatus>>,
+    inner: Mutex<Known>,
+    sessions: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct Known {
+    by_id: BTreeMap<String, Entry>,
+    /// Proxies that left, oldest departure first: (when, session) → id.
+    departures: BTreeMap<(Instant, u64), String>,
+}
+
+struct Entry {
+    status: pb::ProxyStatus,
+    /// The stream this record belongs to: a reconnect with the same id replaces the record,
+    /// and the old stream's end must not mark the new one disconnected.
+    session: u64,
+    departed: Option<Instant>,
 }
 
 impl Proxies {
     pub fn list(&self) -> Vec<pb::ProxyStatus> {
-        self.by_id.lock().values().cloned().collect()
+        self.inner.lock().by_id.values().map(|e| e.status.clone()).collect()
     }
 
-    fn update(&self, id: &str, f: impl FnOnce(&mut pb::ProxyStatus)) {
-        if let Some(s) = self.by_id.lock().get_mut(id) {
-            f(s);
+    /// Records a new stream of proxy `id`; returns its session.
+    fn connected(&self, id: &str, status: pb::ProxyStatus, now: Instant) -> u64 {
+        let session = self.sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut known = self.inner.lock();
+        let entry = Entry { status, session, departed: None };
+        if let Some(old) = known.by_id.insert(id.to_string(), entry) {
+            if let Some(t) = old.departed {
+                known.departures.remove(&(t, old.session));
+            }
+        }
+        known.forget(now);
+        session
+    }
+
+    fn update(&self, id: &str, session: u64, f: impl FnOnce(&mut pb::ProxyStatus)) {
+        if let Some(e) = self.inner.lock().by_id.get_mut(id).filter(|e| e.session == session) {
+            f(&mut e.status);
+        }
+    }
+
+    fn departed(&self, id: &str, session: u64, now: Instant) {
+        let mut known = self.inner.lock();
+        let Some(e) = known.by_id.get_mut(id).filter(|e| e.session == session) else { return };
+        e.status.connected = false;
+        e.departed = Some(now);
+        known.departures.insert((now, session), id.to_string());
+        known.forget(now);
+    }
+}
+
+impl Known {
+    /// Drops records of proxies gone longer than `FORGET_AFTER`, and the oldest departures
+    /// beyond `MAX_DEPARTED`; each costs O(log n).
+    fn forget(&mut self, now: Instant) {
+        while let Some((&(when, _), _)) = self.departures.first_key_value() {
+            if now.saturating_duration_since(when) < FORGET_AFTER && self.departures.len() <= MAX_DEPARTED {
+                return;
+            }
+            if let Some((_, id)) = self.departures.pop_first() {
+                self.by_id.remove(&id);
+            }
         }
     }
 }
@@ -101,9 +161,10 @@ impl pb::policy_discovery_server::PolicyDiscovery for Discovery {
         };
         let id = node.id.clone();
         let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
-        self.proxies.by_id.lock().insert(
-            id.clone(),
+        let session = self.proxies.connected(
+            &id,
             pb::ProxyStatus { node: Some(node.clone()), connected_since: since, connected: true, ..Default::default() },
+            Instant::now(),
         );
         tracing::info!(proxy = %id, service = %node.service, "proxy connected");
 
@@ -126,7 +187,9 @@ impl pb::policy_discovery_server::PolicyDiscovery for Discovery {
         tokio::spawn(async move {
             while let Ok(Some(msg)) = inbound.message().await {
                 match msg.kind {
-                    Some(pb::discovery_request::Kind::Ack(a)) => proxies.update(&id, |s| s.acked_version = a.version),
+                    Some(pb::discovery_request::Kind::Ack(a)) => {
+                        proxies.update(&id, session, |s| s.acked_version = a.version)
+                    }
                     Some(pb::discovery_request::Kind::Nack(n)) => {
                         let error = n
                             .errors
@@ -135,7 +198,7 @@ impl pb::policy_discovery_server::PolicyDiscovery for Discovery {
                             .collect::<Vec<_>>()
                             .join("; ");
                         tracing::warn!(proxy = %id, version = %n.version, %error, "proxy rejected a snapshot");
-                        proxies.update(&id, |s| {
+                        proxies.update(&id, session, |s| {
                             s.nacked_version = n.version;
                             s.last_error = error;
                         });
@@ -144,7 +207,7 @@ impl pb::policy_discovery_server::PolicyDiscovery for Discovery {
                 }
             }
             pusher.abort();
-            proxies.update(&id, |s| s.connected = false);
+            proxies.departed(&id, session, Instant::now());
             tracing::info!(proxy = %id, "proxy disconnected");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -154,6 +217,49 @@ impl pb::policy_discovery_server::PolicyDiscovery for Discovery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status() -> pb::ProxyStatus {
+        pb::ProxyStatus { connected: true, ..Default::default() }
+    }
+
+    #[test]
+    fn proxies_that_left_are_forgotten_after_an_hour_and_beyond_the_cap() {
+        let proxies = Proxies::default();
+        let t0 = Instant::now();
+        let gone = proxies.connected("gone", status(), t0);
+        proxies.departed("gone", gone, t0);
+        proxies.connected("here", status(), t0);
+        assert_eq!(proxies.list().len(), 2, "a departed proxy is listed for a while");
+        proxies.connected("late", status(), t0 + FORGET_AFTER);
+        let ids: Vec<String> = proxies.inner.lock().by_id.keys().cloned().collect();
+        assert_eq!(ids, ["here", "late"], "forgotten an hour after it left; connected ones stay");
+
+        for i in 0..MAX_DEPARTED + 5 {
+            let id = format!("churn-{i:05}");
+            let s = proxies.connected(&id, status(), t0 + Duration::from_millis(i as u64));
+            proxies.departed(&id, s, t0 + Duration::from_millis(i as u64));
+        }
+        proxies.connected("trigger", status(), t0 + Duration::from_secs(20));
+        let known = proxies.inner.lock();
+        assert_eq!(known.by_id.values().filter(|e| e.departed.is_some()).count(), MAX_DEPARTED);
+        assert_eq!(known.departures.len(), MAX_DEPARTED);
+        assert!(!known.by_id.contains_key("churn-00000"), "the oldest departures go first");
+    }
+
+    #[test]
+    fn an_old_stream_ending_does_not_mark_its_reconnected_proxy_gone() {
+        let proxies = Proxies::default();
+        let now = Instant::now();
+        let old = proxies.connected("p", status(), now);
+        let new = proxies.connected("p", status(), now);
+        proxies.departed("p", old, now);
+        proxies.update("p", old, |s| s.acked_version = "stale".into());
+        let listed = proxies.list();
+        assert!(listed[0].connected, "the reconnected stream is still connected");
+        assert_eq!(listed[0].acked_version, "", "and the old stream's acks do not land on it");
+        proxies.departed("p", new, now);
+        assert!(!proxies.list()[0].connected);
+    }
 
     fn policy(direction: &str, service: &str) -> String {
         format!("apiVersion: bulwark.dev/v1\nkind: ResiliencePolicy\nmetadata: {{ name: p }}\nspec:\n  target: {{ service: \"{service}\", direction: {direction} }}\n")
