@@ -113,6 +113,7 @@ pub struct Snapshot {
     pub documents: Vec<ResiliencePolicy>,
     /// Number of routes in all policies, default routes included (`Route::index` is below it).
     pub route_count: usize,
+    index: crate::select::SelectIndex,
 }
 
 impl Snapshot {
@@ -146,7 +147,8 @@ impl Snapshot {
             }
         }
         if out.is_empty() {
-            Ok(Snapshot { version: version.into(), policies, documents: docs, route_count })
+            let index = crate::select::SelectIndex::build(&policies);
+            Ok(Snapshot { version: version.into(), policies, documents: docs, route_count, index })
         } else {
             Err(out)
         }
@@ -155,6 +157,12 @@ impl Snapshot {
     /// The policy that governs traffic to `dest`: one naming its listener first, then one
     /// naming its service, then one whose addresses contain it. Ties go to namespace/name order.
     pub fn select(&self, dest: &Destination<'_>) -> Option<&Arc<CompiledPolicy>> {
+        self.index.select(&self.policies, dest)
+    }
+
+    /// `select` by scanning every policy: what the index must agree with.
+    #[cfg(test)]
+    pub(crate) fn select_by_scan(&self, dest: &Destination<'_>) -> Option<&Arc<CompiledPolicy>> {
         let mut best: Option<(u8, &Arc<CompiledPolicy>)> = None;
         for p in &self.policies {
             let t = &p.target;

@@ -10,6 +10,7 @@ pub mod duration;
 mod error;
 pub mod faults;
 pub mod route;
+mod select;
 pub mod spec;
 pub mod stages;
 pub mod validate;

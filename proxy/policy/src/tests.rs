@@ -387,3 +387,70 @@ fn sane_limits_still_pass() {
     );
     assert!(at.is_ok(), "{at:?}");
 }
+
+#[test]
+fn the_selection_index_picks_what_a_scan_of_every_policy_picks() {
+    // 300 policies with targets drawn from a small set, so that many compete for the same
+    // destinations: listeners, exact and wildcard services, address ranges, ports, directions.
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut docs = String::new();
+    for i in 0..300 {
+        let mut target = Vec::new();
+        // Each kind of selector with its own odds, so that some policies carry several.
+        if next(3) == 0 {
+            target.push(format!("listener: {}", ["a", "b"][next(2) as usize]));
+        }
+        if next(2) == 0 {
+            target.push(format!("service: \"{}\"", ["pay.shop", "Cart.Shop", "*.shop", "*.other"][next(4) as usize]));
+        }
+        if target.is_empty() || next(3) == 0 {
+            target.push(format!(
+                "addresses: [\"{}\"]",
+                ["10.0.0.0/8", "10.1.0.0/16", "192.168.0.0/24"][next(3) as usize]
+            ));
+        }
+        if next(2) == 0 {
+            target.push(format!("ports: [{}]", [80, 443][next(2) as usize]));
+        }
+        target.push(format!("direction: {}", ["outbound", "inbound"][next(2) as usize]));
+        docs.push_str(&format!(
+            "---\napiVersion: bulwark.dev/v1\nkind: ResiliencePolicy\nmetadata: {{ name: p{i:03}, namespace: n{} }}\nspec:\n  target: {{ {} }}\n",
+            next(3),
+            target.join(", ")
+        ));
+    }
+    let snapshot = Snapshot::compile("1", parse_documents(&docs, "generated").unwrap()).unwrap();
+    let mut checked = 0;
+    for direction in [Direction::Outbound, Direction::Inbound] {
+        for listener in [None, Some("a"), Some("b"), Some("c")] {
+            for host in
+                [None, Some("pay.shop"), Some("cart.shop"), Some("CART.SHOP"), Some("x.other"), Some("none.example")]
+            {
+                for addr in
+                    [None, Some("10.1.2.3:80"), Some("10.9.9.9:443"), Some("192.168.0.7:80"), Some("8.8.8.8:443")]
+                {
+                    for port in [80, 443] {
+                        let dest = Destination {
+                            direction,
+                            listener,
+                            hosts: [host, None],
+                            addr: addr.map(|a| a.parse().unwrap()),
+                            port,
+                        };
+                        let by_index = snapshot.select(&dest).map(|p| p.id.clone());
+                        let by_scan = snapshot.select_by_scan(&dest).map(|p| p.id.clone());
+                        assert_eq!(by_index, by_scan, "{dest:?}");
+                        checked += usize::from(by_scan.is_some());
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 100, "most destinations are governed by some policy: {checked}");
+}
