@@ -31,6 +31,22 @@ pub enum Stages {
     EnvoyEquivalent,
     /// Breaker, bulkhead, retries, a rate limit never reached, 0% faults, tracing at 1%.
     All,
+    /// The Envoy-equivalent policies among 1,000 policies of 10 routes each: what selecting a
+    /// policy costs when there are many.
+    ManyPolicies,
+}
+
+/// Policies beside the ones that govern the traffic, in `ManyPolicies`.
+pub const OTHER_POLICIES: usize = 997;
+
+/// A policy for a service nobody calls, with 10 routes.
+fn other_policy(i: usize) -> String {
+    let routes: String = (0..10)
+        .map(|r| format!("    - {{ name: r{r}, match: {{ pathPrefix: /r{r} }}, timeout: {{ request: 2s }} }}\n"))
+        .collect();
+    format!(
+        "- apiVersion: bulwark.dev/v1\n  kind: ResiliencePolicy\n  metadata: {{ name: other-{i}, namespace: bench }}\n  spec:\n    target: {{ service: svc-{i}.bench.svc }}\n    routes:\n{routes}"
+    )
 }
 
 fn policy(listener: &str, stages: Stages) -> String {
@@ -70,6 +86,11 @@ pub fn bulwark(
         yaml.push_str("policies:\n");
         for l in ["web", "grpc"].into_iter().chain(up.nginx.map(|_| "nginx")) {
             yaml.push_str(&policy(l, stages));
+        }
+        if stages == Stages::ManyPolicies {
+            for i in 0..OTHER_POLICIES {
+                yaml.push_str(&other_policy(i));
+            }
         }
     }
     yaml

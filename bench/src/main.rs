@@ -137,9 +137,12 @@ async fn main() -> anyhow::Result<()> {
     let mut targets =
         vec![Target { name: "direct", http: http_up, h2: http_up, grpc: grpc_up, nginx, proc_index: None }];
     let mut bulwark_variants = BTreeMap::new();
-    for (name, stages) in
-        [("bulwark", Stages::EnvoyEquivalent), ("bulwark-bare", Stages::Bare), ("bulwark-all", Stages::All)]
-    {
+    for (name, stages) in [
+        ("bulwark", Stages::EnvoyEquivalent),
+        ("bulwark-bare", Stages::Bare),
+        ("bulwark-all", Stages::All),
+        ("bulwark-1000-policies", Stages::ManyPolicies),
+    ] {
         // Bulwark forwards h2 as h2 on its one HTTP listener.
         let http = free_addr();
         let l = Listens { http, h2: http, grpc: free_addr(), nginx: free_addr() };
