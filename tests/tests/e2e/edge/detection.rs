@@ -7,7 +7,7 @@ use bulwark_e2e::raw::exchange;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{assert_unharmed, Edge};
+use super::Edge;
 
 /// Every request on `web` is aborted by its route's fault: a request that passes the stages
 /// gets 418 and never reaches the upstream; one the parser refuses gets 400.
@@ -16,8 +16,7 @@ const ABORT_ALL: &str = "  defaults:\n    faults:\n      abort: { httpStatus: 41
 #[tokio::test]
 async fn requests_the_parser_refuses_are_answered_not_tunnelled() {
     let edge = Edge::start(ABORT_ALL, "detection: { timeout: 300ms }\n").await;
-    let legit = edge.legit();
-    let meter = edge.meter();
+    let watch = edge.watch();
     let long_line = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(9 * 1024));
     let vectors: Vec<(&str, Vec<u8>)> = vec![
         ("HTTP/1.2", b"GET / HTTP/1.2\r\nHost: a\r\n\r\n".to_vec()),
@@ -43,8 +42,7 @@ async fn requests_the_parser_refuses_are_answered_not_tunnelled() {
         assert!(matches!(status, "400" | "418" | "414" | "431" | "505"), "{what}: answered {answer:?}");
     }
     assert_eq!(edge.raw.received_text(), "", "nothing reached the upstream");
-    meter.report("requests_the_parser_refuses_are_answered_not_tunnelled");
-    assert_unharmed(legit.finish().await);
+    watch.end("requests_the_parser_refuses_are_answered_not_tunnelled").await;
 }
 
 #[tokio::test]

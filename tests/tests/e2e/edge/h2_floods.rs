@@ -51,8 +51,7 @@ async fn flood(
 #[tokio::test]
 async fn a_continuation_flood_is_cut_at_the_header_limit() {
     let edge = Edge::start("", "").await;
-    let legit = edge.legit();
-    let meter = edge.meter();
+    let watch = edge.watch();
     let headers = h2::frame(h2::HEADERS, 0, 1, &h2::get_block());
     // Each CONTINUATION carries 154 literal headers (`x-a: v…`, 106 bytes each), never ending
     // the block.
@@ -62,15 +61,13 @@ async fn a_continuation_flood_is_cut_at_the_header_limit() {
     println!("CONTINUATION flood: {written} bytes written before the proxy ended it");
     assert_eq!(h2::error_code(&got, h2::GOAWAY), Some(ENHANCE_YOUR_CALM), "the flood was ended with GOAWAY");
     assert!(written < 256 * 1024, "the header block was cut near its 60 KiB limit, not after {written} bytes");
-    meter.report("a_continuation_flood_is_cut_at_the_header_limit");
-    assert_unharmed(legit.finish().await);
+    watch.end("a_continuation_flood_is_cut_at_the_header_limit").await;
 }
 
 #[tokio::test]
 async fn streams_beyond_the_concurrency_limit_are_refused_and_a_persistent_offender_dropped() {
     let edge = Edge::start("", "").await;
-    let legit = edge.legit();
-    let meter = edge.meter();
+    let watch = edge.watch();
     // Streams opened and never finished (no END_STREAM): past 100 at once they are refused.
     let (written, got) = flood(
         edge.web(),
@@ -85,15 +82,13 @@ async fn streams_beyond_the_concurrency_limit_are_refused_and_a_persistent_offen
         h2::error_code(&got, h2::GOAWAY).is_some(),
         "a client that keeps opening streams past the limit is disconnected with GOAWAY"
     );
-    meter.report("streams_beyond_the_concurrency_limit_are_refused_and_a_persistent_offender_dropped");
-    assert_unharmed(legit.finish().await);
+    watch.end("streams_beyond_the_concurrency_limit_are_refused_and_a_persistent_offender_dropped").await;
 }
 
 #[tokio::test]
 async fn a_rapid_reset_flood_is_ended_with_goaway() {
     let edge = Edge::start("", "").await;
-    let legit = edge.legit();
-    let meter = edge.meter();
+    let watch = edge.watch();
     let cancel = 0x8u32.to_be_bytes();
     let block = h2::get_block();
     // Open a stream and cancel it at once, over and over (CVE-2023-44487).
@@ -111,15 +106,13 @@ async fn a_rapid_reset_flood_is_ended_with_goaway() {
     println!("rapid reset: {written} bytes written before the proxy ended it");
     assert!(h2::error_code(&got, h2::GOAWAY).is_some(), "the flood was ended with GOAWAY");
     assert_eq!(edge.proxy.metric("bulwark_downstream_h2_reset_floods_total", &[("listener", "web")]).await, 1.0);
-    meter.report("a_rapid_reset_flood_is_ended_with_goaway");
-    assert_unharmed(legit.finish().await);
+    watch.end("a_rapid_reset_flood_is_ended_with_goaway").await;
 }
 
 #[tokio::test]
 async fn a_client_that_makes_the_proxy_reset_its_streams_is_ended_with_goaway() {
     let edge = Edge::start("", "").await;
-    let legit = edge.legit();
-    let meter = edge.meter();
+    let watch = edge.watch();
     // MadeYouReset (CVE-2025-8671): each stream, already ended by the client, gets a DATA
     // frame, an error the proxy must answer; the client never resets anything itself.
     let (written, got) = flood(
@@ -140,8 +133,7 @@ async fn a_client_that_makes_the_proxy_reset_its_streams_is_ended_with_goaway() 
     // before the proxy could be made to reset streams in bulk (at most 1,024 in any case).
     assert!(goaway.is_some(), "the flood was ended with GOAWAY");
     assert!(resets <= 1024, "{resets} streams reset on the client's behalf");
-    meter.report("made-you-reset");
-    assert_unharmed(legit.finish().await);
+    watch.end("made-you-reset").await;
 }
 
 /// PING and SETTINGS each need an answer. A client that floods them without reading the

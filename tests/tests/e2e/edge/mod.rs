@@ -48,9 +48,25 @@ impl Edge {
         Legit::start(self.proxy.listener("legit"), "/")
     }
 
-    /// Starts measuring what the proxy spends from now on.
-    pub fn meter(&self) -> bulwark_e2e::legit::Meter {
-        bulwark_e2e::legit::Meter::start(self.proxy.child.id())
+    /// From now until `Watch::end`: the legitimate client runs and the proxy's costs are
+    /// measured.
+    pub fn watch(&self) -> Watch {
+        Watch { legit: self.legit(), meter: bulwark_e2e::legit::Meter::start(self.proxy.child.id()) }
+    }
+}
+
+/// What an attack is measured by: a legitimate client alongside, and the proxy's memory and
+/// CPU.
+pub struct Watch {
+    legit: Legit,
+    meter: bulwark_e2e::legit::Meter,
+}
+
+impl Watch {
+    /// Reports and bounds what attack `what` cost, and requires the legitimate client unharmed.
+    pub async fn end(self, what: &str) {
+        self.meter.report(what);
+        assert_unharmed(self.legit.finish().await);
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bulwark_e2e::raw::exchange;
 
-use super::{assert_unharmed, Edge};
+use super::Edge;
 
 const VECTORS: [(&str, &[u8]); 16] = [
     ("CL.TE", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 13\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nSMUGGLED"),
@@ -29,8 +29,7 @@ const VECTORS: [(&str, &[u8]); 16] = [
 #[tokio::test]
 async fn nothing_ambiguous_reaches_the_upstream() {
     let edge = Edge::start("", "").await;
-    let legit = edge.legit();
-    let meter = edge.meter();
+    let watch = edge.watch();
     // All at once: a vector's connection may stay open until the client gives up.
     let mut all = tokio::task::JoinSet::new();
     for (what, bytes) in VECTORS {
@@ -59,16 +58,14 @@ async fn nothing_ambiguous_reaches_the_upstream() {
         assert!(matches!(h.method.as_str(), "GET" | "POST"), "no smuggled request: {h:?}");
         assert!(h.headers.iter().all(|(_, v)| !v.contains(['\r', '\n'])), "{h:?}");
     }
-    meter.report("nothing_ambiguous_reaches_the_upstream");
-    assert_unharmed(legit.finish().await);
+    watch.end("nothing_ambiguous_reaches_the_upstream").await;
 }
 
 #[tokio::test]
 async fn one_authority_per_request_routes_and_reaches_the_upstream() {
     let policy = "  routes:\n  - name: guarded\n    match: { hosts: [guarded.example] }\n    faults:\n      abort: { httpStatus: 418, percent: 100 }\n";
     let edge = Edge::start(policy, "").await;
-    let legit = edge.legit();
-    let meter = edge.meter();
+    let watch = edge.watch();
 
     // RFC 9112 §3.2.2: the absolute-form authority wins; Host is rewritten to it.
     let abs = exchange(
@@ -100,6 +97,5 @@ async fn one_authority_per_request_routes_and_reaches_the_upstream() {
     assert!(two.starts_with("HTTP/1.1 400"), "{two:?}");
     assert!(two.contains("x-bulwark-reason: bad-request"), "{two}");
     assert_eq!(edge.raw.heads().len(), 1, "the ambiguous request was not forwarded");
-    meter.report("one_authority_per_request_routes_and_reaches_the_upstream");
-    assert_unharmed(legit.finish().await);
+    watch.end("one_authority_per_request_routes_and_reaches_the_upstream").await;
 }
