@@ -31,9 +31,15 @@ impl Buffers {
         self.bytes
     }
 
-    /// The connection window is the largest HTTP/2 allows: every stream is bounded by its own
-    /// window, so streams whose readers stall can never use up the connection's and stall the
-    /// other streams sharing it.
+    /// What a downstream client may send on all its streams before the proxy reads: eight
+    /// streams' worth, so one client's uploads stay bounded; its own streams share it.
+    pub fn h2_downstream_connection_window(self) -> u32 {
+        self.h2_stream_window().saturating_mul(8)
+    }
+
+    /// An upstream connection's window is the largest HTTP/2 allows: every stream is bounded by
+    /// its own window, so streams whose readers stall can never use up the connection's and
+    /// stall the other clients' streams sharing it.
     pub fn h2_connection_window(self) -> u32 {
         u32::MAX >> 1
     }

@@ -75,42 +75,39 @@ pub fn for_upstream<B>(req: &mut Request<B>, authority: impl FnOnce() -> String)
 /// absolute-form target's authority wins and `Host` is rewritten to it, and the target
 /// becomes origin-form, so route matching and the upstream see the same authority. More than
 /// one `Host`, or one that is not an authority, is refused with what was wrong. Returns the
-/// host to route on.
+/// host to route on, from the one authority parsed once.
 pub fn settle_authority<B>(req: &mut Request<B>) -> Result<Option<String>, &'static str> {
     let mut hosts = req.headers().get_all(HOST).iter();
     let given = hosts.next().cloned();
     if hosts.next().is_some() {
         return Err("more than one Host header");
     }
-    if given.as_ref().is_some_and(|h| h.to_str().ok().and_then(|h| h.parse::<http::uri::Authority>().ok()).is_none()) {
-        return Err("Host is not a valid authority");
-    }
-    let h1 = req.version() != Version::HTTP_2;
-    if let Some(authority) = req.uri().authority() {
-        let value =
-            HeaderValue::from_str(authority.as_str()).map_err(|_| "the request target's authority is invalid")?;
-        // HTTP/2 carries it in `:authority`; a `Host` beside it is made to agree.
-        if h1 || given.is_some() {
-            req.headers_mut().insert(HOST, value);
+    let given = match given {
+        Some(h) => {
+            let parsed = h.to_str().ok().and_then(|h| h.parse::<http::uri::Authority>().ok());
+            Some(parsed.ok_or("Host is not a valid authority")?)
         }
-        if h1 && req.method() != Method::CONNECT {
-            let origin = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            *req.uri_mut() = origin.parse().map_err(|_| "the request target is invalid")?;
-        }
-    }
-    Ok(request_host(req))
-}
-
-/// Authority host without port, lower case: from the URI (HTTP/2, absolute form) or `Host`.
-pub fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let raw = match req.uri().authority() {
-        Some(a) => a.host().to_string(),
-        None => {
-            let h = req.headers().get(HOST)?.to_str().ok()?;
-            h.parse::<http::uri::Authority>().ok()?.host().to_string()
-        }
+        None => None,
     };
-    Some(raw.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase())
+    let h1 = req.version() != Version::HTTP_2;
+    let authority = match req.uri().authority().cloned() {
+        Some(authority) => {
+            let value =
+                HeaderValue::from_str(authority.as_str()).map_err(|_| "the request target's authority is invalid")?;
+            // HTTP/2 carries it in `:authority`; a `Host` beside it is made to agree.
+            if h1 || given.is_some() {
+                req.headers_mut().insert(HOST, value);
+            }
+            if h1 && req.method() != Method::CONNECT {
+                let origin = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                *req.uri_mut() = origin.parse().map_err(|_| "the request target is invalid")?;
+            }
+            Some(authority)
+        }
+        None => given,
+    };
+    // The host to route on: without port or IPv6 brackets, lower case.
+    Ok(authority.map(|a| a.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase()))
 }
 
 /// Ensures the request carries an `x-request-id`, generating a random UUIDv4 when absent.

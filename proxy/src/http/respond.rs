@@ -62,6 +62,14 @@ fn message_of(reason: Reason) -> &'static str {
     }
 }
 
+/// Asks a client whose request came as `version` to close the connection after this response
+/// when it is HTTP/1 (HTTP/2 has GOAWAY for that, and no such header).
+pub fn close_after<B>(resp: &mut Response<B>, version: http::Version) {
+    if version != http::Version::HTTP_2 {
+        resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+}
+
 /// True when the request is gRPC and must be answered in gRPC's terms.
 pub fn is_grpc(headers: &http::HeaderMap) -> bool {
     headers.get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))

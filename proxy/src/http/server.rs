@@ -65,7 +65,7 @@ where
                 .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
                 .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
                 .initial_stream_window_size(buffers.h2_stream_window())
-                .initial_connection_window_size(buffers.h2_stream_window().saturating_mul(8))
+                .initial_connection_window_size(buffers.h2_downstream_connection_window())
                 .max_send_buf_size(buffers.h2_send_buf())
                 .keep_alive_interval(Duration::from_secs(60))
                 .keep_alive_timeout(Duration::from_secs(20))

@@ -37,6 +37,7 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let grpc = respond::is_grpc(req.headers());
+    let version = req.version();
     headers::ensure_request_id(req.headers_mut());
     if let (Direction::Outbound, Some(id)) = (downstream.direction, &shared.identity) {
         // Replaces whatever the app wrote: an app cannot pass for another workload through
@@ -57,9 +58,9 @@ pub async fn handle(
         }
     };
     let mut resp = rec.finish(&shared, resp);
-    if shared.store.is_draining() && resp.version() != Version::HTTP_2 {
-        // Draining: this client's next request goes to a new connection, and so elsewhere.
-        resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    if shared.store.is_draining() {
+        // This client's next request goes to a new connection, and so elsewhere.
+        respond::close_after(&mut resp, version);
     }
     Ok(resp)
 }
@@ -82,11 +83,9 @@ fn bad_request(
     };
     let mut rec = Record::start(shared, labels, &mut req, None, down.client);
     rec.reason = Some(Reason::BadRequest);
-    let mut resp = respond::refuse(Reason::BadRequest, grpc);
-    if req.version() != Version::HTTP_2 {
-        resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-    }
-    rec.finish(shared, resp)
+    let mut resp = rec.finish(shared, respond::refuse(Reason::BadRequest, grpc));
+    respond::close_after(&mut resp, req.version());
+    resp
 }
 
 /// The request path, in the order the stages run.
