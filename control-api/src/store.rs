@@ -111,7 +111,7 @@ impl Store {
         let revision = self.state.revision + 1;
         for doc in incoming {
             let id = doc.id();
-            let yaml = serde_yaml::to_string(&doc).expect("a parsed policy serializes");
+            let yaml = yaml_serde::to_string(&doc).expect("a parsed policy serializes");
             let kind = match next.policies.get(&id) {
                 None => ChangeKind::Created,
                 Some(old)
@@ -154,7 +154,7 @@ impl Store {
         let stored = self.state.policies.get(id).ok_or_else(|| StoreError::NotFound(format!("policy {id}")))?;
         let mut doc = parse_documents(&stored.yaml, id).map_err(StoreError::Invalid)?.remove(0);
         edit(&mut doc).map_err(StoreError::NotFound)?;
-        self.apply(&[serde_yaml::to_string(&doc).expect("a policy serializes")], false)
+        self.apply(&[yaml_serde::to_string(&doc).expect("a policy serializes")], false)
     }
 
     fn commit(&mut self, mut next: State, changes: Vec<Change>, dry_run: bool) -> Result<Vec<Change>, StoreError> {

@@ -275,7 +275,7 @@ fn call(name: &str, args: Vec<Value>) -> Result<Value, String> {
         }
         "toYaml" => {
             arity(1)?;
-            let y = serde_yaml::to_string(&args[0]).map_err(|e| e.to_string())?;
+            let y = yaml_serde::to_string(&args[0]).map_err(|e| e.to_string())?;
             Value::String(y.trim_end().to_string())
         }
         "indent" | "nindent" => {

@@ -270,7 +270,7 @@ fn kind_name(kind: i32) -> &'static str {
 fn print_value(out: Output, value: &serde_json::Value) {
     match out {
         Output::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
-        _ => print!("{}", serde_yaml::to_string(value).unwrap_or_default()),
+        _ => print!("{}", yaml_serde::to_string(value).unwrap_or_default()),
     }
 }
 
@@ -315,7 +315,7 @@ async fn run(
             let p = admin.get(req(cli, pb::GetRequest { namespace, name })).await?.into_inner();
             match cli.output {
                 Output::Json => {
-                    let v: serde_yaml::Value = serde_yaml::from_str(&p.yaml).unwrap_or_default();
+                    let v: yaml_serde::Value = yaml_serde::from_str(&p.yaml).unwrap_or_default();
                     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                 }
                 _ => print!("{}", p.yaml),
@@ -412,7 +412,7 @@ async fn print_diff(
     let mut incoming = std::collections::BTreeMap::new();
     for d in documents {
         for p in bulwark_policy::parse_documents(d, "input").unwrap_or_default() {
-            incoming.insert(p.id(), serde_yaml::to_string(&p).unwrap_or_default());
+            incoming.insert(p.id(), yaml_serde::to_string(&p).unwrap_or_default());
         }
     }
     for c in &r.changes {

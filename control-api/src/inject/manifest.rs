@@ -23,7 +23,7 @@ pub fn inject_stream(values: &Values, text: &str) -> Result<(String, Vec<Line>),
     let mut lines = Vec::new();
     for (index, doc) in split(text).into_iter().enumerate() {
         let at = |e: String| format!("document {}: {e}", index + 1);
-        let yaml: serde_yaml::Value = serde_yaml::from_str(doc).map_err(|e| at(e.to_string()))?;
+        let yaml: yaml_serde::Value = yaml_serde::from_str(doc).map_err(|e| at(e.to_string()))?;
         if yaml.is_null() {
             out.push(doc.to_string());
             continue;
@@ -32,7 +32,7 @@ pub fn inject_stream(values: &Values, text: &str) -> Result<(String, Vec<Line>),
         let before = lines.len();
         inject_object(values, &mut value, &mut lines).map_err(at)?;
         if lines[before..].iter().any(|l| l.outcome == Some(Outcome::Injected)) {
-            out.push(serde_yaml::to_string(&value).map_err(|e| at(e.to_string()))?);
+            out.push(yaml_serde::to_string(&value).map_err(|e| at(e.to_string()))?);
         } else {
             out.push(doc.to_string());
         }

@@ -39,8 +39,8 @@ fn golden(name: &str) -> (String, Vec<manifest::Line>) {
     (out, lines)
 }
 
-fn docs(stream: &str) -> Vec<serde_yaml::Value> {
-    serde_yaml::Deserializer::from_str(stream).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect()
+fn docs(stream: &str) -> Vec<yaml_serde::Value> {
+    yaml_serde::Deserializer::from_str(stream).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect()
 }
 
 fn env_of(c: &Container, name: &str) -> Option<String> {
@@ -90,7 +90,7 @@ fn deployment_native_sidecar_with_rewritten_probes() {
     assert!(out.starts_with(input.split("---\n").next().unwrap()));
     assert!(out.ends_with(input.split("---\n").last().unwrap()));
 
-    let deployment: Deployment = serde_yaml::from_value(d[1].clone()).unwrap();
+    let deployment: Deployment = yaml_serde::from_value(d[1].clone()).unwrap();
     let template = deployment.spec.unwrap().template;
     let spec = template.spec.unwrap();
     let init_names: Vec<&str> = spec.init_containers.iter().flatten().map(|c| c.name.as_str()).collect();
@@ -136,7 +136,7 @@ fn deployment_native_sidecar_with_rewritten_probes() {
 #[test]
 fn statefulset_annotations_skip_ports_and_cidrs() {
     let (out, _) = golden("statefulset");
-    let set: StatefulSet = serde_yaml::from_value(docs(&out)[0].clone()).unwrap();
+    let set: StatefulSet = yaml_serde::from_value(docs(&out)[0].clone()).unwrap();
     let spec = set.spec.unwrap();
     assert_eq!(spec.volume_claim_templates.unwrap().len(), 1, "volumeClaimTemplates kept");
     let pod = spec.template.spec.unwrap();
@@ -157,7 +157,7 @@ fn statefulset_annotations_skip_ports_and_cidrs() {
 fn cronjob_pod_template_is_injected() {
     let (out, lines) = golden("cronjob");
     assert_eq!(lines[0].object, "cronjob/nightly-report");
-    let job: CronJob = serde_yaml::from_value(docs(&out)[0].clone()).unwrap();
+    let job: CronJob = yaml_serde::from_value(docs(&out)[0].clone()).unwrap();
     let pod = job.spec.unwrap().job_template.spec.unwrap().template.spec.unwrap();
     let (init, proxy) = common(&pod);
     // A native sidecar ends with the Job's last app container, so the Job completes.
@@ -169,7 +169,7 @@ fn cronjob_pod_template_is_injected() {
 #[test]
 fn pod_fallback_without_native_sidecars() {
     let (out, _) = golden("pod");
-    let pod: Pod = serde_yaml::from_value(docs(&out)[0].clone()).unwrap();
+    let pod: Pod = yaml_serde::from_value(docs(&out)[0].clone()).unwrap();
     let spec = pod.spec.unwrap();
     let (init, proxy) = common(&spec);
     let init_names: Vec<&str> = spec.init_containers.iter().flatten().map(|c| c.name.as_str()).collect();

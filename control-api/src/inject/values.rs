@@ -82,7 +82,7 @@ impl Default for Ports {
 impl Values {
     /// Parses a values document; the error names the field.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, String> {
-        let de = serde_yaml::Deserializer::from_str(text);
+        let de = yaml_serde::Deserializer::from_str(text);
         let values: Values =
             serde_path_to_error::deserialize(de).map_err(|e| format!("{origin}: {}: {}", e.path(), e.inner()))?;
         values.check().map_err(|e| format!("{origin}: {e}"))?;

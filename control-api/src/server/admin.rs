@@ -127,9 +127,9 @@ impl pb::policy_admin_server::PolicyAdmin for Admin {
 
     async fn set_fault(&self, req: Request<pb::SetFaultRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
         let req = req.into_inner();
-        let mut spec: FaultSpec = serde_yaml::from_str::<serde_yaml::Value>(&req.faults_yaml)
+        let mut spec: FaultSpec = yaml_serde::from_str::<yaml_serde::Value>(&req.faults_yaml)
             .map_err(|e| e.to_string())
-            .and_then(|v| serde_yaml::from_value(v).map_err(|e| e.to_string()))
+            .and_then(|v| yaml_serde::from_value(v).map_err(|e| e.to_string()))
             .map_err(|e| Status::invalid_argument(format!("faults_yaml: {e}")))?;
         if req.for_seconds > 0 {
             let longest = bulwark_policy::faults::MAX_FAULT_DURATION;

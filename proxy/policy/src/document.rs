@@ -26,10 +26,10 @@ pub fn parse_documents(text: &str, source: &str) -> Result<Vec<ResiliencePolicy>
     }
     let mut policies = Vec::new();
     let mut errors = Vec::new();
-    for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (index, doc) in yaml_serde::Deserializer::from_str(text).enumerate() {
         let label = format!("{source} (document {})", index + 1);
-        let value = match serde_yaml::Value::deserialize(doc) {
-            Ok(serde_yaml::Value::Null) => continue,
+        let value = match yaml_serde::Value::deserialize(doc) {
+            Ok(yaml_serde::Value::Null) => continue,
             Ok(v) => v,
             Err(e) => {
                 errors.push(ValidationError { policy: label, path: String::new(), message: e.to_string() });
@@ -56,7 +56,7 @@ const MAX_SHAPE_ERRORS: usize = 64;
 /// each shape error (an unknown field, a value of the wrong type) is recorded and the field
 /// set aside, until what is left deserializes; that rest is then checked like any policy, so
 /// its semantic errors are reported in the same round trip.
-pub fn from_value(mut value: serde_yaml::Value, source: &str) -> Result<ResiliencePolicy, Vec<ValidationError>> {
+pub fn from_value(mut value: yaml_serde::Value, source: &str) -> Result<ResiliencePolicy, Vec<ValidationError>> {
     let name = policy_label(&value).unwrap_or_else(|| source.to_string());
     let mut errors = Vec::new();
     let error = |path: &serde_path_to_error::Path, message: String| ValidationError {
@@ -86,7 +86,7 @@ pub fn from_value(mut value: serde_yaml::Value, source: &str) -> Result<Resilien
 }
 
 /// Removes what `path` points at from `value`; false when it points at nothing removable.
-fn remove(value: &mut serde_yaml::Value, path: &serde_path_to_error::Path) -> bool {
+fn remove(value: &mut yaml_serde::Value, path: &serde_path_to_error::Path) -> bool {
     use serde_path_to_error::Segment;
     let segments: Vec<&Segment> = path.iter().collect();
     let Some((last, parents)) = segments.split_last() else { return false };
@@ -103,14 +103,14 @@ fn remove(value: &mut serde_yaml::Value, path: &serde_path_to_error::Path) -> bo
         }
     }
     match (last, at) {
-        (Segment::Map { key }, serde_yaml::Value::Mapping(m)) => m.remove(key.as_str()).is_some(),
+        (Segment::Map { key }, yaml_serde::Value::Mapping(m)) => m.remove(key.as_str()).is_some(),
         // An item is not removed: later items would shift and their errors name wrong indexes.
         _ => false,
     }
 }
 
 /// `namespace/name` from an untyped document, for errors raised before the shape is known.
-fn policy_label(v: &serde_yaml::Value) -> Option<String> {
+fn policy_label(v: &yaml_serde::Value) -> Option<String> {
     let meta = v.get("metadata")?;
     let name = meta.get("name")?.as_str()?;
     let ns = meta.get("namespace").and_then(|n| n.as_str()).unwrap_or("default");

@@ -80,10 +80,10 @@ impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         // Accept YAML scalars of any type so that `timeout: 30` gets the "missing unit"
         // message instead of a type error.
-        let v = serde_yaml::Value::deserialize(d)?;
+        let v = yaml_serde::Value::deserialize(d)?;
         let text = match v {
-            serde_yaml::Value::String(s) => s,
-            serde_yaml::Value::Number(n) => n.to_string(),
+            yaml_serde::Value::String(s) => s,
+            yaml_serde::Value::Number(n) => n.to_string(),
             other => {
                 return Err(serde::de::Error::custom(format!(
                     "expected a duration such as 250ms or 3s, found {other:?}"

@@ -387,9 +387,9 @@ pub struct Token(pub String);
 
 impl<'de> Deserialize<'de> for Token {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match serde_yaml::Value::deserialize(d)? {
-            serde_yaml::Value::String(s) => Ok(Token(s)),
-            serde_yaml::Value::Number(n) => Ok(Token(n.to_string())),
+        match yaml_serde::Value::deserialize(d)? {
+            yaml_serde::Value::String(s) => Ok(Token(s)),
+            yaml_serde::Value::Number(n) => Ok(Token(n.to_string())),
             other => Err(serde::de::Error::custom(format!("expected a word or a number, found {other:?}"))),
         }
     }

@@ -201,7 +201,7 @@ spec: { target: { addresses: [0.0.0.0/0], direction: inbound } }
 #[test]
 fn documents_round_trip_through_yaml() {
     let s = compile(GOOD).unwrap();
-    let text = serde_yaml::to_string(&s.documents[0]).unwrap();
+    let text = yaml_serde::to_string(&s.documents[0]).unwrap();
     assert!(text.contains("perTry: 800ms"), "{text}");
     let again = parse_documents(&text, "again").unwrap();
     assert_eq!(again[0], s.documents[0]);

@@ -48,7 +48,7 @@ pub struct ProxyConfig {
     #[serde(default)]
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
-    pub policies: Vec<serde_yaml::Value>,
+    pub policies: Vec<yaml_serde::Value>,
     #[serde(default)]
     pub policy_dir: Option<PathBuf>,
     /// Policies from a control plane instead of this file (`policies` and `policyDir` must be
@@ -376,7 +376,7 @@ impl std::fmt::Display for Source {
 /// `policyDir`.
 pub fn load_text(text: &str, file: &str, base: &Path, version: &str) -> Result<Loaded, Vec<String>> {
     let file = file.to_string();
-    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| vec![format!("{file}: {e}")])?;
+    let value: yaml_serde::Value = yaml_serde::from_str(text).map_err(|e| vec![format!("{file}: {e}")])?;
     let config: ProxyConfig = serde_path_to_error::deserialize(value).map_err(|e| {
         let at = e.path().to_string();
         vec![format!("{file}: {at}: {}", e.into_inner())]

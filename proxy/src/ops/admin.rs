@@ -132,7 +132,7 @@ fn route(
                 listeners: &config.listeners,
                 policies: &installed.snapshot.documents,
             };
-            match serde_yaml::to_string(&view) {
+            match yaml_serde::to_string(&view) {
                 Ok(y) => server::typed(StatusCode::OK, "application/yaml", y),
                 Err(e) => server::text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render config: {e}\n")),
             }
@@ -245,7 +245,7 @@ fn set_fault(store: &Store, req: &http::Request<bytes::Bytes>) -> http::Response
     };
     let text = String::from_utf8_lossy(req.body());
     let spec: Result<bulwark_policy::spec::FaultSpec, String> =
-        serde_yaml::from_str::<serde_yaml::Value>(&text).map_err(|e| e.to_string()).and_then(|v| {
+        yaml_serde::from_str::<yaml_serde::Value>(&text).map_err(|e| e.to_string()).and_then(|v| {
             serde_path_to_error::deserialize(v).map_err(|e| {
                 let path = e.path().to_string();
                 format!("{path}: {}", e.into_inner())

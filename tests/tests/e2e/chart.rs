@@ -32,12 +32,12 @@ fn merge(base: &mut Value, over: &Value) {
 
 /// Every rendered object of the chart with `overrides` on its values, and NOTES.txt.
 fn render(overrides: Value) -> (Vec<Value>, String) {
-    let values: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap()).unwrap();
+    let values: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap()).unwrap();
     let mut values = serde_json::to_value(values).unwrap();
     merge(&mut values, &overrides);
-    let meta: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).unwrap()).unwrap();
+    let meta: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).unwrap()).unwrap();
     let meta = serde_json::to_value(meta).unwrap();
     let root = json!({
         "Values": values,
@@ -56,8 +56,8 @@ fn render(overrides: Value) -> (Vec<Value>, String) {
             notes = text;
             continue;
         }
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let v: serde_yaml::Value =
+        for doc in yaml_serde::Deserializer::from_str(&text) {
+            let v: yaml_serde::Value =
                 serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("{name} is not YAML: {e}\n{text}"));
             if !v.is_null() {
                 objects.push(serde_json::to_value(v).unwrap());
@@ -212,9 +212,9 @@ fn cert_manager_no_persistence_token_and_fallback_sidecars_render_too() {
 #[test]
 fn the_chart_readme_documents_every_value() {
     let readme = std::fs::read_to_string(chart().join("README.md")).unwrap();
-    let values: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap()).unwrap();
-    fn leaves(prefix: &str, v: &serde_yaml::Value, out: &mut Vec<String>) {
+    let values: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap()).unwrap();
+    fn leaves(prefix: &str, v: &yaml_serde::Value, out: &mut Vec<String>) {
         match v.as_mapping() {
             Some(m) if !prefix.ends_with("resources") || prefix.starts_with("proxy") => {
                 for (k, v) in m {

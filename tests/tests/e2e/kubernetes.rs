@@ -291,7 +291,7 @@ async fn injected_probes_are_run_by_the_proxy_against_the_app() {
     );
     let out = bulwarkctl_inject(&["-f", "-"], &manifest);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let pod: Pod = serde_yaml::from_slice(&out.stdout).unwrap();
+    let pod: Pod = yaml_serde::from_slice(&out.stdout).unwrap();
     let proxy = pod.spec.unwrap().init_containers.unwrap().into_iter().find(|c| c.name == "bulwark-proxy").unwrap();
     let probes = proxy.env.unwrap().into_iter().find(|e| e.name == "BULWARK_APP_PROBES").unwrap().value.unwrap();
 
@@ -370,7 +370,7 @@ async fn wait_ready_returns_once_the_proxy_is_ready_and_fails_after_its_timeout(
 fn the_injected_init_container_runs_bulwark_proxy_init() {
     let out = bulwarkctl_inject(&["-f", &fixture("statefulset.yaml")], "");
     assert!(out.status.success());
-    let set: k8s_openapi::api::apps::v1::StatefulSet = serde_yaml::from_slice(&out.stdout).unwrap();
+    let set: k8s_openapi::api::apps::v1::StatefulSet = yaml_serde::from_slice(&out.stdout).unwrap();
     let pod = set.spec.unwrap().template.spec.unwrap();
     let init = pod.init_containers.unwrap().into_iter().find(|c| c.name == "bulwark-init").unwrap();
     let out = Command::new(workspace_bin("bulwark-proxy"))
