@@ -2,6 +2,7 @@
 //! (`server::admin`), validated with the proxies' own policy code.
 
 pub mod inject;
+pub mod published;
 pub mod server;
 pub mod store;
 pub mod webhook;

@@ -114,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
             Some(t)
         }
     };
-    let (changed, _) = tokio::sync::watch::channel(store.revision());
+    let (changed, _) = tokio::sync::watch::channel(Arc::new(store.published()));
     tracing::info!(revision = store.revision(), data_dir = %cli.data_dir.display(), "store open");
     let store = Arc::new(tokio::sync::Mutex::new(store));
 
@@ -124,12 +124,8 @@ async fn main() -> anyhow::Result<()> {
         .context("reflection service")?;
     let proxies = Arc::new(Proxies::default());
     let discovery = tonic::service::interceptor::InterceptedService::new(
-        pb::policy_discovery_server::PolicyDiscoveryServer::new(Discovery::new(
-            store.clone(),
-            changed.subscribe(),
-            proxies.clone(),
-        ))
-        .max_encoding_message_size(bulwark_policy::document::MAX_SNAPSHOT_BYTES + (1 << 20)),
+        pb::policy_discovery_server::PolicyDiscoveryServer::new(Discovery::new(changed.subscribe(), proxies.clone()))
+            .max_encoding_message_size(bulwark_policy::document::MAX_SNAPSHOT_BYTES + (1 << 20)),
         RequireToken { token: cli.discovery_token.clone(), what: "discovery token" },
     );
     let admin = pb::policy_admin_server::PolicyAdminServer::with_interceptor(

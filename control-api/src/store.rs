@@ -10,10 +10,13 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bulwark_policy::document::{MAX_DOCUMENT_BYTES, MAX_SNAPSHOT_BYTES};
 use bulwark_policy::{parse_documents, ResiliencePolicy, Snapshot, ValidationError};
 use serde::{Deserialize, Serialize};
+
+use crate::published::Published;
 
 const FILE: &str = "policies.json";
 
@@ -57,6 +60,9 @@ pub enum StoreError {
 pub struct Store {
     dir: PathBuf,
     state: State,
+    /// Every stored policy parsed, by id: each text is parsed once, when it is stored (or when
+    /// the store is opened), not again for every later change or every proxy.
+    parsed: BTreeMap<String, Arc<ResiliencePolicy>>,
 }
 
 impl Store {
@@ -69,7 +75,22 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
         };
-        Ok(Store { dir: dir.to_path_buf(), state })
+        let mut parsed = BTreeMap::new();
+        for (id, stored) in &state.policies {
+            // Kept on disk but not served: every apply names it until it is deleted or replaced
+            // (a newer release may check what an older one accepted).
+            match parse_one(&stored.yaml, id) {
+                Ok(doc) => {
+                    parsed.insert(id.clone(), Arc::new(doc));
+                }
+                Err(errors) => {
+                    for e in errors {
+                        tracing::error!(policy = %id, error = %e, "a stored policy does not validate; it is not served");
+                    }
+                }
+            }
+        }
+        Ok(Store { dir: dir.to_path_buf(), state, parsed })
     }
 
     pub fn revision(&self) -> u64 {
@@ -84,9 +105,19 @@ impl Store {
         self.state.policies.iter()
     }
 
-    /// Every stored policy, parsed (they were all valid when stored).
-    pub fn documents(&self) -> Vec<ResiliencePolicy> {
-        self.state.policies.values().flat_map(|s| parse_documents(&s.yaml, "store").unwrap_or_default()).collect()
+    /// Every stored policy, parsed.
+    pub fn documents(&self) -> impl Iterator<Item = &ResiliencePolicy> {
+        self.parsed.values().map(|d| &**d)
+    }
+
+    /// The current revision, as discovery serves it.
+    pub fn published(&self) -> Published {
+        Published::new(
+            self.state.revision,
+            self.state.policies.iter().filter_map(|(id, s)| {
+                self.parsed.get(id).map(|doc| (id.as_str(), s.yaml.as_str(), s.revision, &**doc))
+            }),
+        )
     }
 
     /// Creates or replaces the policies of `texts`. With `dry_run`, only reports.
@@ -111,14 +142,20 @@ impl Store {
         let revision = self.state.revision + 1;
         for doc in incoming {
             let id = doc.id();
-            let yaml = yaml_serde::to_string(&doc).expect("a parsed policy serializes");
+            let yaml = match yaml_serde::to_string(&doc) {
+                Ok(y) => y,
+                Err(e) => {
+                    errors.push(ValidationError {
+                        policy: id,
+                        path: String::new(),
+                        message: format!("cannot be stored: {e}"),
+                    });
+                    continue;
+                }
+            };
             let kind = match next.policies.get(&id) {
                 None => ChangeKind::Created,
-                Some(old)
-                    if parse_documents(&old.yaml, "store").ok().as_deref() == Some(std::slice::from_ref(&doc)) =>
-                {
-                    ChangeKind::Unchanged
-                }
+                Some(_) if self.parsed.get(&id).is_some_and(|old| **old == doc) => ChangeKind::Unchanged,
                 Some(_) => ChangeKind::Updated,
             };
             if kind != ChangeKind::Unchanged {
@@ -151,10 +188,17 @@ impl Store {
         id: &str,
         edit: impl FnOnce(&mut ResiliencePolicy) -> Result<(), String>,
     ) -> Result<Vec<Change>, StoreError> {
-        let stored = self.state.policies.get(id).ok_or_else(|| StoreError::NotFound(format!("policy {id}")))?;
-        let mut doc = parse_documents(&stored.yaml, id).map_err(StoreError::Invalid)?.remove(0);
+        let mut doc =
+            ResiliencePolicy::clone(self.parsed.get(id).ok_or_else(|| StoreError::NotFound(format!("policy {id}")))?);
         edit(&mut doc).map_err(StoreError::NotFound)?;
-        self.apply(&[yaml_serde::to_string(&doc).expect("a policy serializes")], false)
+        let text = yaml_serde::to_string(&doc).map_err(|e| {
+            StoreError::Invalid(vec![ValidationError {
+                policy: id.into(),
+                path: String::new(),
+                message: format!("cannot be stored: {e}"),
+            }])
+        })?;
+        self.apply(&[text], false)
     }
 
     fn commit(&mut self, mut next: State, changes: Vec<Change>, dry_run: bool) -> Result<Vec<Change>, StoreError> {
@@ -162,7 +206,7 @@ impl Store {
         // aliases and flow style expand when a policy is written back), or every later push
         // would fail at the proxies.
         let mut errors = Vec::new();
-        let mut docs: Vec<ResiliencePolicy> = Vec::new();
+        let mut parsed = BTreeMap::new();
         let mut total = 0usize;
         for (id, stored) in &next.policies {
             total = total.saturating_add(stored.yaml.len());
@@ -177,9 +221,19 @@ impl Store {
                 });
                 continue;
             }
-            match parse_documents(&stored.yaml, id) {
-                Ok(mut d) => docs.append(&mut d),
-                Err(mut e) => errors.append(&mut e),
+            // A text already stored was parsed when it was; only new texts are parsed here.
+            let known =
+                self.state.policies.get(id).filter(|old| old.yaml == stored.yaml).and_then(|_| self.parsed.get(id));
+            match known {
+                Some(doc) => {
+                    parsed.insert(id.clone(), doc.clone());
+                }
+                None => match parse_one(&stored.yaml, id) {
+                    Ok(doc) => {
+                        parsed.insert(id.clone(), Arc::new(doc));
+                    }
+                    Err(mut e) => errors.append(&mut e),
+                },
             }
         }
         if total > MAX_SNAPSHOT_BYTES {
@@ -189,7 +243,7 @@ impl Store {
                 message: format!("every policy together would be {total} bytes; the limit is {MAX_SNAPSHOT_BYTES}"),
             });
         }
-        if let Err(mut e) = Snapshot::compile("check", docs) {
+        if let Err(mut e) = Snapshot::compile("check", parsed.values().map(|d| ResiliencePolicy::clone(d)).collect()) {
             errors.append(&mut e);
         }
         if !errors.is_empty() {
@@ -201,6 +255,7 @@ impl Store {
         next.revision = self.state.revision + 1;
         self.write(&next)?;
         self.state = next;
+        self.parsed = parsed;
         Ok(changes)
     }
 
@@ -208,11 +263,24 @@ impl Store {
     fn write(&self, state: &State) -> std::io::Result<()> {
         let tmp = self.dir.join(format!("{FILE}.tmp"));
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(state).expect("state serializes"))?;
+        f.write_all(&serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?)?;
         f.sync_all()?;
         drop(f);
         std::fs::rename(&tmp, self.dir.join(FILE))?;
         std::fs::File::open(&self.dir)?.sync_all()
+    }
+}
+
+/// A stored text holds exactly one policy.
+fn parse_one(yaml: &str, id: &str) -> Result<ResiliencePolicy, Vec<ValidationError>> {
+    let mut docs = parse_documents(yaml, id)?;
+    match (docs.pop(), docs.is_empty()) {
+        (Some(doc), true) => Ok(doc),
+        _ => Err(vec![ValidationError {
+            policy: id.into(),
+            path: String::new(),
+            message: "a stored policy must be exactly one document".into(),
+        }]),
     }
 }
 
@@ -290,7 +358,7 @@ mod tests {
         );
         assert!(s.get("shop/big").is_none(), "nothing was stored");
         s.apply(&[policy("a", "1s")], false).unwrap();
-        assert_eq!(s.documents().len(), 1, "a later apply is stored and served");
+        assert_eq!(s.documents().count(), 1, "a later apply is stored and served");
     }
 
     #[test]

@@ -6,24 +6,21 @@ use std::time::{Duration, SystemTime};
 
 use bulwark_policy::spec::FaultSpec;
 use bulwark_proto::v1 as pb;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
+use crate::published::Publisher;
 use crate::store::{Change, ChangeKind, Store, StoreError};
 
 pub struct Admin {
     store: Arc<Mutex<Store>>,
-    /// Told the new revision after every stored change.
-    changed: watch::Sender<u64>,
+    /// Given the new revision after every stored change, before the change is answered.
+    changed: Publisher,
     proxies: Arc<super::discovery::Proxies>,
 }
 
 impl Admin {
-    pub fn new(
-        store: Arc<Mutex<Store>>,
-        changed: watch::Sender<u64>,
-        proxies: Arc<super::discovery::Proxies>,
-    ) -> Admin {
+    pub fn new(store: Arc<Mutex<Store>>, changed: Publisher, proxies: Arc<super::discovery::Proxies>) -> Admin {
         Admin { store, changed, proxies }
     }
 
@@ -37,7 +34,7 @@ impl Admin {
             Ok(changes) => {
                 let applied = !dry_run && changes.iter().any(|c| c.kind != ChangeKind::Unchanged);
                 if applied {
-                    self.changed.send_replace(store.revision());
+                    self.changed.send_replace(Arc::new(store.published()));
                 }
                 Ok(Response::new(pb::ApplyResponse {
                     applied,
@@ -166,7 +163,7 @@ impl pb::policy_admin_server::PolicyAdmin for Admin {
         &self,
         _req: Request<pb::ListProxiesRequest>,
     ) -> Result<Response<pb::ListProxiesResponse>, Status> {
-        let current_version = self.store.lock().await.revision().to_string();
+        let current_version = self.changed.borrow().revision.to_string();
         Ok(Response::new(pb::ListProxiesResponse { proxies: self.proxies.list(), current_version }))
     }
 }

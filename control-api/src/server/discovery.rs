@@ -4,9 +4,8 @@
 //! newest snapshot and never delays the others. Acks and Nacks are kept per proxy for
 //! `ListProxies`.
 //!
-//! Which policies a proxy receives: an inbound policy with a `service` goes only to proxies
-//! serving that service (their Node.service); every other policy goes to every proxy, since
-//! any of them may call the service it protects.
+//! What is sent comes from `Published`, the store's revision parsed once; a stream never
+//! takes the store's lock.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -15,14 +14,12 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bulwark_policy::route::HostPattern;
-use bulwark_policy::Direction;
 use bulwark_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::store::Store;
+use crate::published::Published;
 
 /// A proxy that left is listed this long, then forgotten.
 pub const FORGET_AFTER: Duration = Duration::from_secs(3600);
@@ -103,41 +100,14 @@ impl Known {
 }
 
 pub struct Discovery {
-    store: Arc<tokio::sync::Mutex<Store>>,
-    changed: watch::Receiver<u64>,
+    published: watch::Receiver<Arc<Published>>,
     proxies: Arc<Proxies>,
 }
 
 impl Discovery {
-    pub fn new(
-        store: Arc<tokio::sync::Mutex<Store>>,
-        changed: watch::Receiver<u64>,
-        proxies: Arc<Proxies>,
-    ) -> Discovery {
-        Discovery { store, changed, proxies }
+    pub fn new(published: watch::Receiver<Arc<Published>>, proxies: Arc<Proxies>) -> Discovery {
+        Discovery { published, proxies }
     }
-}
-
-/// The snapshot for `node` at the store's current revision.
-async fn snapshot_for(store: &tokio::sync::Mutex<Store>, node: &pb::Node) -> pb::Snapshot {
-    let store = store.lock().await;
-    let policies = store
-        .list()
-        .filter(|(_, s)| selects(&s.yaml, node))
-        .map(|(id, s)| {
-            let (namespace, name) = id.split_once('/').unwrap_or(("default", id));
-            pb::Policy { namespace: namespace.into(), name: name.into(), yaml: s.yaml.clone(), revision: s.revision }
-        })
-        .collect();
-    pb::Snapshot { version: store.revision().to_string(), policies }
-}
-
-fn selects(yaml: &str, node: &pb::Node) -> bool {
-    let Ok(docs) = bulwark_policy::parse_documents(yaml, "store") else { return true };
-    docs.iter().all(|d| match (&d.spec.target.direction, &d.spec.target.service) {
-        (Direction::Inbound, Some(service)) => HostPattern::parse(service).matches(&node.service),
-        _ => true,
-    })
 }
 
 /// How long a new discovery stream may take to send its Node message.
@@ -169,16 +139,16 @@ impl pb::policy_discovery_server::PolicyDiscovery for Discovery {
         tracing::info!(proxy = %id, service = %node.service, "proxy connected");
 
         let (tx, rx) = mpsc::channel(1);
-        let (store, proxies, mut changed) = (self.store.clone(), self.proxies.clone(), self.changed.clone());
+        let (proxies, mut published) = (self.proxies.clone(), self.published.clone());
         // Pushes: the newest snapshot whenever the store changes; never more than one queued.
         let push_node = node.clone();
         let pusher = tokio::spawn(async move {
             loop {
-                changed.borrow_and_update();
-                if tx.send(Ok(snapshot_for(&store, &push_node).await)).await.is_err() {
+                let current = published.borrow_and_update().clone();
+                if tx.send(Ok(current.snapshot_for(&push_node))).await.is_err() {
                     return;
                 }
-                if changed.changed().await.is_err() {
+                if published.changed().await.is_err() {
                     return;
                 }
             }
@@ -259,18 +229,5 @@ mod tests {
         assert_eq!(listed[0].acked_version, "", "and the old stream's acks do not land on it");
         proxies.departed("p", new, now);
         assert!(!proxies.list()[0].connected);
-    }
-
-    fn policy(direction: &str, service: &str) -> String {
-        format!("apiVersion: bulwark.dev/v1\nkind: ResiliencePolicy\nmetadata: {{ name: p }}\nspec:\n  target: {{ service: \"{service}\", direction: {direction} }}\n")
-    }
-
-    #[test]
-    fn inbound_policies_go_only_to_their_service_and_others_to_everyone() {
-        let node = |service: &str| pb::Node { id: "n".into(), service: service.into(), ..Default::default() };
-        assert!(selects(&policy("inbound", "payments"), &node("payments")));
-        assert!(!selects(&policy("inbound", "payments"), &node("checkout")));
-        assert!(selects(&policy("inbound", "*.shop.svc"), &node("payments.shop.svc")));
-        assert!(selects(&policy("outbound", "payments"), &node("checkout")), "any proxy may call payments");
     }
 }
