@@ -8,7 +8,7 @@
 //! like any other, so a toggle never disturbs other settings, and a file reload keeps the
 //! overlay (entries whose policy or route disappeared are dropped, with a log line).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -208,18 +208,17 @@ fn install(
     metrics: &Metrics,
 ) -> Installed {
     let states = registry::build(&snapshot, old.map_or(&[][..], |o| &o.states[..]), &metrics.stages);
+    if let Some(old) = old {
+        forget_departed_routes(&old.snapshot, &snapshot, metrics);
+    }
+    let old_faults: HashMap<(&str, &str), &Arc<FaultState>> =
+        old.iter().flat_map(|o| o.faults.iter().flatten()).map(|s| ((&*s.policy, &*s.route), s)).collect();
     let mut faults = vec![None; snapshot.route_count];
     for p in &snapshot.policies {
         for r in p.routes.iter().chain(std::iter::once(&p.default_route)) {
             let Some(f) = &r.faults else { continue };
             // Unchanged faults keep their state, so a `for` expiry is not restarted.
-            let kept = old.and_then(|o| {
-                o.faults
-                    .iter()
-                    .flatten()
-                    .find(|s| s.policy == r.policy && s.route == r.name && *s.faults == **f)
-                    .cloned()
-            });
+            let kept = old_faults.get(&(&*r.policy, &*r.name)).filter(|s| *s.faults == **f).map(|s| Arc::clone(s));
             let runtime = overlay.contains_key(&(r.policy.to_string(), r.name.to_string()));
             faults[r.index] = Some(kept.unwrap_or_else(|| {
                 FaultState::new(
@@ -233,4 +232,23 @@ fn install(
         }
     }
     Installed { config, snapshot, states, faults }
+}
+
+/// Removes the metric series of routes (and policies' TCP series) the new snapshot no longer has.
+fn forget_departed_routes(old: &Snapshot, new: &Snapshot, metrics: &Metrics) {
+    let routes = |s: &Snapshot| -> HashSet<(Arc<str>, Arc<str>)> {
+        s.policies
+            .iter()
+            .flat_map(|p| p.routes.iter().chain(std::iter::once(&p.default_route)))
+            .map(|r| (r.policy.clone(), r.name.clone()))
+            .collect()
+    };
+    let kept = routes(new);
+    for (policy, route) in routes(old).difference(&kept) {
+        metrics.forget_route(policy, route);
+    }
+    let policies: HashSet<&str> = new.policies.iter().map(|p| &*p.id).collect();
+    for p in old.policies.iter().filter(|p| !policies.contains(&*p.id)) {
+        metrics.forget_route(&p.id, crate::tcp::FAULT_ROUTE);
+    }
 }

@@ -20,15 +20,15 @@ use std::time::Duration;
 use bulwark_policy::BreakerPolicy;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
 use super::Refusal;
 use crate::reason::Reason;
-use crate::telemetry::metrics::{single, StageLabels};
+use crate::telemetry::metrics::StageLabels;
 use crate::telemetry::record::Record;
+use crate::telemetry::route_family::RouteFamily;
 use crate::upstream::Outcome;
 
 const SLICES: usize = 10;
@@ -68,23 +68,29 @@ struct TransitionLabels {
 /// Breakers by state, and transitions, by route.
 #[derive(Clone)]
 pub struct BreakerFamilies {
-    state: Family<StateLabels, Gauge>,
-    transitions: Family<TransitionLabels, Counter>,
+    state: RouteFamily<StateLabels, Gauge>,
+    transitions: RouteFamily<TransitionLabels, Counter>,
 }
 
 impl BreakerFamilies {
     pub fn register(r: &mut Registry) -> BreakerFamilies {
         BreakerFamilies {
-            state: single(r, "breaker_state", "Circuit breakers of a route in each state (closed, open, half-open)"),
-            transitions: single(r, "breaker_transitions", "Circuit breaker state changes"),
+            state: RouteFamily::register(
+                r,
+                "breaker_state",
+                "Circuit breakers of a route in each state (closed, open, half-open)",
+            ),
+            transitions: RouteFamily::register(r, "breaker_transitions", "Circuit breaker state changes"),
         }
     }
 
     pub fn route(&self, labels: &StageLabels) -> BreakerMetrics {
         let state = |state| {
-            self.state
-                .get_or_create(&StateLabels { policy: labels.policy.clone(), route: labels.route.clone(), state })
-                .clone()
+            self.state.handle(
+                &labels.policy,
+                &labels.route,
+                &StateLabels { policy: labels.policy.clone(), route: labels.route.clone(), state },
+            )
         };
         BreakerMetrics {
             closed: state("closed"),
@@ -94,6 +100,11 @@ impl BreakerFamilies {
             labels: labels.clone(),
         }
     }
+
+    pub fn forget(&self, policy: &str, route: &str) {
+        self.state.forget(policy, route);
+        self.transitions.forget(policy, route);
+    }
 }
 
 /// One route's breakers: how many are in each state, and their transitions.
@@ -102,7 +113,7 @@ pub struct BreakerMetrics {
     closed: Gauge,
     open: Gauge,
     half_open: Gauge,
-    transitions: Family<TransitionLabels, Counter>,
+    transitions: RouteFamily<TransitionLabels, Counter>,
     labels: StageLabels,
 }
 
@@ -119,14 +130,13 @@ impl BreakerMetrics {
     pub fn transition(&self, from: State, to: State) {
         self.breakers_in(from).dec();
         self.breakers_in(to).inc();
-        self.transitions
-            .get_or_create(&TransitionLabels {
-                policy: self.labels.policy.clone(),
-                route: self.labels.route.clone(),
-                from: from.as_str(),
-                to: to.as_str(),
-            })
-            .inc();
+        let labels = TransitionLabels {
+            policy: self.labels.policy.clone(),
+            route: self.labels.route.clone(),
+            from: from.as_str(),
+            to: to.as_str(),
+        };
+        self.transitions.with(&self.labels.policy, &self.labels.route, &labels, |c| c.inc());
     }
 }
 

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use bulwark_policy::BulkheadPolicy;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -17,8 +16,9 @@ use tokio::time::Instant;
 
 use super::Refusal;
 use crate::reason::Reason;
-use crate::telemetry::metrics::{single, StageLabels};
+use crate::telemetry::metrics::StageLabels;
 use crate::telemetry::record::Record;
+use crate::telemetry::route_family::RouteFamily;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BulkheadFull;
@@ -26,26 +26,36 @@ pub struct BulkheadFull;
 /// The bulkhead families, by route.
 #[derive(Clone)]
 pub struct BulkheadFamilies {
-    in_flight: Family<StageLabels, Gauge>,
-    queued: Family<StageLabels, Gauge>,
-    rejected: Family<StageLabels, Counter>,
+    in_flight: RouteFamily<StageLabels, Gauge>,
+    queued: RouteFamily<StageLabels, Gauge>,
+    rejected: RouteFamily<StageLabels, Counter>,
 }
 
 impl BulkheadFamilies {
     pub fn register(r: &mut Registry) -> BulkheadFamilies {
         BulkheadFamilies {
-            in_flight: single(r, "bulkhead_in_flight", "Requests holding a bulkhead slot"),
-            queued: single(r, "bulkhead_queued", "Requests waiting for a bulkhead slot"),
-            rejected: single(r, "bulkhead_rejected", "Requests refused because the bulkhead and its queue were full"),
+            in_flight: RouteFamily::register(r, "bulkhead_in_flight", "Requests holding a bulkhead slot"),
+            queued: RouteFamily::register(r, "bulkhead_queued", "Requests waiting for a bulkhead slot"),
+            rejected: RouteFamily::register(
+                r,
+                "bulkhead_rejected",
+                "Requests refused because the bulkhead and its queue were full",
+            ),
         }
     }
 
     pub fn route(&self, labels: &StageLabels) -> BulkheadMetrics {
         BulkheadMetrics {
-            in_flight: self.in_flight.get_or_create(labels).clone(),
-            queued: self.queued.get_or_create(labels).clone(),
-            rejected: self.rejected.get_or_create(labels).clone(),
+            in_flight: self.in_flight.handle(&labels.policy, &labels.route, labels),
+            queued: self.queued.handle(&labels.policy, &labels.route, labels),
+            rejected: self.rejected.handle(&labels.policy, &labels.route, labels),
         }
+    }
+
+    pub fn forget(&self, policy: &str, route: &str) {
+        self.in_flight.forget(policy, route);
+        self.queued.forget(policy, route);
+        self.rejected.forget(policy, route);
     }
 }
 

@@ -24,14 +24,14 @@ use bulwark_policy::faults::{AbortWith, Delay, DelayFault, Expiry, FaultPolicy};
 use http::HeaderMap;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
 use super::Refusal;
 use crate::reason::Reason;
-use crate::telemetry::metrics::{single, StageLabels};
+use crate::telemetry::metrics::StageLabels;
 use crate::telemetry::record::Record;
+use crate::telemetry::route_family::RouteFamily;
 
 /// What the draws decided for one request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -52,24 +52,24 @@ struct FaultLabels {
 /// Faults injected and expired, by route (TCP faults by policy, route `tcp`).
 #[derive(Clone)]
 pub struct FaultFamilies {
-    injected: Family<FaultLabels, Counter>,
-    expired: Family<StageLabels, Counter>,
+    injected: RouteFamily<FaultLabels, Counter>,
+    expired: RouteFamily<StageLabels, Counter>,
 }
 
 impl FaultFamilies {
     pub fn register(r: &mut Registry) -> FaultFamilies {
         FaultFamilies {
-            injected: single(
+            injected: RouteFamily::register(
                 r,
                 "faults_injected",
                 "Faults injected, by kind (abort, delay, response-delay, bandwidth, tcp-*)",
             ),
-            expired: single(r, "faults_expired", "Faults the proxy dropped by itself when they expired"),
+            expired: RouteFamily::register(r, "faults_expired", "Faults the proxy dropped by itself when they expired"),
         }
     }
 
     pub fn counter(&self, policy: &str, route: &str, kind: &'static str) -> Counter {
-        self.injected.get_or_create(&FaultLabels { policy: policy.into(), route: route.into(), kind }).clone()
+        self.injected.handle(policy, route, &FaultLabels { policy: policy.into(), route: route.into(), kind })
     }
 
     pub fn route(&self, policy: &str, route: &str) -> FaultMetrics {
@@ -79,8 +79,13 @@ impl FaultFamilies {
             delay: kind("delay"),
             response_delay: kind("response-delay"),
             bandwidth: kind("bandwidth"),
-            expired: self.expired.get_or_create(&StageLabels::new(policy, route)).clone(),
+            expired: self.expired.handle(policy, route, &StageLabels::new(policy, route)),
         }
+    }
+
+    pub fn forget(&self, policy: &str, route: &str) {
+        self.injected.forget(policy, route);
+        self.expired.forget(policy, route);
     }
 }
 

@@ -59,4 +59,13 @@ impl StageFamilies {
             fault: fault::FaultFamilies::register(r),
         }
     }
+
+    /// Removes the series of a route that no longer exists.
+    pub fn forget(&self, policy: &str, route: &str) {
+        self.breaker.forget(policy, route);
+        self.bulkhead.forget(policy, route);
+        self.retry.forget(policy, route);
+        self.rate_limit.forget(policy, route);
+        self.fault.forget(policy, route);
+    }
 }

@@ -16,13 +16,13 @@ use dashmap::DashMap;
 use http::HeaderMap;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
 use super::Refusal;
 use crate::reason::Reason;
-use crate::telemetry::metrics::{single, StageLabels};
+use crate::telemetry::metrics::StageLabels;
+use crate::telemetry::route_family::RouteFamily;
 
 /// Longest client key kept; longer header values are cut (they still key a bucket of their own
 /// prefix, which errs on the side of limiting).
@@ -92,21 +92,33 @@ struct ScopeLabels {
 /// Refusals by route and bucket.
 #[derive(Clone)]
 pub struct RateLimitFamilies {
-    limited: Family<ScopeLabels, Counter>,
+    limited: RouteFamily<ScopeLabels, Counter>,
 }
 
 impl RateLimitFamilies {
     pub fn register(r: &mut Registry) -> RateLimitFamilies {
         RateLimitFamilies {
-            limited: single(r, "rate_limited", "Requests refused by a rate limit, by bucket (route or client)"),
+            limited: RouteFamily::register(
+                r,
+                "rate_limited",
+                "Requests refused by a rate limit, by bucket (route or client)",
+            ),
         }
     }
 
     pub fn route(&self, l: &StageLabels) -> RateLimitMetrics {
         let scope = |scope| {
-            self.limited.get_or_create(&ScopeLabels { policy: l.policy.clone(), route: l.route.clone(), scope }).clone()
+            self.limited.handle(
+                &l.policy,
+                &l.route,
+                &ScopeLabels { policy: l.policy.clone(), route: l.route.clone(), scope },
+            )
         };
         RateLimitMetrics { route: scope("route"), client: scope("client") }
+    }
+
+    pub fn forget(&self, policy: &str, route: &str) {
+        self.limited.forget(policy, route);
     }
 }
 

@@ -5,6 +5,9 @@ pub mod relay;
 
 use tokio::net::TcpStream;
 
+/// The route label of a policy's TCP fault series (opaque TCP has no routes).
+pub const FAULT_ROUTE: &str = "tcp";
+
 use crate::downstream::Downstream;
 use crate::listener::detect::Prefixed;
 use crate::shared::Shared;
@@ -29,7 +32,7 @@ pub async fn forward(
     let drawn = tcp_faults.map(|f| draw_tcp_faults(&f)).unwrap_or_default();
     let count = |kind| {
         if let Some(id) = &policy_id {
-            shared.metrics.stages.fault.counter(id, "tcp", kind).inc();
+            shared.metrics.stages.fault.counter(id, FAULT_ROUTE, kind).inc();
         }
     };
     if drawn.reset_now {

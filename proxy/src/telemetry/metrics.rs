@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -20,6 +19,7 @@ use crate::control::ControlMetrics;
 use crate::listener::ListenerMetrics;
 use crate::reason::Reason;
 use crate::stage::StageFamilies;
+use crate::telemetry::route_family::RouteFamily;
 use crate::upstream::UpstreamMetrics;
 
 /// 0.5 ms to 30 s: sidecar overhead lives at the bottom, timeouts at the top.
@@ -74,24 +74,30 @@ where
     m
 }
 
-type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+type HistogramFamily = RouteFamily<RouteLabels, Histogram, fn() -> Histogram>;
 
 /// The golden signals every request's record ends in.
 pub struct RequestMetrics {
-    requests: Family<RequestLabels, Counter>,
+    requests: RouteFamily<RequestLabels, Counter>,
     latency: HistogramFamily,
 }
 
 impl RequestMetrics {
     fn register(r: &mut Registry) -> RequestMetrics {
-        let requests = single(r, "requests", "HTTP requests completed, by route, status class and refusal reason");
-        let latency: HistogramFamily = Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS));
-        r.register(
+        let requests =
+            RouteFamily::register(r, "requests", "HTTP requests completed, by route, status class and refusal reason");
+        let latency = RouteFamily::register_with(
+            r,
             "request_duration_seconds",
             "Time from request arrival to response headers sent, by route",
-            latency.clone(),
+            (|| Histogram::new(LATENCY_BUCKETS)) as fn() -> Histogram,
         );
         RequestMetrics { requests, latency }
+    }
+
+    fn forget(&self, policy: &str, route: &str) {
+        self.requests.forget(policy, route);
+        self.latency.forget(policy, route);
     }
 
     pub fn observe(&self, route: &RouteLabels, status: u16, reason: Option<Reason>, elapsed: Duration) {
@@ -102,17 +108,16 @@ impl RequestMetrics {
             400..=499 => "4xx",
             _ => "5xx",
         };
-        self.requests
-            .get_or_create(&RequestLabels {
-                direction: route.direction,
-                listener: route.listener.clone(),
-                policy: route.policy.clone(),
-                route: route.route.clone(),
-                status_class,
-                reason,
-            })
-            .inc();
-        self.latency.get_or_create(route).observe(elapsed.as_secs_f64());
+        let labels = RequestLabels {
+            direction: route.direction,
+            listener: route.listener.clone(),
+            policy: route.policy.clone(),
+            route: route.route.clone(),
+            status_class,
+            reason,
+        };
+        self.requests.with(&route.policy, &route.route, &labels, |c| c.inc());
+        self.latency.with(&route.policy, &route.route, route, |h| h.observe(elapsed.as_secs_f64()));
     }
 }
 
@@ -179,6 +184,13 @@ impl Metrics {
             open_fds: single(r, "process_open_fds", "File descriptors the proxy process has open"),
         };
         Metrics { registry, requests, listeners, upstream, stages, control, export, process }
+    }
+
+    /// Removes every series of a route that no longer exists, so deleted and renamed routes
+    /// do not stay in the scrape.
+    pub fn forget_route(&self, policy: &str, route: &str) {
+        self.requests.forget(policy, route);
+        self.stages.forget(policy, route);
     }
 
     /// Reads RSS and open descriptors from /proc (at scrape time; Linux only).

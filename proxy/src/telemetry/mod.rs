@@ -5,4 +5,5 @@
 pub mod access_log;
 pub mod metrics;
 pub mod record;
+pub mod route_family;
 pub mod trace;

@@ -28,6 +28,10 @@ const MAX_EJECTION: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Bound on endpoint sets tracked; beyond it a set is balanced without remembered state.
 const MAX_CLUSTERS: usize = 10_000;
 
+/// Endpoints that left the set are remembered up to this many (beyond twice the set's size),
+/// so an address that flaps out of DNS and back keeps its ejection.
+const KEEP_DEPARTED: usize = 64;
+
 #[derive(Default)]
 struct Endpoint {
     in_flight: AtomicUsize,
@@ -75,6 +79,7 @@ impl Cluster {
 
     /// The endpoint for the next try, or None when every endpoint is ejected.
     pub fn pick(&self, set: &[SocketAddr], avoid: &[SocketAddr], now: Instant) -> Option<SocketAddr> {
+        self.forget_departed(set);
         let healthy: Vec<SocketAddr> = set.iter().copied().filter(|a| !self.endpoint(*a).ejected(now)).collect();
         let fresh: Vec<SocketAddr> = healthy.iter().copied().filter(|a| !avoid.contains(a)).collect();
         let choices = if fresh.is_empty() { &healthy } else { &fresh };
@@ -95,6 +100,22 @@ impl Cluster {
                 }
             }),
         }
+    }
+
+    /// Drops the state of endpoints that left the set (a service whose pods come and go would
+    /// otherwise keep one entry per address it ever had), once there are many more entries
+    /// than endpoints: amortized O(1) per pick. Endpoints with requests in flight stay.
+    fn forget_departed(&self, set: &[SocketAddr]) {
+        if self.endpoints.len() <= set.len().saturating_mul(2).saturating_add(KEEP_DEPARTED) {
+            return;
+        }
+        let current: std::collections::HashSet<&SocketAddr> = set.iter().collect();
+        self.endpoints.retain(|a, e| current.contains(a) || e.in_flight.load(Ordering::Acquire) > 0);
+    }
+
+    #[cfg(test)]
+    fn known_endpoints(&self) -> usize {
+        self.endpoints.len()
     }
 
     pub fn begin(&self, addr: SocketAddr) -> InFlight {
@@ -185,6 +206,25 @@ mod tests {
 
     const FAIL: Outcome = Outcome::Response { status: 503, grpc: None };
     const OK: Outcome = Outcome::Response { status: 200, grpc: None };
+
+    #[tokio::test(start_paused = true)]
+    async fn endpoints_that_left_the_set_are_forgotten_and_busy_ones_kept() {
+        let (c, _) = cluster(LoadBalancer::LeastRequest, None);
+        let now = Instant::now();
+        let busy = c.begin(SocketAddr::from(([10, 0, 0, 1], 80)));
+        // A service whose three pods are replaced 1,000 times.
+        for generation in 0..1000u32 {
+            let set: Vec<SocketAddr> =
+                (0..3u32).map(|i| SocketAddr::from(((generation * 3 + i + 100).to_be_bytes(), 8080))).collect();
+            for _ in 0..2 {
+                let picked = c.pick(&set, &[], now).unwrap();
+                assert!(set.contains(&picked));
+            }
+        }
+        assert!(c.known_endpoints() <= 3 * 2 + KEEP_DEPARTED + 3, "{} endpoints remembered", c.known_endpoints());
+        assert!(c.endpoints.contains_key(&SocketAddr::from(([10, 0, 0, 1], 80))), "one with a request in flight stays");
+        drop(busy);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn round_robin_cycles_and_retries_avoid_tried_endpoints() {

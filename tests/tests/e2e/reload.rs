@@ -65,3 +65,34 @@ async fn sighup_reloads() {
     let r = client::get(proxy.listener("web"), "/slow", &[("x-delay", "500ms")]).await.unwrap();
     assert_eq!(r.status, StatusCode::OK);
 }
+
+/// Series of a route the new policy no longer has leave `/metrics`; the others keep counting.
+#[tokio::test]
+async fn a_deleted_route_leaves_the_scrape() {
+    let routes = |names: &[&str]| {
+        let mut rest = String::from("  routes:\n");
+        for n in names {
+            rest.push_str(&format!(
+                "  - name: {n}\n    match: {{ pathPrefix: /{n} }}\n    retries: {{ attempts: 1 }}\n    circuitBreaker: {{ consecutiveFailures: 5 }}\n    bulkhead: {{ maxConcurrent: 5 }}\n    rateLimit: {{ perSecond: 1000 }}\n    faults: {{ delay: {{ fixed: 1ms, percent: 100 }} }}\n"
+            ));
+        }
+        crate::web_policy(&rest)
+    };
+    let up = Upstream::start().await;
+    let proxy = ProxyBuilder::new().listener("web", up.addr).policies(&routes(&["kept", "gone"])).start().await;
+    let addr = proxy.listener("web");
+    for path in ["/kept", "/gone"] {
+        assert_eq!(client::get(addr, path, &[]).await.unwrap().status, StatusCode::OK);
+    }
+    let gone = |text: &str| text.lines().filter(|l| !l.starts_with('#') && l.contains("route=\"gone\"")).count();
+    let before = proxy.metrics().await;
+    assert!(gone(&before) >= 8, "every stage has series for the route:\n{before}");
+
+    proxy.write_policies(&routes(&["kept"]));
+    wait_metric(&proxy, "bulwark_config_generation", &[], 2.0).await;
+    assert_eq!(client::get(addr, "/kept", &[]).await.unwrap().status, StatusCode::OK);
+    let after = proxy.metrics().await;
+    assert_eq!(gone(&after), 0, "no series of the deleted route remain:\n{after}");
+    let kept = bulwark_e2e::proxy::metric_sum(&after, "bulwark_requests_total", &[("route", "kept")]);
+    assert_eq!(kept, 2.0, "the kept route's counters go on from where they were");
+}

@@ -17,14 +17,14 @@ use http::request::Parts;
 use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
 use super::timeout::{self, Elapsed};
 use crate::reason::Reason;
-use crate::telemetry::metrics::{single, StageLabels};
+use crate::telemetry::metrics::StageLabels;
 use crate::telemetry::record::Record;
+use crate::telemetry::route_family::RouteFamily;
 use crate::upstream::Outcome;
 use budget::RetryBudget;
 use replay::{Kept, UpstreamBody};
@@ -62,23 +62,32 @@ pub trait SendTry {
 /// Retries sent and refused by the budget, by route.
 #[derive(Clone)]
 pub struct RetryFamilies {
-    retries: Family<StageLabels, Counter>,
-    exhausted: Family<StageLabels, Counter>,
+    retries: RouteFamily<StageLabels, Counter>,
+    exhausted: RouteFamily<StageLabels, Counter>,
 }
 
 impl RetryFamilies {
     pub fn register(r: &mut Registry) -> RetryFamilies {
         RetryFamilies {
-            retries: single(r, "retries", "Retries sent upstream"),
-            exhausted: single(r, "retry_budget_exhausted", "Retries not sent because the retry budget was spent"),
+            retries: RouteFamily::register(r, "retries", "Retries sent upstream"),
+            exhausted: RouteFamily::register(
+                r,
+                "retry_budget_exhausted",
+                "Retries not sent because the retry budget was spent",
+            ),
         }
     }
 
     pub fn route(&self, labels: &StageLabels) -> RetryMetrics {
         RetryMetrics {
-            retries: self.retries.get_or_create(labels).clone(),
-            exhausted: self.exhausted.get_or_create(labels).clone(),
+            retries: self.retries.handle(&labels.policy, &labels.route, labels),
+            exhausted: self.exhausted.handle(&labels.policy, &labels.route, labels),
         }
+    }
+
+    pub fn forget(&self, policy: &str, route: &str) {
+        self.retries.forget(policy, route);
+        self.exhausted.forget(policy, route);
     }
 }
 
