@@ -2,7 +2,7 @@
 # they need (scripts/deps.sh) and say what they skip.
 CARGO ?= cargo
 
-.PHONY: all build fmt lint deps test demo bench bench-smoke clean
+.PHONY: all build fmt lint deps test demo bench bench-smoke fuzz clean
 
 all: build
 
@@ -35,6 +35,11 @@ bench-smoke: build
 	@echo "bench-smoke: the harness end to end in a few seconds (debug build, no Envoy)"
 	@target/debug/bulwark-bench --smoke > /dev/null
 	@echo "bench-smoke: ok"
+
+# Long mode of the policy checks: property tests with 100,000 cases, then coverage-guided
+# fuzzing of the policy reader and the bootstrap file (FUZZ_SECONDS each, default 300).
+fuzz:
+	@scripts/fuzz.sh
 
 demo: deps build
 	$(CARGO) run --quiet -p bulwark-e2e --bin bulwark-demo

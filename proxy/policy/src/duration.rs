@@ -48,7 +48,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         if !secs.is_finite() || secs > 10.0 * 365.0 * 86400.0 {
             return Err(format!("invalid duration {text:?}: too large"));
         }
-        total += Duration::from_secs_f64(secs);
+        total = total
+            .checked_add(Duration::from_secs_f64(secs))
+            .ok_or_else(|| format!("invalid duration {text:?}: too large"))?;
         rest = next;
     }
     Ok(total)

@@ -8,6 +8,7 @@ mod balance;
 mod bulwarkctl;
 mod cancellation;
 mod chart;
+mod churn;
 mod cli;
 mod control;
 mod dashboard;
