@@ -33,13 +33,14 @@ struct Cli {
     /// is generated on first start into DATA_DIR/admin-token (owner-only) and kept.
     #[arg(long, env = "BULWARK_CONTROL_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Serve PolicyAdmin without any token: anyone who reaches the port may change policy.
-    /// For demos and tests on one machine.
+    /// Serve PolicyAdmin and discovery without tokens (unless --token or --discovery-token is
+    /// given): anyone who reaches the port may change or read policy. For demos and tests on
+    /// one machine.
     #[arg(long, conflicts_with = "token")]
     insecure_no_auth: bool,
     /// The token proxies must bear on discovery streams (a bootstrap token, not the admin
-    /// token). Without it, discovery is open to whoever reaches --listen: restrict it with a
-    /// NetworkPolicy, and PolicyAdmin with --admin-listen.
+    /// token). Without it, one is generated on first start into DATA_DIR/discovery-token and
+    /// kept; the injection webhook passes it to the proxies it injects.
     #[arg(long, env = "BULWARK_DISCOVERY_TOKEN", hide_env_values = true)]
     discovery_token: Option<String>,
     #[arg(long, env = "BULWARK_LOG", default_value = "info")]
@@ -83,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let socket =
                 tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--webhook-listen {addr}"))?;
-            Some((socket, certs, Arc::new(values)))
+            Some((socket, certs, values))
         }
         None => None,
     };
@@ -109,8 +110,20 @@ async fn main() -> anyhow::Result<()> {
             None
         }
         (None, false) => {
-            let t = token::load_or_create(&cli.data_dir)?;
-            tracing::info!(file = %token::path(&cli.data_dir).display(), "PolicyAdmin requires the admin token in this file (bulwarkctl on this host reads it)");
+            let t = token::load_or_create(&cli.data_dir, token::ADMIN)?;
+            tracing::info!(file = %token::path(&cli.data_dir, token::ADMIN).display(), "PolicyAdmin requires the admin token in this file (bulwarkctl on this host reads it)");
+            Some(t)
+        }
+    };
+    let discovery_token = match (&cli.discovery_token, cli.insecure_no_auth) {
+        (Some(t), _) => Some(t.clone()),
+        (None, true) => {
+            tracing::warn!("--insecure-no-auth: discovery streams are open to every caller");
+            None
+        }
+        (None, false) => {
+            let t = token::load_or_create(&cli.data_dir, token::DISCOVERY)?;
+            tracing::info!(file = %token::path(&cli.data_dir, token::DISCOVERY).display(), "discovery streams require the discovery token in this file (proxies: controlPlane.tokenFile or BULWARK_DISCOVERY_TOKEN; injected proxies are given it)");
             Some(t)
         }
     };
@@ -126,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
     let discovery = tonic::service::interceptor::InterceptedService::new(
         pb::policy_discovery_server::PolicyDiscoveryServer::new(Discovery::new(changed.subscribe(), proxies.clone()))
             .max_encoding_message_size(bulwark_policy::document::MAX_SNAPSHOT_BYTES + (1 << 20)),
-        RequireToken { token: cli.discovery_token.clone(), what: "discovery token" },
+        RequireToken { token: discovery_token.clone(), what: "discovery token" },
     );
     let admin = pb::policy_admin_server::PolicyAdminServer::with_interceptor(
         Admin::new(store, changed, proxies),
@@ -142,11 +155,13 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    if let Some((socket, certs, values)) = webhook {
+    if let Some((socket, certs, mut values)) = webhook {
+        values.discovery_token = discovery_token.clone();
+        let values = Arc::new(values);
         tracing::info!(listen = ?socket.local_addr().ok(), "injection webhook serving");
         tokio::spawn(bulwark_control::webhook::serve(socket, certs, values));
     }
-    tracing::info!(listen = %cli.listen, admin_listen = ?cli.admin_listen, admin_auth = admin_token.is_some(), discovery_auth = cli.discovery_token.is_some(), "bulwark-control serving");
+    tracing::info!(listen = %cli.listen, admin_listen = ?cli.admin_listen, admin_auth = admin_token.is_some(), discovery_auth = discovery_token.is_some(), "bulwark-control serving");
     match cli.admin_listen {
         None => {
             tonic::transport::Server::builder()

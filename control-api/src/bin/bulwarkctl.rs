@@ -215,7 +215,10 @@ fn find_token(cli: &Cli) -> Result<Option<String>, String> {
     }
     let data =
         std::env::var_os("BULWARK_CONTROL_DATA").map_or_else(|| "/var/lib/bulwark".into(), std::path::PathBuf::from);
-    Ok(std::fs::read_to_string(data.join("admin-token")).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))
+    Ok(std::fs::read_to_string(data.join(bulwark_control::server::token::ADMIN))
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty()))
 }
 
 fn req<T>(cli: &Cli, msg: T) -> Request<T> {

@@ -308,6 +308,9 @@ fn proxy_container(s: &Settings, drain: Duration, probes: &AppProbes) -> Contain
     if !probes.is_empty() {
         env_vars.push(env(app_probe::ENV, serde_json::to_string(probes).unwrap_or_default()));
     }
+    if let Some(token) = &v.discovery_token {
+        env_vars.push(env("BULWARK_DISCOVERY_TOKEN", token.clone()));
+    }
     let r = &v.resources;
     let mut c = Container {
         name: PROXY_CONTAINER.into(),

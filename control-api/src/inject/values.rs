@@ -23,6 +23,11 @@ pub struct Values {
     pub rewrite_probes: bool,
     pub resources: Resources,
     pub ports: Ports,
+    /// The discovery token the webhook's control plane requires, given to each injected proxy
+    /// (BULWARK_DISCOVERY_TOKEN). Never read from a values file: it is the running control
+    /// plane's own.
+    #[serde(skip)]
+    pub discovery_token: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -58,6 +63,7 @@ impl Default for Values {
             rewrite_probes: true,
             resources: Resources::default(),
             ports: Ports::default(),
+            discovery_token: None,
         }
     }
 }

@@ -92,9 +92,11 @@ pub struct ControlPlane {
     /// Who this proxy is; unset fields come from POD_NAME, POD_NAMESPACE and BULWARK_SERVICE.
     #[serde(default)]
     pub node: NodeIdentity,
-    /// A file holding the discovery token, when bulwark-control requires one
-    /// (`--discovery-token`); `BULWARK_DISCOVERY_TOKEN` gives it directly. Read at every
-    /// connect, so a rotated secret is picked up.
+    /// A file holding the discovery token bulwark-control requires; `BULWARK_DISCOVERY_TOKEN`
+    /// gives it directly. Without either, the token a control plane generated on this host is
+    /// used when readable ($BULWARK_CONTROL_DATA/discovery-token, else
+    /// /var/lib/bulwark/discovery-token). Read at every connect, so a rotated secret is
+    /// picked up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
 }
@@ -107,7 +109,14 @@ impl ControlPlane {
         }
         match &self.token_file {
             Some(f) => Ok(Some(std::fs::read_to_string(f)?.trim().to_string())),
-            None => Ok(None),
+            None => {
+                let data =
+                    std::env::var_os("BULWARK_CONTROL_DATA").map_or_else(|| "/var/lib/bulwark".into(), PathBuf::from);
+                Ok(std::fs::read_to_string(data.join("discovery-token"))
+                    .ok()
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty()))
+            }
         }
     }
 }

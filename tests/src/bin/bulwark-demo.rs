@@ -321,9 +321,11 @@ async fn control_plane(root: &Path, up: &Upstream, dir: &bulwark_e2e::TempDir) -
         .stderr(cp_log)
         .spawn()?;
     let config = format!(
-        "admin: 127.0.0.1:{}\nhealth: 127.0.0.1:{health}\ncontrolPlane: {{ address: \"{server}\", cacheFile: \"{}\", node: {{ id: demo-proxy, service: payments }} }}\nlisteners:\n- {{ name: payments, listen: \"127.0.0.1:{listen}\", upstream: \"{}\" }}\n",
+        "admin: 127.0.0.1:{}\nhealth: 127.0.0.1:{health}\ncontrolPlane: {{ address: \"{server}\", cacheFile: \"{}\", tokenFile: \"{}\", node: {{ id: demo-proxy, service: payments }} }}\nlisteners:\n- {{ name: payments, listen: \"127.0.0.1:{listen}\", upstream: \"{}\" }}\n",
         free_port(),
         dir.path().join("snapshot.json").display(),
+        // The discovery token bulwark-control generates in its data directory.
+        dir.path().join("control-data/discovery-token").display(),
         up.addr
     );
     let config_path = dir.path().join("proxy-cp.yaml");
@@ -343,6 +345,7 @@ async fn control_plane(root: &Path, up: &Upstream, dir: &bulwark_e2e::TempDir) -
         }
         println!("control plane: bulwark-control on {server}; proxy \"demo-proxy\" takes its policies from it");
         println!("control plane: PolicyAdmin requires the admin token bulwark-control generated in its data directory (admin-token); bulwarkctl on this host reads it there");
+        println!("control plane: discovery requires the discovery token generated beside it (discovery-token); the proxy's controlPlane.tokenFile names it");
         let ctl = |args: &[&str]| -> anyhow::Result<String> {
             // bulwarkctl finds the admin token bulwark-control generated in its data directory.
             let o = Command::new(bulwark_e2e::workspace_bin("bulwarkctl"))

@@ -1,6 +1,7 @@
-//! The control plane is closed by default: PolicyAdmin needs a token (generated when none is
-//! given, and found by bulwarkctl on the same host); discovery needs the discovery token when
-//! one is set; a stream that never says who it is does not stay open.
+//! The control plane is closed by default: PolicyAdmin needs a token and discovery another one
+//! (each generated when none is given; bulwarkctl and proxies on the same host find them, the
+//! webhook gives injected proxies theirs); a stream that never says who it is does not stay
+//! open.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -88,6 +89,33 @@ async fn discovery_requires_the_discovery_token_when_one_is_set() {
     let mut good = good.expect("the discovery token opens the stream");
     let first = tokio::time::timeout(Duration::from_secs(10), good.message()).await.unwrap().unwrap();
     assert!(first.is_some(), "and the snapshot comes");
+}
+
+#[tokio::test]
+async fn discovery_requires_the_generated_token_by_default() {
+    let cp = ControlPlane::start_default_auth(Vec::new()).await;
+    let (_tx, none) = open_stream(&cp, None, Some(hello("anonymous"))).await;
+    let Err(status) = none else { panic!("a stream without a token is refused by default") };
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    let file = cp.data.path().join("store/discovery-token");
+    let mode = std::fs::metadata(&file).expect("the discovery token was generated").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "owner-only");
+    let token = std::fs::read_to_string(&file).unwrap();
+    let admin = std::fs::read_to_string(cp.generated_token_file()).unwrap();
+    assert_ne!(token.trim(), admin.trim(), "a bootstrap token distinct from the admin token");
+    assert!(cp.logs().contains(&file.display().to_string()), "the log says where it is");
+
+    // A real proxy given the file (as on a laptop); its policy arrives, so it becomes ready.
+    let up = bulwark_e2e::upstream::Upstream::start().await;
+    let cache = bulwark_e2e::TempDir::new("auth-proxy");
+    let proxy = bulwark_e2e::proxy::ProxyBuilder::new()
+        .listener("web", up.addr)
+        .control_plane(cp.addr, &cache.path().join("cache.json"), "with-token")
+        .env("BULWARK_CONTROL_DATA", cp.data.path().join("store").to_str().unwrap())
+        .start()
+        .await;
+    let r = bulwark_e2e::client::get(proxy.listener("web"), "/", &[]).await.unwrap();
+    assert_eq!(r.status, http::StatusCode::OK);
 }
 
 #[tokio::test]

@@ -78,6 +78,8 @@ async fn start_webhook() -> Webhook {
             &certs.key.display().to_string(),
             "--injection-values",
             &values.display().to_string(),
+            "--discovery-token",
+            "webhook-bootstrap",
         ]
         .map(String::from)
         .to_vec(),
@@ -130,6 +132,12 @@ async fn webhook_answers_every_review_over_https() {
     let proxy = &spec.init_containers.as_ref().unwrap()[1];
     assert_eq!(proxy.image.as_deref(), Some("registry.local/bulwark-proxy:e2e"));
     assert_eq!(proxy.restart_policy.as_deref(), Some("Always"));
+    let token = proxy.env.iter().flatten().find(|e| e.name == "BULWARK_DISCOVERY_TOKEN");
+    assert_eq!(
+        token.and_then(|e| e.value.as_deref()),
+        Some("webhook-bootstrap"),
+        "the injected proxy is given the control plane's discovery token"
+    );
     let bootstrap = proxy.env.iter().flatten().find(|e| e.name == "BULWARK_BOOTSTRAP").unwrap();
     assert!(bootstrap.value.as_deref().unwrap().contains(r#""drainTimeout":"15000ms""#));
     assert_eq!(
