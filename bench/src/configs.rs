@@ -34,7 +34,21 @@ pub enum Stages {
     /// The Envoy-equivalent policies among 1,000 policies of 10 routes each: what selecting a
     /// policy costs when there are many.
     ManyPolicies,
+    /// 10,000 routes in 40 policies of 250; the traffic's own policy has 250 routes and its
+    /// requests match none of them (the default route): matching at its most expensive.
+    ManyRoutes,
+    /// The Envoy-equivalent policies plus a per-client rate limit keyed by `x-api-key`,
+    /// tracking at most `CLIENT_KEYS_TRACKED` clients, while the load rotates through ten
+    /// times as many keys.
+    ClientKeys,
 }
+
+/// Routes per policy in `ManyRoutes` (the per-policy limit is 256).
+pub const ROUTES_PER_POLICY: usize = 250;
+/// Policies in `ManyRoutes`, the traffic's own included.
+pub const ROUTE_POLICIES: usize = 40;
+pub const CLIENT_KEYS_TRACKED: usize = 10_000;
+pub const CLIENT_KEYS_SENT: usize = 100_000;
 
 /// Policies beside the ones that govern the traffic, in `ManyPolicies`.
 pub const OTHER_POLICIES: usize = 997;
@@ -49,6 +63,25 @@ fn other_policy(i: usize) -> String {
     )
 }
 
+/// 250 routes none of the benchmark's requests match; `generation` changes one timeout, so a
+/// reload of a new generation compiles something new.
+fn many_routes(indent: &str, generation: u32) -> String {
+    (0..ROUTES_PER_POLICY)
+        .map(|r| {
+            let timeout = if r == 0 { 2 + generation % 5 } else { 2 };
+            format!("{indent}- {{ name: r{r}, match: {{ pathPrefix: /r{r}/ }}, timeout: {{ request: {timeout}s }} }}\n")
+        })
+        .collect()
+}
+
+/// A policy for a service nobody calls, with 250 routes.
+fn route_policy(i: usize, generation: u32) -> String {
+    format!(
+        "- apiVersion: bulwark.dev/v1\n  kind: ResiliencePolicy\n  metadata: {{ name: routes-{i}, namespace: bench }}\n  spec:\n    target: {{ service: routes-{i}.bench.svc }}\n    routes:\n{}",
+        many_routes("    ", generation)
+    )
+}
+
 fn policy(listener: &str, stages: Stages) -> String {
     let mut defaults = String::from(
         "    timeout: { request: 3s }\n    faults: { abort: { httpStatus: 503, percent: 0 }, delay: { fixed: 300ms, percent: 0 } }\n    circuitBreaker: { consecutiveFailures: 1000, window: 30s, openFor: 30s }\n",
@@ -58,13 +91,22 @@ fn policy(listener: &str, stages: Stages) -> String {
             "    bulkhead: { maxConcurrent: 10000, maxQueued: 1000, queueTimeout: 1s }\n    retries: { attempts: 2, on: [connect-failure, reset, 503] }\n    rateLimit: { perSecond: 10000000, burst: 10000000 }\n",
         );
     }
+    if stages == Stages::ClientKeys {
+        defaults.push_str(&format!(
+            "    rateLimit: {{ perSecond: 10000000, burst: 10000000, perClient: {{ header: x-api-key, perSecond: 1000, burst: 1000, maxClients: {CLIENT_KEYS_TRACKED} }} }}\n"
+        ));
+    }
+    let routes =
+        if stages == Stages::ManyRoutes { format!("  routes:\n{}", many_routes("  ", 0)) } else { String::new() };
     format!(
-        "- apiVersion: bulwark.dev/v1\n  kind: ResiliencePolicy\n  metadata: {{ name: {listener} }}\n  spec:\n    target: {{ listener: {listener} }}\n    defaults:\n{}    upstream:\n      connectTimeout: 1s\n      pool: {{ maxConnections: 1024 }}\n      outlierDetection: {{ consecutive5xx: 5, baseEjection: 30s, maxEjectionPercent: 50 }}\n",
-        defaults.lines().map(|l| format!("  {l}\n")).collect::<String>()
+        "- apiVersion: bulwark.dev/v1\n  kind: ResiliencePolicy\n  metadata: {{ name: {listener} }}\n  spec:\n    target: {{ listener: {listener} }}\n    defaults:\n{}{}    upstream:\n      connectTimeout: 1s\n      pool: {{ maxConnections: 1024 }}\n      outlierDetection: {{ consecutive5xx: 5, baseEjection: 30s, maxEjectionPercent: 50 }}\n",
+        defaults.lines().map(|l| format!("  {l}\n")).collect::<String>(),
+        routes.lines().map(|l| format!("  {l}\n")).collect::<String>()
     )
 }
 
-/// Bulwark's bootstrap file.
+/// Bulwark's bootstrap file. `generation` changes one route of `ManyRoutes`' other policies,
+/// for the reload measure.
 pub fn bulwark(
     listen: &Listens,
     up: &Upstreams,
@@ -72,6 +114,7 @@ pub fn bulwark(
     admin: SocketAddr,
     health: SocketAddr,
     otlp: Option<SocketAddr>,
+    generation: u32,
 ) -> String {
     let mut yaml = format!("admin: \"{admin}\"\nhealth: \"{health}\"\nlisteners:\n");
     yaml.push_str(&format!("- {{ name: web, listen: \"{}\", upstream: \"{}\" }}\n", listen.http, up.http));
@@ -90,6 +133,12 @@ pub fn bulwark(
         if stages == Stages::ManyPolicies {
             for i in 0..OTHER_POLICIES {
                 yaml.push_str(&other_policy(i));
+            }
+        }
+        if stages == Stages::ManyRoutes {
+            // web, grpc and nginx have 250 routes each; the rest make 40 policies.
+            for i in 0..ROUTE_POLICIES.saturating_sub(3) {
+                yaml.push_str(&route_policy(i, generation));
             }
         }
     }

@@ -1,7 +1,8 @@
 //! The control plane's budgets: how long an Apply takes to be acknowledged by 100 connected
 //! proxies (real `bulwark-proxy` processes, which validate and install each snapshot before
-//! they ACK), and the control plane's memory while it holds 1,000 proxy streams (discovery
-//! clients in this process that speak the protocol and ACK every snapshot).
+//! they ACK) and by 1,000 streams, each on its own connection (discovery clients in this
+//! process that speak the protocol and ACK every snapshot), for a small policy and for a set of
+//! 1,000 routes; and the control plane's memory with 100 and with 1,000 streams.
 
 use std::path::Path;
 use std::process::Command;
@@ -18,16 +19,58 @@ pub struct ControlFigures {
     pub proxies: usize,
     /// Apply → every proxy ACKed, milliseconds, one per round.
     pub apply_to_ack_ms: Vec<f64>,
+    /// The same for an apply of `BIG_ROUTES` routes.
+    pub big_apply_to_ack_ms: Vec<f64>,
     pub streams: usize,
+    pub streams_apply_to_ack_ms: Vec<f64>,
+    pub streams_big_apply_to_ack_ms: Vec<f64>,
     pub idle_rss: u64,
+    pub rss_with_proxies: u64,
     pub rss_with_streams: u64,
+    /// The highest resident memory of the whole run (every apply, every stream).
+    pub peak_rss: u64,
 }
 
-fn policy(round: usize) -> String {
-    format!(
+/// Routes in the large apply: four policies of 250 (a policy holds at most 256).
+pub const BIG_ROUTES: usize = 1000;
+
+fn policy(round: usize) -> Vec<String> {
+    vec![format!(
         "apiVersion: bulwark.dev/v1\nkind: ResiliencePolicy\nmetadata: {{ name: bench-cp, namespace: bench }}\nspec:\n  target: {{ listener: web }}\n  defaults:\n    timeout: {{ request: {}s }}\n",
         round + 1
-    )
+    )]
+}
+
+/// `BIG_ROUTES` routes in four policies; `round` changes every route's timeout.
+fn big_policy(round: usize) -> Vec<String> {
+    (0..4)
+        .map(|p| {
+            let routes: String = (0..BIG_ROUTES / 4)
+                .map(|r| {
+                    format!(
+                        "  - {{ name: r{r}, match: {{ pathPrefix: /p{p}/r{r}/, methods: [GET, POST] }}, timeout: {{ request: {}s }}, retries: {{ attempts: 2 }} }}\n",
+                        round % 5 + 1
+                    )
+                })
+                .collect();
+            format!(
+                "apiVersion: bulwark.dev/v1\nkind: ResiliencePolicy\nmetadata: {{ name: bench-big-{p}, namespace: bench }}\nspec:\n  target: {{ service: big-{p}.bench.svc }}\n  routes:\n{routes}"
+            )
+        })
+        .collect()
+}
+
+/// Applies `documents` and waits until `n` streams ACKed it; milliseconds.
+async fn timed_apply(
+    admin: &mut pb::policy_admin_client::PolicyAdminClient<Channel>,
+    documents: Vec<String>,
+    n: usize,
+) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let r = admin.apply(pb::ApplyRequest { documents, dry_run: false }).await?.into_inner();
+    anyhow::ensure!(r.applied, "the benchmark policy was refused: {:?}", r.errors);
+    wait_all_acked(admin, n, Duration::from_secs(60)).await?;
+    Ok(start.elapsed().as_secs_f64() * 1000.0)
 }
 
 async fn all_acked(admin: &mut pb::policy_admin_client::PolicyAdminClient<Channel>, n: usize) -> anyhow::Result<bool> {
@@ -48,7 +91,8 @@ async fn wait_all_acked(
             let acked = r.proxies.iter().filter(|p| p.acked_version == r.current_version).count();
             anyhow::bail!("only {acked} of {n} proxies acknowledged version {} in {within:?}", r.current_version);
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        // Each poll lists every stream; polling faster would load the control plane measured.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(())
 }
@@ -72,8 +116,10 @@ pub async fn run(
     )?;
     wait_listening(addr, "bulwark-control").await?;
     let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
-    let mut admin = pb::policy_admin_client::PolicyAdminClient::new(channel.clone());
-    admin.apply(pb::ApplyRequest { documents: vec![policy(0)], dry_run: false }).await?;
+    let mut admin = pb::policy_admin_client::PolicyAdminClient::new(channel.clone())
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    admin.apply(pb::ApplyRequest { documents: policy(0), dry_run: false }).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut figures = ControlFigures { proxies, streams, idle_rss: cp.rss(), ..Default::default() };
 
@@ -109,25 +155,21 @@ pub async fn run(
         }
     }
     wait_all_acked(&mut admin, proxies, Duration::from_secs(60)).await?;
+    figures.rss_with_proxies = cp.rss();
     for round in 1..=rounds {
-        let start = Instant::now();
-        let r = admin.apply(pb::ApplyRequest { documents: vec![policy(round)], dry_run: false }).await?.into_inner();
-        anyhow::ensure!(r.applied, "the benchmark policy was refused: {:?}", r.errors);
-        wait_all_acked(&mut admin, proxies, Duration::from_secs(30)).await?;
-        figures.apply_to_ack_ms.push(start.elapsed().as_secs_f64() * 1000.0);
+        figures.apply_to_ack_ms.push(timed_apply(&mut admin, policy(round), proxies).await?);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        figures.big_apply_to_ack_ms.push(timed_apply(&mut admin, big_policy(round), proxies).await?);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(running);
 
-    // Simulated streams: 100 per HTTP/2 connection.
+    // Simulated streams, each on a connection of its own, as separate proxies would be.
     let mut holders = Vec::new();
     for i in 0..streams {
-        let channel = if i % 100 == 0 {
-            Channel::from_shared(format!("http://{addr}"))?.connect().await?
-        } else {
-            holders.last().map(|(c, _): &(Channel, _)| c.clone()).expect("a channel")
-        };
-        let mut client = pb::policy_discovery_client::PolicyDiscoveryClient::new(channel.clone());
+        let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+        let mut client = pb::policy_discovery_client::PolicyDiscoveryClient::new(channel.clone())
+            .max_decoding_message_size(64 << 20);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tx.send(pb::DiscoveryRequest {
             kind: Some(pb::discovery_request::Kind::Node(pb::Node {
@@ -152,6 +194,14 @@ pub async fn run(
     }
     wait_all_acked(&mut admin, streams, Duration::from_secs(60)).await?;
     figures.rss_with_streams = cp.rss();
+    for round in 1..=rounds {
+        let base = rounds + round;
+        figures.streams_apply_to_ack_ms.push(timed_apply(&mut admin, policy(base), streams).await?);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        figures.streams_big_apply_to_ack_ms.push(timed_apply(&mut admin, big_policy(base), streams).await?);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    figures.peak_rss = cp.peak_rss();
     for (_, task) in holders {
         task.abort();
     }

@@ -49,9 +49,23 @@ fn count_before(line: &str, word: &str) -> u64 {
 
 /// wrk, closed loop: `connections` keep-alive connections as fast as they are answered.
 pub fn wrk(url: &str, connections: u32, duration: Duration) -> anyhow::Result<Measure> {
-    let args: Vec<String> = ["-t1", &format!("-c{connections}"), &format!("-d{}s", duration.as_secs().max(1)), url]
-        .map(String::from)
-        .to_vec();
+    wrk_with(url, connections, duration, None)
+}
+
+/// wrk with a Lua `script` shaping each request (e.g. a header that changes per request).
+pub fn wrk_with(
+    url: &str,
+    connections: u32,
+    duration: Duration,
+    script: Option<&std::path::Path>,
+) -> anyhow::Result<Measure> {
+    let threads = if connections > 100 { "-t2" } else { "-t1" };
+    let mut args: Vec<String> =
+        [threads, &format!("-c{connections}"), &format!("-d{}s", duration.as_secs().max(1))].map(String::from).to_vec();
+    if let Some(script) = script {
+        args.extend(["-s".into(), script.display().to_string()]);
+    }
+    args.push(url.into());
     let out = run("wrk", &args)?;
     let rps = number_after(&out, "Requests/sec:").ok_or_else(|| anyhow::anyhow!("wrk said: {out}"))?;
     let requests = out

@@ -8,6 +8,7 @@ mod control;
 mod load;
 mod procs;
 mod report;
+mod scale;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -51,6 +52,16 @@ struct Target {
     grpc: std::net::SocketAddr,
     nginx: Option<std::net::SocketAddr>,
     proc_index: Option<usize>,
+    /// How a Bulwark target was set up, for the reload and scrape measures.
+    bulwark: Option<Setup>,
+}
+
+#[derive(Clone)]
+struct Setup {
+    listens: Listens,
+    admin: std::net::SocketAddr,
+    health: std::net::SocketAddr,
+    config: PathBuf,
 }
 
 fn envoy_binary(cli: &Cli) -> Option<PathBuf> {
@@ -70,21 +81,34 @@ fn skip(skipped: &mut Vec<String>, what: String) {
     skipped.push(what);
 }
 
-/// The closed-loop HTTP/1.1 measure: wrk, or the built-in client in the smoke mode; None when
-/// neither can run.
+/// The closed-loop HTTP/1.1 measure: wrk (with `script` shaping requests, if any), or the
+/// built-in client in the smoke mode; None when neither can run.
 async fn closed_loop(
     smoke: bool,
     wrk: bool,
     addr: std::net::SocketAddr,
     duration: Duration,
+    script: Option<&Path>,
 ) -> anyhow::Result<Option<Measure>> {
     if smoke {
         return Ok(Some(load::builtin(addr, 32, duration).await?));
     }
     if wrk {
-        return Ok(Some(load::wrk(&format!("http://{addr}/"), 32, duration)?));
+        return Ok(Some(load::wrk_with(&format!("http://{addr}/"), 32, duration, script)?));
     }
     Ok(None)
+}
+
+/// A wrk script sending each request with one of `keys` API keys, at random.
+fn client_keys_script(dir: &Path, keys: usize) -> anyhow::Result<PathBuf> {
+    let path = dir.join("client-keys.lua");
+    std::fs::write(
+        &path,
+        format!(
+            "math.randomseed(os.time())\nrequest = function()\n  return wrk.format(nil, nil, {{ [\"x-api-key\"] = tostring(math.random(1, {keys})) }})\nend\n"
+        ),
+    )?;
+    Ok(path)
 }
 
 #[tokio::main]
@@ -134,21 +158,30 @@ async fn main() -> anyhow::Result<()> {
     let otlp = bulwark_e2e::otlp::OtlpReceiver::start(false).await;
 
     // Bulwark: the Envoy-equivalent configuration, bare, and every stage.
-    let mut targets =
-        vec![Target { name: "direct", http: http_up, h2: http_up, grpc: grpc_up, nginx, proc_index: None }];
+    let mut targets = vec![Target {
+        name: "direct",
+        http: http_up,
+        h2: http_up,
+        grpc: grpc_up,
+        nginx,
+        proc_index: None,
+        bulwark: None,
+    }];
     let mut bulwark_variants = BTreeMap::new();
     for (name, stages) in [
         ("bulwark", Stages::EnvoyEquivalent),
         ("bulwark-bare", Stages::Bare),
         ("bulwark-all", Stages::All),
         ("bulwark-1000-policies", Stages::ManyPolicies),
+        ("bulwark-10000-routes", Stages::ManyRoutes),
+        ("bulwark-client-keys", Stages::ClientKeys),
     ] {
         // Bulwark forwards h2 as h2 on its one HTTP listener.
         let http = free_addr();
         let l = Listens { http, h2: http, grpc: free_addr(), nginx: free_addr() };
         let (admin, health) = (free_addr(), free_addr());
         let config = dir.path().join(format!("{name}.yaml"));
-        std::fs::write(&config, configs::bulwark(&l, &ups, stages, admin, health, Some(otlp.addr)))?;
+        std::fs::write(&config, configs::bulwark(&l, &ups, stages, admin, health, Some(otlp.addr), 0))?;
         procs.push(Proc::spawn(
             name,
             Command::new(bin.join("bulwark-proxy"))
@@ -165,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
             grpc: l.grpc,
             nginx: nginx.map(|_| l.nginx),
             proc_index: Some(procs.len() - 1),
+            bulwark: Some(Setup { listens: l, admin, health, config: config.clone() }),
         };
         if name == "bulwark" {
             targets.push(t);
@@ -194,6 +228,7 @@ async fn main() -> anyhow::Result<()> {
                 grpc: listens.grpc,
                 nginx: nginx.map(|_| listens.nginx),
                 proc_index: Some(procs.len() - 1),
+                bulwark: None,
             });
         }
         None if cli.smoke => {}
@@ -233,6 +268,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    let keys_script = client_keys_script(dir.path(), configs::CLIENT_KEYS_SENT)?;
     // Every measure: scenario -> target -> one Measure per round.
     let mut results: BTreeMap<String, BTreeMap<String, Vec<Measure>>> = BTreeMap::new();
     let mut cpu_per_100k: BTreeMap<String, Vec<f64>> = BTreeMap::new();
@@ -240,7 +276,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("bench: round {} of {rounds}", round + 1);
         for t in &targets {
             let cpu_before = t.proc_index.map(|i| procs[i].cpu_seconds());
-            let Some(m) = closed_loop(cli.smoke, wrk_ok, t.http, duration).await? else { continue };
+            let Some(m) = closed_loop(cli.smoke, wrk_ok, t.http, duration, None).await? else { continue };
             if let (Some(i), Some(before)) = (t.proc_index, cpu_before) {
                 if m.requests > 0 {
                     cpu_per_100k
@@ -279,7 +315,8 @@ async fn main() -> anyhow::Result<()> {
         }
         // Every stage on against none, alternating.
         for (name, t) in &bulwark_variants {
-            let Some(m) = closed_loop(cli.smoke, wrk_ok, t.http, duration).await? else { continue };
+            let script = (*name == "bulwark-client-keys").then_some(keys_script.as_path());
+            let Some(m) = closed_loop(cli.smoke, wrk_ok, t.http, duration, script).await? else { continue };
             results.entry("stages".into()).or_default().entry((*name).into()).or_default().push(m);
         }
     }
@@ -287,6 +324,44 @@ async fn main() -> anyhow::Result<()> {
     for t in targets.iter().chain(bulwark_variants.values()) {
         if let Some(i) = t.proc_index {
             peak_rss.insert(t.name.to_string(), procs[i].peak_rss());
+        }
+    }
+
+    // At scale: 1,000 connections, and a 10,000-route proxy reloading or being scraped.
+    let mut connections = scale::Connections { connections: 1000, ..Default::default() };
+    let mut churn = scale::Churn { routes: configs::ROUTE_POLICIES * configs::ROUTES_PER_POLICY, ..Default::default() };
+    if !cli.smoke {
+        if wrk_ok {
+            eprintln!("bench: 1,000 connections");
+            for t in targets.iter().filter(|t| t.name == "bulwark" || t.name == "envoy") {
+                if let Some(i) = t.proc_index {
+                    scale::connections(&mut connections, t.name, t.http, &procs[i], duration)?;
+                }
+            }
+        }
+        let many = bulwark_variants.get("bulwark-10000-routes");
+        if let (true, Some(setup)) = (oha_ok, many.and_then(|t| t.bulwark.clone())) {
+            let otlp_addr = otlp.addr;
+            // The same file but for one route's timeout, at each generation.
+            let write = |generation: u32| {
+                configs::bulwark(
+                    &setup.listens,
+                    &ups,
+                    Stages::ManyRoutes,
+                    setup.admin,
+                    setup.health,
+                    Some(otlp_addr),
+                    generation,
+                )
+            };
+            let churn_duration = duration.max(Duration::from_secs(10));
+            for round in 0..rounds {
+                eprintln!("bench: 10,000 routes reloading and scraped, round {} of {rounds}", round + 1);
+                scale::churn_round(&mut churn, setup.listens.http, setup.health, &setup.config, &write, churn_duration)
+                    .await?;
+            }
+        } else if !oha_ok {
+            skip(&mut skipped, "10,000-route reload and scrape rows: oha is not installed".into());
         }
     }
     for p in procs.iter_mut() {
@@ -312,6 +387,8 @@ async fn main() -> anyhow::Result<()> {
         idle_rss,
         peak_rss,
         control,
+        connections,
+        churn,
     };
     if cli.smoke {
         // The smoke mode checks the harness: every target answered, without errors.
