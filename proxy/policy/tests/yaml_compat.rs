@@ -11,14 +11,17 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The fenced ```yaml blocks of a Markdown file, each named by file and line.
+/// The fenced ```yaml blocks of a Markdown file, each named by file and its place among them
+/// (not its line, so editing prose around a block does not change the fixture).
 fn yaml_blocks(file: &str) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(root().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
     let mut blocks = Vec::new();
     let mut current: Option<(String, String)> = None;
-    for (n, line) in text.lines().enumerate() {
+    for line in text.lines() {
         match (&mut current, line.trim_start()) {
-            (None, l) if l.starts_with("```yaml") => current = Some((format!("{file}:{}", n + 1), String::new())),
+            (None, l) if l.starts_with("```yaml") => {
+                current = Some((format!("{file}, yaml block {}", blocks.len() + 1), String::new()))
+            }
             (Some(_), l) if l.starts_with("```") => blocks.extend(current.take()),
             (Some((_, body)), _) => {
                 body.push_str(line);

@@ -160,16 +160,20 @@ async fn policies_applied_ten_times_a_second_cost_traffic_nothing() {
 
     all.latencies.sort();
     let at = |q: f64| all.latencies[((all.latencies.len() as f64 * q) as usize).min(all.latencies.len() - 1)];
-    println!(
-        "churn: {} requests in {seconds}s with {applies} applies and {toggles} fault toggles ({generations} snapshots installed); \
-         p50 {:?}, p99 {:?}, p99.9 {:?}, max {:?}; {} answered by the fault",
+    let summary = format!(
+        "churn soak: {} requests in {seconds}s with {applies} applies and {toggles} fault toggles ({generations} snapshots installed); \
+         p50 {:?}, p99 {:?}, p99.9 {:?}, max {:?}; {} answered by the fault, {} answers no policy chose",
         all.latencies.len(),
         at(0.5),
         at(0.99),
         at(0.999),
         at(1.0),
-        all.faulted
+        all.faulted,
+        all.unexpected.len()
     );
+    println!("{summary}");
+    // make test prints this line after the run (test output is captured).
+    let _ = std::fs::write(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("churn-soak.txt"), summary + "\n");
     assert!(
         all.unexpected.is_empty(),
         "{} answers no policy chose, first: {:?}",

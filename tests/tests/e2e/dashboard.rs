@@ -30,10 +30,11 @@ async fn every_metric_the_dashboard_queries_is_exported() {
     }
     assert!(queried.len() >= 15, "{queried:?}");
 
-    // Each module registers its own families: `single(r, "name", ...)` or `r.register("name", ...)`.
+    // Each module registers its own families: `single(r, "name", ...)`, `r.register("name", ...)`
+    // or `RouteFamily::register(r, "name", ...)` / `register_with(r, "name", ...)`.
     let mut registered = BTreeSet::new();
     for source in rust_sources(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../proxy/src"))) {
-        for call in ["register(", "single("] {
+        for call in ["register(", "register_with(", "single("] {
             for rest in source.split(call).skip(1) {
                 let rest = rest.trim_start();
                 let rest = rest.strip_prefix("r,").map(str::trim_start).unwrap_or(rest);
