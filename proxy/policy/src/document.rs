@@ -65,7 +65,7 @@ pub fn from_value(mut value: yaml_serde::Value, source: &str) -> Result<Resilien
         message,
     };
     loop {
-        let e = match serde_path_to_error::deserialize::<_, ResiliencePolicy>(value.clone()) {
+        let e = match serde_path_to_error::deserialize::<_, ResiliencePolicy>(&value) {
             Ok(policy) if errors.is_empty() => return Ok(policy),
             Ok(rest) => {
                 if let Err(mut semantic) = crate::Snapshot::compile("check", vec![rest]) {

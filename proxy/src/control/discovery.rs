@@ -7,12 +7,14 @@
 //! When the control plane is unreachable the proxy keeps serving what it has (static
 //! stability) and reconnects with jittered exponential backoff (100 ms to 10 s).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bulwark_policy::{parse_documents, Snapshot, ValidationError};
+use bulwark_policy::{parse_documents, ResiliencePolicy, Snapshot, ValidationError};
 use bulwark_proto::v1 as pb;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -37,16 +39,37 @@ struct CachedPolicy {
     yaml: String,
 }
 
-/// Compiles a snapshot's policies, or returns every error.
-fn compile(version: &str, policies: &[(String, String)]) -> Result<Snapshot, Vec<ValidationError>> {
+/// The policies of the last snapshot compiled, parsed, by id with their text: a push carries
+/// every policy of the proxy, usually all but one unchanged, and parsing is most of the cost
+/// of compiling.
+#[derive(Default)]
+pub struct Parsed(HashMap<String, (String, Vec<ResiliencePolicy>)>);
+
+/// Compiles a snapshot's policies, or returns every error. Texts `parsed` already holds are
+/// not parsed again; `parsed` is left holding exactly this snapshot's policies.
+fn compile(
+    version: &str,
+    policies: &[(String, String)],
+    parsed: &mut Parsed,
+) -> Result<Snapshot, Vec<ValidationError>> {
     let mut docs = Vec::new();
     let mut errors = Vec::new();
+    let mut next = HashMap::with_capacity(policies.len());
     for (id, yaml) in policies {
-        match parse_documents(yaml, id) {
-            Ok(mut d) => docs.append(&mut d),
+        let reused = parsed.0.remove(id).filter(|(text, _)| text == yaml);
+        let result = match reused {
+            Some((_, d)) => Ok(d),
+            None => parse_documents(yaml, id),
+        };
+        match result {
+            Ok(d) => {
+                docs.extend(d.iter().cloned());
+                next.insert(id.clone(), (yaml.clone(), d));
+            }
             Err(mut e) => errors.append(&mut e),
         }
     }
+    parsed.0 = next;
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -64,7 +87,7 @@ pub fn load_cache(path: &Path) -> Option<Snapshot> {
         }
     };
     let policies: Vec<(String, String)> = cached.policies.into_iter().map(|p| (p.id, p.yaml)).collect();
-    match compile(&cached.version, &policies) {
+    match compile(&cached.version, &policies, &mut Parsed::default()) {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(cache = %path.display(), errors = e.len(), "ignoring a snapshot cache this proxy cannot use");
@@ -112,10 +135,11 @@ async fn install_off_the_data_path(
     cache: Option<std::path::PathBuf>,
     version: String,
     policies: Vec<(String, String)>,
+    parsed: &Arc<Mutex<Parsed>>,
 ) -> Result<u64, Vec<ValidationError>> {
-    let store = store.clone();
+    let (store, parsed) = (store.clone(), parsed.clone());
     let work = tokio::task::spawn_blocking(move || {
-        let compiled = compile(&version, &policies)?;
+        let compiled = compile(&version, &policies, &mut parsed.lock())?;
         let generation = store.replace_policies(compiled);
         if let Some(path) = &cache {
             if let Err(e) = write_cache(path, &version, &policies) {
@@ -178,12 +202,19 @@ async fn session(cp: &ControlPlane, store: &Arc<Store>, metrics: &Metrics) -> an
     let mut snapshots = client.stream(request).await?.into_inner();
     metrics.control.connected(true);
     tracing::info!(control_plane = %cp.address, node = %me.id, "discovery stream open");
+    let parsed = Arc::new(Mutex::new(Parsed::default()));
     while let Some(snapshot) = snapshots.message().await? {
         let policies: Vec<(String, String)> =
             snapshot.policies.iter().map(|p| (format!("{}/{}", p.namespace, p.name), p.yaml.clone())).collect();
         let count = policies.len();
-        let reply = match install_off_the_data_path(store, cp.cache_file.clone(), snapshot.version.clone(), policies)
-            .await
+        let reply = match install_off_the_data_path(
+            store,
+            cp.cache_file.clone(),
+            snapshot.version.clone(),
+            policies,
+            &parsed,
+        )
+        .await
         {
             Ok(generation) => {
                 metrics.control.snapshot(true);
@@ -205,4 +236,35 @@ async fn session(cp: &ControlPlane, store: &Arc<Store>, metrics: &Metrics) -> an
         tx.send(pb::DiscoveryRequest { kind: Some(reply) }).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(name: &str, timeout: &str) -> (String, String) {
+        let yaml = format!(
+            "apiVersion: bulwark.dev/v1\nkind: ResiliencePolicy\nmetadata: {{ name: {name} }}\nspec:\n  target: {{ service: {name}.svc }}\n  defaults: {{ timeout: {{ request: {timeout} }} }}\n"
+        );
+        (format!("default/{name}"), yaml)
+    }
+
+    fn request_timeout(s: &Snapshot, id: &str) -> Option<Duration> {
+        s.policies.iter().find(|p| &*p.id == id).and_then(|p| p.default_route.timeouts.request)
+    }
+
+    #[test]
+    fn unchanged_texts_are_reused_changed_ones_parsed_and_departed_ones_forgotten() {
+        let mut parsed = Parsed::default();
+        let first = compile("1", &[policy("a", "1s"), policy("b", "1s")], &mut parsed).unwrap();
+        assert_eq!(request_timeout(&first, "default/b"), Some(Duration::from_secs(1)));
+        let second = compile("2", &[policy("a", "1s"), policy("b", "2s")], &mut parsed).unwrap();
+        assert_eq!(request_timeout(&second, "default/a"), Some(Duration::from_secs(1)), "reused as it was");
+        assert_eq!(request_timeout(&second, "default/b"), Some(Duration::from_secs(2)), "the new text is read");
+        compile("3", &[policy("a", "1s")], &mut parsed).unwrap();
+        assert_eq!(parsed.0.len(), 1, "only this snapshot's policies are kept");
+        let bad = compile("4", &[policy("a", "1s"), policy("c", "3x")], &mut parsed);
+        assert!(bad.is_err());
+        assert!(!parsed.0.contains_key("default/c"), "a text that does not parse is not kept");
+    }
 }

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod discovery;
+mod retire;
 pub mod store;
 
 use std::sync::atomic::AtomicI64;

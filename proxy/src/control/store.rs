@@ -158,6 +158,7 @@ impl Store {
         let old = self.installed.load_full();
         let config = config.unwrap_or_else(|| old.config.clone());
         self.installed.store(Arc::new(install(config, snapshot, Some(&old), &sources.overlay, &self.metrics)));
+        super::retire::later(old);
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         self.metrics.control.generation.set(generation as i64);
         generation

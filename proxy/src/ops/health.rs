@@ -16,6 +16,20 @@ pub fn handler(store: Arc<Store>, metrics: Arc<Metrics>, app_health: Arc<AppHeal
         if let Some(check) = req.uri().path().strip_prefix(bulwark_policy::app_probe::PATH_PREFIX) {
             return app_health.check(check);
         }
+        if req.method() == Method::GET && req.uri().path() == "/metrics" {
+            // With many routes the text runs to megabytes and takes tens of milliseconds to
+            // write: on a blocking thread, so the worker serving traffic is not held up.
+            let metrics = metrics.clone();
+            return Box::pin(async move {
+                let text = tokio::task::spawn_blocking(move || {
+                    metrics.refresh_process();
+                    metrics.encode()
+                })
+                .await
+                .unwrap_or_default();
+                server::typed(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", text)
+            });
+        }
         server::ready(match (req.method(), req.uri().path()) {
             (&Method::GET | &Method::HEAD, "/live") => server::text(StatusCode::OK, "live\n"),
             (&Method::GET | &Method::HEAD, "/ready") => {
@@ -24,12 +38,6 @@ pub fn handler(store: Arc<Store>, metrics: Arc<Metrics>, app_health: Arc<AppHeal
                 } else {
                     server::text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
                 }
-            }
-            (&Method::GET, "/metrics") => {
-                server::typed(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", {
-                    metrics.refresh_process();
-                    metrics.encode()
-                })
             }
             _ => server::text(StatusCode::NOT_FOUND, "endpoints: /live /ready /metrics /app-health/CONTAINER/KIND\n"),
         })
