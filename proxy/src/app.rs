@@ -118,10 +118,10 @@ pub async fn run(
                 tracing::info!("SIGHUP: reloading configuration");
                 reload(&source, &control_plane, &shared, &mut explicit, &life).await;
                 report(&explicit);
-                seen = fingerprint(&source, &store.config());
+                seen = fingerprint_off_the_worker(&source, store.config()).await.unwrap_or(seen);
             }
             _ = tick.tick(), if source.path().is_some() => {
-                let now = fingerprint(&source, &store.config());
+                let now = fingerprint_off_the_worker(&source, store.config()).await.unwrap_or(seen);
                 if now != seen {
                     tracing::info!("configuration changed on disk: reloading");
                     reload(&source, &control_plane, &shared, &mut explicit, &life).await;
@@ -199,10 +199,10 @@ async fn reload(
     life: &Lifecycle,
 ) {
     let next = shared.store.generation() + 1;
-    // Parsing and compiling a large policy set takes a while: on a blocking thread, so the
+    // Parsing and compiling a large policy set takes a while: on the policy thread, so the
     // workers keep serving (the same for installing it below).
     let read = source.clone();
-    let loaded = tokio::task::spawn_blocking(move || read.load(&next.to_string()))
+    let loaded = crate::control::policy_thread::run(move || read.load(&next.to_string()))
         .await
         .unwrap_or_else(|e| Err(vec![format!("reading the configuration failed: {e}")]));
     let mut loaded = match loaded {
@@ -235,7 +235,7 @@ async fn reload(
     }
     // With a control plane the policies are its; the file only brings the rest of the config.
     let store = shared.store.clone();
-    let installed = tokio::task::spawn_blocking(move || {
+    let installed = crate::control::policy_thread::run(move || {
         if loaded.config.control_plane.is_some() {
             store.replace_config(loaded.config)
         } else {
@@ -253,6 +253,12 @@ async fn reload(
             shared.metrics.control.reload(false);
         }
     }
+}
+
+/// `fingerprint` on the policy thread: the files may be megabytes, read every second.
+async fn fingerprint_off_the_worker(source: &config::Source, config: Arc<ProxyConfig>) -> Result<u64, String> {
+    let source = source.clone();
+    crate::control::policy_thread::run(move || fingerprint(&source, &config)).await
 }
 
 /// Content hash of the config file and every policy file, so that edits, `kubectl`'s

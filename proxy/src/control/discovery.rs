@@ -127,8 +127,8 @@ fn node(cp: &ControlPlane) -> pb::Node {
     }
 }
 
-/// Compiles a pushed snapshot, builds its stage state, installs it and writes the cache, on a
-/// blocking thread: a large policy set takes long enough to compile that doing it on a worker
+/// Compiles a pushed snapshot, builds its stage state, installs it and writes the cache, on the
+/// policy thread: a large policy set takes long enough to compile that doing it on a worker
 /// would hold up every request that worker serves. Returns the generation, or every error.
 async fn install_off_the_data_path(
     store: &Arc<Store>,
@@ -138,7 +138,7 @@ async fn install_off_the_data_path(
     parsed: &Arc<Mutex<Parsed>>,
 ) -> Result<u64, Vec<ValidationError>> {
     let (store, parsed) = (store.clone(), parsed.clone());
-    let work = tokio::task::spawn_blocking(move || {
+    let work = super::policy_thread::run(move || {
         let compiled = compile(&version, &policies, &mut parsed.lock())?;
         let generation = store.replace_policies(compiled);
         if let Some(path) = &cache {

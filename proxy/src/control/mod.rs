@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod discovery;
+pub mod policy_thread;
 mod retire;
 pub mod store;
 

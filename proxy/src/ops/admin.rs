@@ -46,7 +46,7 @@ pub fn handler(store: Arc<Store>, log: Arc<dyn LogControl>, shutdown: Cancellati
         }
         let (store, log, shutdown) = (store.clone(), log.clone(), shutdown.clone());
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || route(&store, &*log, &shutdown, req)).await.unwrap_or_else(|e| {
+            crate::control::policy_thread::run(move || route(&store, &*log, &shutdown, req)).await.unwrap_or_else(|e| {
                 server::text(StatusCode::INTERNAL_SERVER_ERROR, format!("the admin request failed: {e}\n"))
             })
         })
