@@ -21,6 +21,8 @@ pub struct ControlFigures {
     pub apply_to_ack_ms: Vec<f64>,
     /// The same for an apply of `BIG_ROUTES` routes.
     pub big_apply_to_ack_ms: Vec<f64>,
+    /// The small policy again, once the proxies also hold the `BIG_ROUTES` routes.
+    pub small_beside_big_apply_to_ack_ms: Vec<f64>,
     pub streams: usize,
     pub streams_apply_to_ack_ms: Vec<f64>,
     pub streams_big_apply_to_ack_ms: Vec<f64>,
@@ -156,10 +158,19 @@ pub async fn run(
     }
     wait_all_acked(&mut admin, proxies, Duration::from_secs(60)).await?;
     figures.rss_with_proxies = cp.rss();
+    // The small policy alone first; then 1,000 routes; then the small policy again, now beside
+    // the 1,000 routes: every proxy installs its whole set at every push.
     for round in 1..=rounds {
         figures.apply_to_ack_ms.push(timed_apply(&mut admin, policy(round), proxies).await?);
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for round in 1..=rounds {
         figures.big_apply_to_ack_ms.push(timed_apply(&mut admin, big_policy(round), proxies).await?);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for round in 1..=rounds {
+        let small = policy(rounds + round);
+        figures.small_beside_big_apply_to_ack_ms.push(timed_apply(&mut admin, small, proxies).await?);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(running);
@@ -195,7 +206,7 @@ pub async fn run(
     wait_all_acked(&mut admin, streams, Duration::from_secs(60)).await?;
     figures.rss_with_streams = cp.rss();
     for round in 1..=rounds {
-        let base = rounds + round;
+        let base = 2 * rounds + round;
         figures.streams_apply_to_ack_ms.push(timed_apply(&mut admin, policy(base), streams).await?);
         tokio::time::sleep(Duration::from_millis(200)).await;
         figures.streams_big_apply_to_ack_ms.push(timed_apply(&mut admin, big_policy(base), streams).await?);

@@ -260,6 +260,12 @@ pub fn markdown(run: &Run) -> String {
         writeln!(t, "| Apply of {big} routes → ACK by {} connected proxies (ms) | {} |", c.proxies, fmt(big_ack, 1));
     let _ = writeln!(
         t,
+        "| Apply of a small policy beside those {big} routes → ACK by {} connected proxies (ms) | {} |",
+        c.proxies,
+        fmt(median(c.small_beside_big_apply_to_ack_ms.clone()), 1)
+    );
+    let _ = writeln!(
+        t,
         "| Apply of a small policy → ACK by {} streams on {} connections (ms) | {} |",
         c.streams,
         c.streams,

@@ -76,7 +76,7 @@ mod tests {
             j.await.unwrap();
         }
         assert_eq!(*order.lock(), [0, 1, 2, 3, 4]);
-        assert!(run(|| tokio::time::Instant::now()).await.is_ok(), "the runtime's clock is there");
+        assert!(run(tokio::time::Instant::now).await.is_ok(), "the runtime's clock is there");
         assert!(run(|| panic!("a bad job")).await.is_err());
         assert_eq!(run(|| 7).await, Ok(7), "and the thread outlives it");
     }
