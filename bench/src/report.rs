@@ -175,33 +175,23 @@ pub fn markdown(run: &Run) -> String {
     // Selecting a policy among many: against the same policies alone (the `bulwark` column).
     let one = med(run, "h1", "bulwark", |m| Some(m.rps));
     let many = med(run, "stages", "bulwark-1000-policies", |m| Some(m.rps));
-    if many.is_some() {
-        let _ = writeln!(
-            t,
-            "| the Envoy-equivalent policies among 1,000 policies of 10 routes each | {} | {} of the same policies alone |",
-            fmt(many, 0),
-            ratio(many, one)
-        );
-    }
-    let routes = med(run, "stages", "bulwark-10000-routes", |m| Some(m.rps));
-    if routes.is_some() {
-        let _ = writeln!(
-            t,
-            "| the Envoy-equivalent policies with 250 routes each (none matching), 10,000 routes in 40 policies | {} | {} of the same policies alone |",
-            fmt(routes, 0),
-            ratio(routes, one)
-        );
-    }
-    let keys = med(run, "stages", "bulwark-client-keys", |m| Some(m.rps));
-    if keys.is_some() {
-        let _ = writeln!(
-            t,
-            "| the same plus a per-client rate limit tracking {} clients, load from {} rotating keys | {} | {} of the same policies alone |",
-            crate::configs::CLIENT_KEYS_TRACKED,
-            crate::configs::CLIENT_KEYS_SENT,
-            fmt(keys, 0),
-            ratio(keys, one)
-        );
+    let keys_label = format!(
+        "the same plus a per-client rate limit tracking {} clients, load from {} rotating keys",
+        crate::configs::CLIENT_KEYS_TRACKED,
+        crate::configs::CLIENT_KEYS_SENT
+    );
+    for (variant, label) in [
+        ("bulwark-1000-policies", "the Envoy-equivalent policies among 1,000 policies of 10 routes each"),
+        (
+            "bulwark-10000-routes",
+            "the Envoy-equivalent policies with 250 routes each (none matching), 10,000 routes in 40 policies",
+        ),
+        ("bulwark-client-keys", keys_label.as_str()),
+    ] {
+        let v = med(run, "stages", variant, |m| Some(m.rps));
+        if v.is_some() {
+            let _ = writeln!(t, "| {label} | {} | {} of the same policies alone |", fmt(v, 0), ratio(v, one));
+        }
     }
 
     let conns = &run.connections;

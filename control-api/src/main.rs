@@ -103,30 +103,20 @@ async fn main() -> anyhow::Result<()> {
         }
         store.apply(&texts, false).map_err(|e| anyhow::anyhow!("--policy-dir {}: {e}", dir.display()))?;
     }
-    let admin_token = match (&cli.token, cli.insecure_no_auth) {
-        (Some(t), _) => Some(t.clone()),
-        (None, true) => {
-            tracing::warn!("--insecure-no-auth: PolicyAdmin accepts every caller");
-            None
-        }
-        (None, false) => {
-            let t = token::load_or_create(&cli.data_dir, token::ADMIN)?;
-            tracing::info!(file = %token::path(&cli.data_dir, token::ADMIN).display(), "PolicyAdmin requires the admin token in this file (bulwarkctl on this host reads it)");
-            Some(t)
-        }
-    };
-    let discovery_token = match (&cli.discovery_token, cli.insecure_no_auth) {
-        (Some(t), _) => Some(t.clone()),
-        (None, true) => {
-            tracing::warn!("--insecure-no-auth: discovery streams are open to every caller");
-            None
-        }
-        (None, false) => {
-            let t = token::load_or_create(&cli.data_dir, token::DISCOVERY)?;
-            tracing::info!(file = %token::path(&cli.data_dir, token::DISCOVERY).display(), "discovery streams require the discovery token in this file (proxies: controlPlane.tokenFile or BULWARK_DISCOVERY_TOKEN; injected proxies are given it)");
-            Some(t)
-        }
-    };
+    let admin_token = token::resolve(
+        cli.token.as_deref(),
+        cli.insecure_no_auth,
+        &cli.data_dir,
+        token::ADMIN,
+        "PolicyAdmin (bulwarkctl on this host reads the generated file)",
+    )?;
+    let discovery_token = token::resolve(
+        cli.discovery_token.as_deref(),
+        cli.insecure_no_auth,
+        &cli.data_dir,
+        token::DISCOVERY,
+        "discovery streams (proxies: controlPlane.tokenFile or BULWARK_DISCOVERY_TOKEN; injected proxies are given it)",
+    )?;
     let (changed, _) = tokio::sync::watch::channel(Arc::new(store.published()));
     tracing::info!(revision = store.revision(), data_dir = %cli.data_dir.display(), "store open");
     let store = Arc::new(tokio::sync::Mutex::new(store));

@@ -19,6 +19,29 @@ pub fn path(data_dir: &Path, name: &str) -> PathBuf {
     data_dir.join(name)
 }
 
+/// The token `what` requires: `given`, else none with `insecure`, else token `name` of
+/// `data_dir` (made if missing). Says in the log which it is.
+pub fn resolve(
+    given: Option<&str>,
+    insecure: bool,
+    data_dir: &Path,
+    name: &str,
+    what: &str,
+) -> anyhow::Result<Option<String>> {
+    match (given, insecure) {
+        (Some(t), _) => Ok(Some(t.to_string())),
+        (None, true) => {
+            tracing::warn!("--insecure-no-auth: {what} accept every caller");
+            Ok(None)
+        }
+        (None, false) => {
+            let t = load_or_create(data_dir, name)?;
+            tracing::info!(file = %path(data_dir, name).display(), "{what} require the token in this file");
+            Ok(Some(t))
+        }
+    }
+}
+
 /// Token `name` in `data_dir`, created (32 random bytes, hex) if there is none yet.
 pub fn load_or_create(data_dir: &Path, name: &str) -> anyhow::Result<String> {
     let path = path(data_dir, name);
