@@ -105,11 +105,6 @@ impl Store {
         self.state.policies.iter()
     }
 
-    /// Every stored policy, parsed.
-    pub fn documents(&self) -> impl Iterator<Item = &ResiliencePolicy> {
-        self.parsed.values().map(|d| &**d)
-    }
-
     /// The current revision, as discovery serves it.
     pub fn published(&self) -> Published {
         Published::new(
@@ -142,14 +137,10 @@ impl Store {
         let revision = self.state.revision + 1;
         for doc in incoming {
             let id = doc.id();
-            let yaml = match yaml_serde::to_string(&doc) {
+            let yaml = match stored_text(&doc, &id) {
                 Ok(y) => y,
                 Err(e) => {
-                    errors.push(ValidationError {
-                        policy: id,
-                        path: String::new(),
-                        message: format!("cannot be stored: {e}"),
-                    });
+                    errors.push(e);
                     continue;
                 }
             };
@@ -191,13 +182,7 @@ impl Store {
         let mut doc =
             ResiliencePolicy::clone(self.parsed.get(id).ok_or_else(|| StoreError::NotFound(format!("policy {id}")))?);
         edit(&mut doc).map_err(StoreError::NotFound)?;
-        let text = yaml_serde::to_string(&doc).map_err(|e| {
-            StoreError::Invalid(vec![ValidationError {
-                policy: id.into(),
-                path: String::new(),
-                message: format!("cannot be stored: {e}"),
-            }])
-        })?;
+        let text = stored_text(&doc, id).map_err(|e| StoreError::Invalid(vec![e]))?;
         self.apply(&[text], false)
     }
 
@@ -269,6 +254,15 @@ impl Store {
         std::fs::rename(&tmp, self.dir.join(FILE))?;
         std::fs::File::open(&self.dir)?.sync_all()
     }
+}
+
+/// The text a policy is stored as.
+fn stored_text(doc: &ResiliencePolicy, id: &str) -> Result<String, ValidationError> {
+    yaml_serde::to_string(doc).map_err(|e| ValidationError {
+        policy: id.into(),
+        path: String::new(),
+        message: format!("cannot be stored: {e}"),
+    })
 }
 
 /// A stored text holds exactly one policy.
@@ -358,7 +352,8 @@ mod tests {
         );
         assert!(s.get("shop/big").is_none(), "nothing was stored");
         s.apply(&[policy("a", "1s")], false).unwrap();
-        assert_eq!(s.documents().count(), 1, "a later apply is stored and served");
+        let served = s.published().snapshot_for(&bulwark_proto::v1::Node::default());
+        assert_eq!(served.policies.len(), 1, "a later apply is stored and served");
     }
 
     #[test]
