@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bulwark_policy::{Destination, Direction};
+use bulwark_policy::{Destination, Direction, UpstreamProtocol};
 
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +18,7 @@ pub struct ExplicitUpstream {
     pub listener: Arc<str>,
     pub resolver: Arc<Resolver>,
     pub protocol: ListenerProtocol,
+    pub upstream_protocol: UpstreamProtocol,
     pub direction: Direction,
 }
 
@@ -31,6 +32,7 @@ impl ExplicitUpstream {
             listener: l.name.as_str().into(),
             resolver,
             protocol: l.protocol,
+            upstream_protocol: l.upstream_protocol,
             direction: l.direction,
         })
     }
@@ -91,6 +93,14 @@ impl Downstream {
         match &self.upstream {
             Upstream::Explicit(e) => e.resolver.addrs().await,
             Upstream::OriginalDst(a) => Ok(Arc::new(vec![*a])),
+        }
+    }
+
+    /// The listener's upstream protocol (captured traffic: `auto`).
+    pub fn upstream_protocol(&self) -> UpstreamProtocol {
+        match &self.upstream {
+            Upstream::Explicit(e) => e.upstream_protocol,
+            Upstream::OriginalDst(_) => UpstreamProtocol::Auto,
         }
     }
 

@@ -14,7 +14,8 @@ use crate::health_pb::{HealthCheckRequest, HealthCheckResponse};
 use crate::pb::echo_server::{Echo, EchoServer};
 use crate::pb::{EchoReply, EchoRequest};
 
-/// Answers `flaky` with UNAVAILABLE on every other call (counted across the server).
+/// Answers `fail` with INTERNAL, `unavailable` with UNAVAILABLE, and `flaky` with UNAVAILABLE on
+/// every other call (counted across the server).
 #[derive(Default)]
 pub struct EchoService {
     pub calls: std::sync::atomic::AtomicUsize,
@@ -30,6 +31,9 @@ impl Echo for EchoService {
         let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if r.message == "fail" {
             return Err(Status::internal("asked to fail"));
+        }
+        if r.message == "unavailable" {
+            return Err(Status::unavailable("asked to be unavailable"));
         }
         if r.message == "flaky" && n % 2 == 0 {
             return Err(Status::unavailable("flaky: try again"));

@@ -12,6 +12,7 @@ pub mod otlp;
 pub mod proxy;
 pub mod raw;
 pub mod tcp;
+pub mod thirdparty;
 pub mod tls;
 pub mod upstream;
 

@@ -17,7 +17,8 @@ pub fn free_port() -> u16 {
 }
 
 pub struct ProxyBuilder {
-    listeners: Vec<(String, String, String)>,
+    /// name, upstream, protocol, more fields
+    listeners: Vec<(String, String, String, String)>,
     policies: String,
     extra: String,
     prefix: Vec<String>,
@@ -64,14 +65,21 @@ impl ProxyBuilder {
     }
 
     pub fn listener_with_protocol(mut self, name: &str, upstream: impl ToString, protocol: &str) -> Self {
-        self.listeners.push((name.into(), format!("\"{}\"", upstream.to_string()), protocol.into()));
+        self.listeners.push((name.into(), format!("\"{}\"", upstream.to_string()), protocol.into(), String::new()));
+        self
+    }
+
+    /// An explicit listener that speaks `upstream_protocol` (auto, http1, http2) to `upstream`.
+    pub fn listener_speaking(mut self, name: &str, upstream: impl ToString, upstream_protocol: &str) -> Self {
+        let extra = format!(", upstreamProtocol: {upstream_protocol}");
+        self.listeners.push((name.into(), format!("\"{}\"", upstream.to_string()), "auto".into(), extra));
         self
     }
 
     /// An explicit listener balancing over several upstream endpoints.
     pub fn listener_many(mut self, name: &str, upstreams: &[std::net::SocketAddr]) -> Self {
         let list: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
-        self.listeners.push((name.into(), format!("[{}]", list.join(", ")), "auto".into()));
+        self.listeners.push((name.into(), format!("[{}]", list.join(", ")), "auto".into(), String::new()));
         self
     }
 
@@ -119,8 +127,8 @@ impl ProxyBuilder {
         if !self.listeners.is_empty() {
             yaml.push_str("listeners:\n");
         }
-        for (name, upstream, protocol) in &self.listeners {
-            let _ = writeln!(yaml, "- {{ name: {name}, listen: \"127.0.0.1:0\", upstream: {upstream}, protocol: {protocol}, dnsRefresh: 200ms }}");
+        for (name, upstream, protocol, extra) in &self.listeners {
+            let _ = writeln!(yaml, "- {{ name: {name}, listen: \"127.0.0.1:0\", upstream: {upstream}, protocol: {protocol}, dnsRefresh: 200ms{extra} }}");
         }
         std::fs::create_dir_all(dir.path().join("policies")).expect("policy dir");
         std::fs::write(dir.path().join("policies/policies.yaml"), &self.policies).expect("write policies");

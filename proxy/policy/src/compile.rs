@@ -10,7 +10,9 @@ use std::time::Duration;
 use crate::error::{Errors, ValidationError};
 use crate::faults::{self, FaultPolicy, TcpFaultPolicy};
 use crate::route::{HeaderMatch, HostPattern, PathMatch, RouteMatch};
-use crate::spec::{self, Direction, LoadBalancer, MatchSpec, ResiliencePolicy, RouteSettings, TimeoutSpec};
+use crate::spec::{
+    self, Direction, LoadBalancer, MatchSpec, ResiliencePolicy, RouteSettings, TimeoutSpec, UpstreamProtocol,
+};
 use crate::stages::{self, BreakerPolicy, BulkheadPolicy, RateLimitPolicy, RetryPolicy};
 use crate::validate::{self, Cidr};
 
@@ -61,6 +63,8 @@ pub struct UpstreamPolicy {
     pub max_lifetime: Option<Duration>,
     pub outlier: Option<OutlierPolicy>,
     pub load_balancer: LoadBalancer,
+    /// None: the listener's setting, else `auto`.
+    pub protocol: Option<UpstreamProtocol>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -69,6 +73,12 @@ pub struct OutlierPolicy {
     pub base_ejection: Duration,
     pub max_ejection_percent: f64,
 }
+
+/// Outlier detection where no policy says otherwise, Envoy's defaults: 5 consecutive failures
+/// eject an endpoint for 30 s (times the ejections so far), at most 10% of the set, but always
+/// one endpoint of a set of two or more.
+pub const DEFAULT_OUTLIER: OutlierPolicy =
+    OutlierPolicy { consecutive_5xx: 5, base_ejection: Duration::from_secs(30), max_ejection_percent: 10.0 };
 
 #[derive(Debug)]
 pub struct Target {
@@ -250,31 +260,33 @@ fn compile_upstream(errs: &mut Errors<'_>, u: &spec::UpstreamSpec) -> UpstreamPo
             errs.push("spec.upstream.pool.maxConnections", format!("{n} is out of range 1..=1000000"));
         }
     }
-    let outlier = u.outlier_detection.as_ref().map(|o| {
-        if o.consecutive_5xx == 0 || o.consecutive_5xx > 10_000 {
-            errs.push(
-                "spec.upstream.outlierDetection.consecutive5xx",
-                format!("{} is out of range 1..=10000", o.consecutive_5xx),
-            );
+    let outlier = match &u.outlier_detection {
+        None => Some(DEFAULT_OUTLIER),
+        Some(o) if o.enabled == Some(false) => None,
+        Some(o) => {
+            let consecutive_5xx = o.consecutive_5xx.unwrap_or(DEFAULT_OUTLIER.consecutive_5xx);
+            if consecutive_5xx == 0 || consecutive_5xx > 10_000 {
+                errs.push(
+                    "spec.upstream.outlierDetection.consecutive5xx",
+                    format!("{consecutive_5xx} is out of range 1..=10000 (turn detection off with enabled: false)"),
+                );
+            }
+            let max = o.max_ejection_percent.unwrap_or(DEFAULT_OUTLIER.max_ejection_percent);
+            if !(max > 0.0 && max <= 100.0) {
+                errs.push(
+                    "spec.upstream.outlierDetection.maxEjectionPercent",
+                    format!("{max} is not a percentage in (0, 100]: 0 would never eject (set enabled: false instead)"),
+                );
+            }
+            let base = o.base_ejection.map_or(DEFAULT_OUTLIER.base_ejection, |d| d.get());
+            Some(OutlierPolicy {
+                consecutive_5xx,
+                base_ejection: validate::timeout(errs, "spec.upstream.outlierDetection.baseEjection", Some(base))
+                    .unwrap_or_default(),
+                max_ejection_percent: max,
+            })
         }
-        let max = o.max_ejection_percent.unwrap_or(10.0);
-        if !(max > 0.0 && max <= 100.0) {
-            errs.push(
-                "spec.upstream.outlierDetection.maxEjectionPercent",
-                format!("{max} is not a percentage in (0, 100]: 0 would never eject (remove outlierDetection instead)"),
-            );
-        }
-        OutlierPolicy {
-            consecutive_5xx: o.consecutive_5xx,
-            base_ejection: validate::timeout(
-                errs,
-                "spec.upstream.outlierDetection.baseEjection",
-                Some(o.base_ejection.get()),
-            )
-            .unwrap_or_default(),
-            max_ejection_percent: max,
-        }
-    });
+    };
     UpstreamPolicy {
         connect_timeout: validate::timeout(errs, "spec.upstream.connectTimeout", u.connect_timeout.map(|d| d.get())),
         max_connections: pool.max_connections,
@@ -282,6 +294,7 @@ fn compile_upstream(errs: &mut Errors<'_>, u: &spec::UpstreamSpec) -> UpstreamPo
         max_lifetime: validate::timeout(errs, "spec.upstream.pool.maxLifetime", pool.max_lifetime.map(|d| d.get())),
         outlier,
         load_balancer: u.load_balancer.unwrap_or_default(),
+        protocol: u.protocol,
     }
 }
 

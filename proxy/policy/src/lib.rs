@@ -21,7 +21,7 @@ pub use compile::{
 pub use document::parse_documents;
 pub use error::ValidationError;
 pub use route::RequestInfo;
-pub use spec::{Direction, LoadBalancer, ResiliencePolicy};
+pub use spec::{Direction, LoadBalancer, ResiliencePolicy, UpstreamProtocol};
 pub use stages::{BreakerPolicy, BulkheadPolicy, ClientKey, Condition, RateLimitPolicy, RetryPolicy};
 
 #[cfg(test)]

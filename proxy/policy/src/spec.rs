@@ -237,6 +237,9 @@ pub struct UpstreamSpec {
     pub outlier_detection: Option<OutlierSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancer>,
+    /// The protocol spoken to the upstream, whatever the client speaks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<UpstreamProtocol>,
 }
 
 impl UpstreamSpec {
@@ -261,10 +264,14 @@ pub struct PoolSpec {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct OutlierSpec {
+    /// On unless `false`: outlier detection runs by default (see `compile::DEFAULT_OUTLIER`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
     /// Consecutive 5xx responses, connect failures or resets that eject an endpoint.
-    #[serde(rename = "consecutive5xx")]
-    pub consecutive_5xx: u32,
-    pub base_ejection: Dur,
+    #[serde(rename = "consecutive5xx", default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_5xx: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection: Option<Dur>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ejection_percent: Option<f64>,
 }
@@ -276,6 +283,18 @@ pub enum LoadBalancer {
     #[default]
     LeastRequest,
     RoundRobin,
+}
+
+/// What the proxy speaks to an upstream. `auto` speaks HTTP/2 only where the upstream is known
+/// to: the client is gRPC, or an earlier HTTP/2 connection to that endpoint succeeded; HTTP/1.1
+/// otherwise. The proxy translates between the client's protocol and this one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamProtocol {
+    #[default]
+    Auto,
+    Http1,
+    Http2,
 }
 
 /// Retries of a failed attempt. `attempts` counts retries, not tries: `attempts: 2` allows up to

@@ -15,6 +15,10 @@ pub enum Condition {
     ConnectFailure,
     /// The upstream closed or reset before response headers.
     Reset,
+    /// The upstream refused the request without processing it (an HTTP/2 stream refused or
+    /// beyond a GOAWAY). The proxy already sends such a request again at once, up to twice,
+    /// counted against nothing; this condition retries it further.
+    RefusedStream,
     /// The per-try timeout passed.
     PerTryTimeout,
     /// The request (or idle) timeout passed; a breaker-only condition.
@@ -45,6 +49,7 @@ impl Condition {
         Ok(match s {
             "connect-failure" => Condition::ConnectFailure,
             "reset" => Condition::Reset,
+            "refused-stream" => Condition::RefusedStream,
             "per-try-timeout" => Condition::PerTryTimeout,
             "timeout" => Condition::Timeout,
             "5xx" => Condition::Any5xx,
@@ -59,7 +64,7 @@ impl Condition {
                     Condition::Grpc(*code)
                 } else {
                     return Err(format!(
-                        "{s:?} is not a condition (connect-failure, reset, per-try-timeout, timeout, 5xx, gateway-error, an HTTP status, or a gRPC status: {})",
+                        "{s:?} is not a condition (connect-failure, reset, refused-stream, per-try-timeout, timeout, 5xx, gateway-error, an HTTP status, or a gRPC status: {})",
                         GRPC_NAMES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
                     ));
                 }
@@ -124,8 +129,26 @@ pub struct RetryPolicy {
 
 pub const DEFAULT_RETRY_ON: [Condition; 3] = [Condition::ConnectFailure, Condition::Reset, Condition::GatewayError];
 
+/// What a route without `retries` does: one more try, on another endpoint when there is one,
+/// of a request that never reached an upstream (no connection, or a stream the upstream
+/// refused unprocessed), within the request timeout. Nothing the upstream may have processed
+/// is resent.
+pub fn default_retries() -> &'static RetryPolicy {
+    static DEFAULT: std::sync::LazyLock<RetryPolicy> = std::sync::LazyLock::new(|| RetryPolicy {
+        attempts: 1,
+        on: vec![Condition::ConnectFailure, Condition::RefusedStream],
+        backoff_base: Duration::from_millis(25),
+        backoff_max: Duration::from_millis(250),
+        budget_percent: 20.0,
+        budget_min_per_second: 10,
+        max_buffered_bytes: 64 * 1024,
+    });
+    &DEFAULT
+}
+
 pub(crate) fn retry(errs: &mut Errors<'_>, path: &str, s: &RetrySpec) -> RetryPolicy {
-    let attempts = range(errs, &format!("{path}.attempts"), u64::from(s.attempts), 1, 10) as u32;
+    // 0: no retries at all, not even the default ones.
+    let attempts = range(errs, &format!("{path}.attempts"), u64::from(s.attempts), 0, 10) as u32;
     let on = conditions(errs, &format!("{path}.on"), s.on.as_ref(), &DEFAULT_RETRY_ON);
     if on.contains(&Condition::Timeout) {
         errs.push(
@@ -176,8 +199,20 @@ pub struct BreakerPolicy {
     pub failure_on: Vec<Condition>,
 }
 
-pub const DEFAULT_FAILURE_ON: [Condition; 4] =
-    [Condition::Any5xx, Condition::ConnectFailure, Condition::Reset, Condition::Timeout];
+/// What the breaker counts when `failureOn` is not set: for HTTP, 5xx, connect failures, resets
+/// and timeouts; for gRPC (whose failures come as status 200 with `grpc-status`) also
+/// UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, UNKNOWN and RESOURCE_EXHAUSTED.
+pub const DEFAULT_FAILURE_ON: [Condition; 9] = [
+    Condition::Any5xx,
+    Condition::ConnectFailure,
+    Condition::Reset,
+    Condition::Timeout,
+    Condition::Grpc(14),
+    Condition::Grpc(4),
+    Condition::Grpc(13),
+    Condition::Grpc(2),
+    Condition::Grpc(8),
+];
 
 pub(crate) fn breaker(errs: &mut Errors<'_>, path: &str, s: &BreakerSpec) -> BreakerPolicy {
     if s.consecutive_failures.is_none() && s.failure_rate_percent.is_none() && s.slow_call.is_none() {

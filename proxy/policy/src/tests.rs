@@ -263,7 +263,7 @@ spec:
 "#;
     let errs = compile(text).unwrap_err();
     for want in [
-        "spec.defaults.retries.attempts: 20 is out of range 1..=10",
+        "spec.defaults.retries.attempts: 20 is out of range 0..=10",
         "spec.defaults.retries.on[0]: \"flaky\" is not a condition",
         "spec.defaults.retries.on: \"timeout\" ends the whole request",
         "spec.defaults.retries.backoff.max: must not be smaller than backoff.base",

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bulwark_policy::duration::Dur;
-use bulwark_policy::{Direction, ResiliencePolicy, Snapshot, ValidationError};
+use bulwark_policy::{Direction, ResiliencePolicy, Snapshot, UpstreamProtocol, ValidationError};
 use serde::{Deserialize, Serialize};
 
 use crate::upstream::resolve::HostPort;
@@ -275,10 +275,17 @@ pub struct ListenerConfig {
     pub upstream: UpstreamList,
     #[serde(default)]
     pub protocol: ListenerProtocol,
+    /// What the proxy speaks to the upstream (a policy's `upstream.protocol` overrides it).
+    #[serde(default, skip_serializing_if = "is_auto")]
+    pub upstream_protocol: UpstreamProtocol,
     #[serde(default)]
     pub direction: Direction,
     #[serde(default = "default_dns_refresh")]
     pub dns_refresh: Dur,
+}
+
+fn is_auto(p: &UpstreamProtocol) -> bool {
+    *p == UpstreamProtocol::Auto
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]

@@ -1,17 +1,23 @@
-//! One try upstream: pick an endpoint of the cluster (`upstream::balance`), get a pooled or
-//! new connection (`upstream::pool`), send the request, and tell outlier detection how it
-//! went. A request that a stale pooled connection refused without sending a byte goes once
-//! more on a fresh connection; a request that may have reached the upstream is not resent
-//! here (that is the retry stage's decision).
+//! One try upstream: pick an endpoint of the cluster (`upstream::balance`), choose the protocol
+//! to speak to it, get a pooled or new connection (`upstream::pool`), send the request, and
+//! tell outlier detection how it went. A request that a stale pooled HTTP/1.1 connection
+//! refused without sending a byte goes once more on a fresh connection here. A request the
+//! upstream provably never processed — an HTTP/2 stream refused (REFUSED_STREAM, or above a
+//! GOAWAY's last stream), or an endpoint that turned out not to speak HTTP/2 — comes back as
+//! `Outcome::Refused`, which the retry stage sends again at once, counted against nothing.
+//! A request that may have reached the upstream is not resent here (that is the retry
+//! stage's decision).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bulwark_policy::UpstreamProtocol;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::headers;
 use crate::downstream::Downstream;
 use crate::reason::Reason;
 use crate::shared::Shared;
@@ -29,7 +35,9 @@ pub struct Attempt<'a> {
     pub cluster: Arc<Cluster>,
     pub limits: Limits,
     pub connect_timeout: Duration,
-    pub proto: Proto,
+    pub protocol: UpstreamProtocol,
+    /// The client speaks gRPC, which needs HTTP/2 upstream.
+    pub grpc: bool,
     /// An upgrade (WebSocket): the connection belongs to the tunnel and is never pooled.
     pub upgrade: bool,
 }
@@ -58,17 +66,36 @@ impl SendTry for Attempt<'_> {
 }
 
 impl Attempt<'_> {
+    /// The protocol for `endpoint`: what the policy or listener says, else HTTP/2 only where
+    /// the upstream is known to speak it. An upgrade is an HTTP/1.1 mechanism.
+    fn protocol(&self, endpoint: SocketAddr) -> Proto {
+        let known = self.shared.pool.speaks_h2(endpoint);
+        match self.protocol {
+            _ if self.upgrade => Proto::Http1,
+            UpstreamProtocol::Http1 => Proto::Http1,
+            UpstreamProtocol::Http2 => Proto::Http2,
+            UpstreamProtocol::Auto => match known {
+                Some(false) => Proto::Http1,
+                Some(true) => Proto::Http2,
+                None if self.grpc => Proto::Http2,
+                None => Proto::Http1,
+            },
+        }
+    }
+
     async fn send_to(
         &self,
         endpoint: SocketAddr,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, Failed> {
         let pool = &self.shared.pool;
+        let proto = self.protocol(endpoint);
+        headers::for_protocol(&mut req, proto, || self.downstream.authority());
         for fresh in [false, true] {
             let got = if fresh {
-                pool.fresh(endpoint, self.proto, self.limits, self.connect_timeout).await
+                pool.fresh(endpoint, proto, self.limits, self.connect_timeout).await
             } else {
-                pool.get(endpoint, self.proto, self.limits, self.connect_timeout).await
+                pool.get(endpoint, proto, self.limits, self.connect_timeout).await
             };
             let (c, created) = match got {
                 Ok(c) => c,
@@ -77,7 +104,7 @@ impl Attempt<'_> {
                     return Err(not_sent(req, Reason::UpstreamConnectFailure));
                 }
             };
-            let sent = match c {
+            let (mut s, slot) = match c {
                 Conn::H1(mut s) => {
                     if s.ready().await.is_err() {
                         if fresh {
@@ -85,40 +112,87 @@ impl Attempt<'_> {
                         }
                         continue;
                     }
-                    let r = s.try_send_request(req).await;
-                    if r.is_ok() && !self.upgrade {
+                    let sent = s.try_send_request(req).await;
+                    if sent.is_ok() && !self.upgrade {
                         pool.checkin(endpoint, s, created, self.limits);
                     }
-                    r
-                }
-                Conn::H2(mut s) => {
-                    if s.ready().await.is_err() && fresh {
-                        return Err(not_sent(req, Reason::UpstreamConnectFailure));
+                    match sent {
+                        Ok(resp) => return Ok(resp),
+                        Err(mut e) => match e.take_message() {
+                            Some(unsent) if !fresh => {
+                                tracing::debug!(error = %e.error(), "pooled connection refused the request; retrying on a new one");
+                                req = unsent;
+                                continue;
+                            }
+                            unsent => {
+                                tracing::debug!(error = %e.error(), "upstream failed before response headers");
+                                return Err(reset(unsent.map(Request::into_body)));
+                            }
+                        },
                     }
-                    s.try_send_request(req).await
                 }
+                Conn::H2(s, slot) => (s, slot),
             };
-            match sent {
-                Ok(resp) => return Ok(resp),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if !fresh => {
-                        tracing::debug!(error = %e.error(), "pooled connection refused the request; retrying on a new one");
-                        req = unsent;
+            // HTTP/2: the connection is shared, so a failure here is this stream's or the whole
+            // connection's; which one, and whether the upstream processed anything, decides.
+            let failed = match s.ready().await {
+                Ok(()) => match s.try_send_request(req).await {
+                    Ok(mut resp) => {
+                        pool.learned(endpoint, true);
+                        // The stream counts against the connection until its body is done.
+                        resp.extensions_mut().insert(slot);
+                        return Ok(resp);
                     }
-                    unsent => {
-                        tracing::debug!(error = %e.error(), "upstream failed before response headers");
-                        return Err(Failed {
-                            outcome: Outcome::Reset,
-                            reason: Reason::UpstreamReset,
-                            unsent: unsent.map(Request::into_body),
-                        });
+                    Err(mut e) => {
+                        let unsent = e.take_message().map(Request::into_body);
+                        (e.into_error(), unsent)
                     }
                 },
+                Err(e) => (e, None),
+            };
+            let (error, unsent) = failed;
+            let peer = slot.peer();
+            if !peer.speaks_h2() {
+                // Nothing came back that an HTTP/2 server says first: it never saw a request.
+                peer.retire();
+                pool.learned(endpoint, false);
+                tracing::debug!(%endpoint, error = %error, "upstream does not speak HTTP/2");
+                if self.protocol == UpstreamProtocol::Auto {
+                    return Err(refused(unsent));
+                }
+                return Err(reset(unsent));
             }
+            if never_processed(&error) {
+                tracing::debug!(%endpoint, error = %error, "upstream refused the stream unprocessed");
+                return Err(refused(unsent));
+            }
+            tracing::debug!(%endpoint, error = %error, "upstream failed before response headers");
+            return Err(reset(unsent));
         }
         // The fresh pass returns on every path; a request is never lost here either way.
-        Err(Failed { outcome: Outcome::Reset, reason: Reason::UpstreamReset, unsent: None })
+        Err(reset(None))
     }
+}
+
+/// RFC 9113 §8.7: a stream refused with REFUSED_STREAM, or above the last stream id of a
+/// GOAWAY, was not processed and may go again anywhere.
+fn never_processed(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_remote() && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+        }
+        source = e.source();
+    }
+    false
+}
+
+fn refused(unsent: Option<UpstreamBody>) -> Failed {
+    Failed { outcome: Outcome::Refused, reason: Reason::UpstreamReset, unsent }
+}
+
+fn reset(unsent: Option<UpstreamBody>) -> Failed {
+    Failed { outcome: Outcome::Reset, reason: Reason::UpstreamReset, unsent }
 }
 
 /// A try that never reached the upstream: its body can go on the next try.

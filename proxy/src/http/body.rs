@@ -1,6 +1,6 @@
 //! The body the proxy sends downstream: the upstream's body passed through frame by frame
-//! (trailers included), optionally bounded by the route's idle timeout, or a body the proxy
-//! made itself.
+//! (trailers included), optionally bounded by the route's idle timeout and, for gRPC, by the
+//! call's deadline, or a body the proxy made itself.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,6 +12,9 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
+
+use super::respond;
+use crate::upstream::h2_watch::StreamSlot;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -27,11 +30,66 @@ pub enum ProxyBody {
     Counted(Box<Counted>),
     Local(Full<Bytes>),
     Upstream(Incoming),
-    UpstreamIdle {
-        inner: Incoming,
-        idle: Duration,
-        timer: Pin<Box<Sleep>>,
-    },
+    /// The upstream's body with what bounds it, or the stream slot it holds.
+    FromUpstream(Box<FromUpstream>),
+}
+
+/// What is kept with an upstream body besides the body.
+#[derive(Default)]
+pub struct Bounds {
+    /// The route's idle timeout between frames.
+    pub idle: Option<Duration>,
+    /// A gRPC call's deadline (request timeout or `grpc-timeout`): the call ends there with
+    /// DEADLINE_EXCEEDED in trailers, whatever the upstream is doing.
+    pub deadline: Option<Instant>,
+    /// The HTTP/2 stream this body arrives on, counted against its connection until dropped.
+    pub stream: Option<StreamSlot>,
+}
+
+pub struct FromUpstream {
+    /// None once the deadline cut it: dropping it resets the upstream stream.
+    inner: Option<Incoming>,
+    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    deadline: Option<Pin<Box<Sleep>>>,
+    _stream: Option<StreamSlot>,
+}
+
+impl FromUpstream {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready()) {
+            self.deadline = None;
+            self.inner = None;
+            return Poll::Ready(Some(Ok(Frame::trailers(respond::deadline_exceeded_trailers()))));
+        }
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some((idle, timer)) = &mut self.idle {
+                    timer.as_mut().reset(Instant::now() + *idle);
+                }
+                if !matches!(&frame, Some(Ok(f)) if f.is_data()) {
+                    // Trailers, the end or an error: the call is over, nothing left to bound.
+                    self.deadline = None;
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match &mut self.idle {
+                // Ending with an error makes hyper reset the stream (h2) or close the
+                // connection (h1), so the client can tell a cut stream from a complete one.
+                Some((idle, timer)) => match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(IdleElapsed(*idle).into()))),
+                    Poll::Pending => Poll::Pending,
+                },
+                None => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
 }
 
 impl ProxyBody {
@@ -43,11 +101,17 @@ impl ProxyBody {
         ProxyBody::Local(Full::new(b))
     }
 
-    pub fn upstream(inner: Incoming, idle: Option<Duration>) -> Self {
-        match idle {
-            Some(idle) => ProxyBody::UpstreamIdle { inner, idle, timer: Box::pin(tokio::time::sleep(idle)) },
-            None => ProxyBody::Upstream(inner),
+    pub fn upstream(inner: Incoming, bounds: Bounds) -> Self {
+        if bounds.idle.is_none() && bounds.deadline.is_none() && bounds.stream.is_none() {
+            return ProxyBody::Upstream(inner);
         }
+        let deadline = bounds.deadline.filter(|_| !inner.is_end_stream());
+        ProxyBody::FromUpstream(Box::new(FromUpstream {
+            inner: Some(inner),
+            idle: bounds.idle.map(|idle| (idle, Box::pin(tokio::time::sleep(idle)))),
+            deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
+            _stream: bounds.stream,
+        }))
     }
 }
 
@@ -150,20 +214,7 @@ impl Body for ProxyBody {
             }
             ProxyBody::Local(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
             ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            ProxyBody::UpstreamIdle { inner, idle, timer } => {
-                match Pin::new(inner).poll_frame(cx) {
-                    Poll::Ready(frame) => {
-                        timer.as_mut().reset(Instant::now() + *idle);
-                        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-                    }
-                    Poll::Pending => match timer.as_mut().poll(cx) {
-                        // Ending with an error makes hyper reset the stream (h2) or close the
-                        // connection (h1), so the client can tell a cut stream from a complete one.
-                        Poll::Ready(()) => Poll::Ready(Some(Err(IdleElapsed(*idle).into()))),
-                        Poll::Pending => Poll::Pending,
-                    },
-                }
-            }
+            ProxyBody::FromUpstream(b) => b.poll_frame(cx),
         }
     }
 
@@ -173,7 +224,7 @@ impl Body for ProxyBody {
             ProxyBody::Counted(c) => c.inner.is_end_stream(),
             ProxyBody::Local(b) => b.is_end_stream(),
             ProxyBody::Upstream(b) => b.is_end_stream(),
-            ProxyBody::UpstreamIdle { inner, .. } => inner.is_end_stream(),
+            ProxyBody::FromUpstream(b) => b.is_end_stream(),
         }
     }
 
@@ -183,7 +234,7 @@ impl Body for ProxyBody {
             ProxyBody::Counted(c) => c.inner.size_hint(),
             ProxyBody::Local(b) => b.size_hint(),
             ProxyBody::Upstream(b) => b.size_hint(),
-            ProxyBody::UpstreamIdle { inner, .. } => inner.size_hint(),
+            ProxyBody::FromUpstream(b) => b.inner.as_ref().map_or(SizeHint::with_exact(0), |i| i.size_hint()),
         }
     }
 }

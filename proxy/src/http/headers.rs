@@ -5,6 +5,8 @@
 use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, Method, Request, Version};
 
+use crate::upstream::pool::Proto;
+
 pub const REQUEST_ID: &str = "x-request-id";
 
 const HOP_BY_HOP: [&str; 5] =
@@ -56,19 +58,49 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
     upgrade
 }
 
-/// Readies a request that passed every stage for the upstream: hop-by-hop headers off and,
-/// for HTTP/1, version 1.1 with a `Host` (an HTTP/1.0 client may send none; upstream
-/// keep-alive needs both). Returns true when it asks for an upgrade, which then goes through.
-pub fn for_upstream<B>(req: &mut Request<B>, authority: impl FnOnce() -> String) -> bool {
+/// Readies a request that passed every stage for the upstream: hop-by-hop headers off.
+/// Returns true when an HTTP/1.1 client asks for an upgrade, which then goes through.
+pub fn for_upstream<B>(req: &mut Request<B>) -> bool {
     let h1 = req.version() != Version::HTTP_2;
-    let upgrade = strip_hop_by_hop(req.headers_mut(), h1);
-    if h1 {
-        req.headers_mut()
-            .entry(HOST)
-            .or_insert_with(|| HeaderValue::from_str(&authority()).unwrap_or(HeaderValue::from_static("localhost")));
-        *req.version_mut() = Version::HTTP_11;
+    strip_hop_by_hop(req.headers_mut(), h1)
+}
+
+/// Shapes a request for the protocol it goes upstream in, whatever the client spoke (RFC 9113
+/// §8.3.1): HTTP/1.1 gets version 1.1, an origin-form target and a `Host` (from `:authority`,
+/// or `authority` when an HTTP/1.0 client sent neither); HTTP/2 gets an absolute target whose
+/// authority is the `Host`, which then goes (`:authority` carries it).
+pub fn for_protocol<B>(req: &mut Request<B>, proto: Proto, authority: impl FnOnce() -> String) {
+    let from_uri = req.uri().authority().map(|a| a.as_str().to_owned());
+    let host = req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
+    let connect = req.method() == Method::CONNECT;
+    match proto {
+        Proto::Http1 => {
+            *req.version_mut() = Version::HTTP_11;
+            if host.is_none() {
+                let a = from_uri.unwrap_or_else(authority);
+                let value = HeaderValue::from_str(&a).unwrap_or(HeaderValue::from_static("localhost"));
+                req.headers_mut().insert(HOST, value);
+            }
+            if !connect && req.uri().authority().is_some() {
+                let origin = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                if let Ok(origin) = origin.parse() {
+                    *req.uri_mut() = origin;
+                }
+            }
+        }
+        Proto::Http2 => {
+            *req.version_mut() = Version::HTTP_2;
+            if !connect {
+                let a = host.or(from_uri).unwrap_or_else(authority);
+                let scheme = req.uri().scheme_str().unwrap_or("http");
+                let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                if let Ok(uri) = format!("{scheme}://{a}{target}").parse() {
+                    *req.uri_mut() = uri;
+                    req.headers_mut().remove(HOST);
+                }
+            }
+        }
     }
-    upgrade
 }
 
 /// Decides the request's one authority, before anything reads it (RFC 9112 §3.2, §3.2.2): an
@@ -196,6 +228,25 @@ mod tests {
         assert_eq!(settle_authority(&mut h1("/", &["a.example", "b.example"])), Err("more than one Host header"));
         assert_eq!(settle_authority(&mut h1("/", &["a b"])), Err("Host is not a valid authority"));
         assert_eq!(settle_authority(&mut h1("/", &[])), Ok(None));
+    }
+
+    #[test]
+    fn requests_are_shaped_for_the_upstream_protocol() {
+        // HTTP/2 client (absolute target, no Host) to HTTP/1.1.
+        let mut req =
+            Request::builder().uri("http://svc.example:8080/p?q=1").version(Version::HTTP_2).body(()).unwrap();
+        for_protocol(&mut req, Proto::Http1, || unreachable!());
+        assert_eq!((req.version(), req.uri().to_string()), (Version::HTTP_11, "/p?q=1".to_string()));
+        assert_eq!(req.headers()[HOST], "svc.example:8080");
+        // HTTP/1.1 client (origin form, Host) to HTTP/2.
+        let mut req = h1("/p", &["svc.example"]);
+        for_protocol(&mut req, Proto::Http2, || unreachable!());
+        assert_eq!((req.version(), req.uri().to_string()), (Version::HTTP_2, "http://svc.example/p".to_string()));
+        assert!(!req.headers().contains_key(HOST), ":authority carries it");
+        // HTTP/1.0 client without Host: the destination's authority.
+        let mut req = h1("/", &[]);
+        for_protocol(&mut req, Proto::Http1, || "10.0.0.1:80".into());
+        assert_eq!(req.headers()[HOST], "10.0.0.1:80");
     }
 
     #[test]

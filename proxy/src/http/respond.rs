@@ -107,6 +107,16 @@ pub fn refuse(reason: Reason, grpc: bool) -> Response<ProxyBody> {
     resp.expect("static response parts are valid")
 }
 
+/// Trailers that end a gRPC call whose deadline passed mid-stream, as `refuse` would have
+/// answered before response headers.
+pub fn deadline_exceeded_trailers() -> http::HeaderMap {
+    let mut t = http::HeaderMap::new();
+    t.insert("grpc-status", HeaderValue::from(grpc_status_of(Reason::Timeout)));
+    t.insert("grpc-message", HeaderValue::from_static(message_of(Reason::Timeout)));
+    t.insert(REASON_HEADER, HeaderValue::from_static(Reason::Timeout.as_str()));
+    t
+}
+
 /// An injected abort: the configured status, as HTTP or as gRPC (each mapped to the other when
 /// the request is of the other kind, as gRPC's HTTP mapping defines).
 pub fn abort(with: AbortWith, grpc: bool) -> Response<ProxyBody> {

@@ -11,13 +11,15 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bulwark_policy::{Direction, RequestInfo, Route, Timeouts};
-use http::{Request, Response, StatusCode, Version};
+use bulwark_policy::compile::DEFAULT_OUTLIER;
+use bulwark_policy::stages::default_retries;
+use bulwark_policy::{Direction, RequestInfo, Route, Timeouts, UpstreamProtocol};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::attempt::Attempt;
-use super::body::ProxyBody;
+use super::body::{Bounds, ProxyBody};
 use super::{headers, respond, upgrade};
 use crate::downstream::Downstream;
 use crate::reason::Reason;
@@ -29,7 +31,8 @@ use crate::stage::{breaker, bulkhead, fault, ratelimit, retry, timeout, Refusal}
 use crate::telemetry::metrics::RouteLabels;
 use crate::telemetry::record::Record;
 use crate::upstream::balance::Cluster;
-use crate::upstream::pool::{Limits, Proto};
+use crate::upstream::h2_watch::StreamSlot;
+use crate::upstream::pool::Limits;
 
 pub async fn handle(
     shared: Arc<Shared>,
@@ -110,19 +113,24 @@ async fn chain(
     let trial = breaker::admit(cluster.as_ref().and_then(|c| c.breaker.as_ref()), rec)?;
     // The bulkhead bounds what is in flight upstream, retries included, until response headers.
     let _slot = bulkhead::enter(state.and_then(|s| s.bulkhead.as_ref()), rec).await?;
-    // Past every refusal: hop-by-hop headers go, HTTP/1.1 upstream, an upgrade is noted.
-    let tunnel = headers::for_upstream(&mut req, || down.authority()).then(|| hyper::upgrade::on(&mut req));
+    // Past every refusal: hop-by-hop headers go, an upgrade is noted.
+    let tunnel = headers::for_upstream(&mut req).then(|| hyper::upgrade::on(&mut req));
     // The overall timeout bounds the whole retry loop, backoff included...
     let limit = timeout::request_limit(&sel.timeouts, req.headers());
     let retries = Retries {
-        // An upgrade is one exchange; it is never replayed.
-        policy: sel.route.as_ref().and_then(|r| r.retries.as_ref()).filter(|_| tunnel.is_none()),
+        // An upgrade is one exchange; it is never replayed. A route without retries still
+        // retries what never reached an upstream (`retries: {attempts: 0}` turns that off).
+        policy: sel
+            .route
+            .as_ref()
+            .map_or(Some(default_retries()), |r| r.retries.as_ref().or(Some(default_retries())))
+            .filter(|p| tunnel.is_none() && p.attempts > 0),
         budget: cluster.as_ref().and_then(|c| c.budget.as_ref()),
         metrics: state.map(|s| &s.retry_metrics),
         timeouts: &sel.timeouts,
     };
     // ...whose every try picks an endpoint and a connection under the per-try timeout.
-    let attempt = sel.attempt(shared, down, tunnel.is_some(), req.version());
+    let attempt = sel.attempt(shared, down, tunnel.is_some(), respond::is_grpc(req.headers()));
     let started = Instant::now();
     let result = match timeout::overall(limit, retry::run(&retries, req, &attempt, rec)).await {
         Ok(result) => result,
@@ -136,18 +144,21 @@ async fn chain(
         trial.record(outcome(&result), started.elapsed(), Instant::now());
     }
     let resp = result.map_err(|f| Refusal::from(f.reason))?;
+    // A gRPC deadline bounds the whole call, not only until response headers.
+    let deadline = limit.filter(|_| attempt.grpc).map(|l| started + l);
     // What the upstream answered goes back as the faults drawn above shape it.
-    Ok(pass_back(shared, resp, tunnel, faults, sel).await)
+    Ok(pass_back(shared, resp, tunnel, faults, deadline, sel).await)
 }
 
 /// The upstream's answer, downstream: hop-by-hop headers off, an accepted upgrade becomes a
 /// tunnel, an injected response delay holds the headers and a bandwidth fault slows the body,
-/// which the route's idle timeout bounds.
+/// which the route's idle timeout (and a gRPC call's `deadline`) bounds.
 async fn pass_back(
     shared: &Shared,
     mut resp: Response<Incoming>,
     tunnel: Option<hyper::upgrade::OnUpgrade>,
     faults: Decision,
+    deadline: Option<Instant>,
     sel: &Selected,
 ) -> Response<ProxyBody> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -159,10 +170,10 @@ async fn pass_back(
     if let Some(delay) = faults.response_delay {
         tokio::time::sleep(delay).await;
     }
-    let idle = sel.timeouts.idle;
+    let bounds = Bounds { idle: sel.timeouts.idle, deadline, stream: resp.extensions_mut().remove::<StreamSlot>() };
     resp.map(|b| match faults.bandwidth {
-        Some(rate) => ProxyBody::upstream(b, idle).throttled(rate),
-        None => ProxyBody::upstream(b, idle),
+        Some(rate) => ProxyBody::upstream(b, bounds).throttled(rate),
+        None => ProxyBody::upstream(b, bounds),
     })
 }
 
@@ -177,6 +188,7 @@ struct Selected {
     limits: Limits,
     connect_timeout: Duration,
     tunnel_idle: Duration,
+    protocol: UpstreamProtocol,
 }
 
 impl Selected {
@@ -193,7 +205,8 @@ impl Selected {
         let cluster = shared.clusters.get(
             &down.cluster,
             upstream.map(|u| u.load_balancer).unwrap_or_default(),
-            upstream.and_then(|u| u.outlier.as_ref()),
+            // Without a policy, the defaults a policy would compile to.
+            upstream.map_or(Some(&DEFAULT_OUTLIER), |u| u.outlier.as_ref()),
         );
         let route = policy.map(|p| {
             let info = RequestInfo { method: req.method(), path: req.uri().path(), host, headers: req.headers() };
@@ -208,6 +221,7 @@ impl Selected {
             limits,
             connect_timeout: upstream.and_then(|u| u.connect_timeout).unwrap_or(defaults.connect_timeout.get()),
             tunnel_idle: defaults.tcp_idle_timeout.get(),
+            protocol: upstream.and_then(|u| u.protocol).unwrap_or_else(|| down.upstream_protocol()),
         }
     }
 
@@ -219,14 +233,15 @@ impl Selected {
         RouteLabels { direction: down.direction.as_str(), listener: down.label.clone(), policy, route }
     }
 
-    fn attempt<'a>(&self, shared: &'a Shared, down: &'a Downstream, upgrade: bool, version: Version) -> Attempt<'a> {
+    fn attempt<'a>(&self, shared: &'a Shared, down: &'a Downstream, upgrade: bool, grpc: bool) -> Attempt<'a> {
         Attempt {
             shared,
             downstream: down,
             cluster: self.cluster.clone(),
             limits: self.limits,
             connect_timeout: self.connect_timeout,
-            proto: if version == Version::HTTP_2 { Proto::Http2 } else { Proto::Http1 },
+            protocol: self.protocol,
+            grpc,
             upgrade,
         }
     }

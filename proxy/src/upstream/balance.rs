@@ -144,7 +144,10 @@ impl Cluster {
             return;
         }
         let ejected = set.iter().filter(|a| **a != addr && self.endpoint(**a).ejected(now)).count();
-        if (ejected + 1) as f64 * 100.0 > policy.max_ejection_percent * set.len() as f64 {
+        // As Envoy does, one endpoint of a set of two or more may always be ejected, so a small
+        // set is protected too; the only endpoint never is (there is nowhere else to go).
+        let within = (ejected + 1) as f64 * 100.0 <= policy.max_ejection_percent * set.len() as f64;
+        if set.len() < 2 || !(within || ejected == 0) {
             return;
         }
         let times = e.times_ejected.fetch_add(1, Ordering::AcqRel) + 1;

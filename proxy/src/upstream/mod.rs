@@ -8,6 +8,7 @@
 
 pub mod balance;
 pub mod connect;
+pub mod h2_watch;
 pub mod outcome;
 pub mod pool;
 pub mod resolve;

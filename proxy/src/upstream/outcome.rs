@@ -13,6 +13,9 @@ pub enum Outcome {
         grpc: Option<u16>,
     },
     ConnectFailure,
+    /// The upstream provably never processed the request (an HTTP/2 stream refused, or the
+    /// endpoint does not speak HTTP/2): safe to send again anywhere.
+    Refused,
     Reset,
     PerTryTimeout,
     Timeout,
@@ -32,6 +35,8 @@ impl Outcome {
         match self {
             Outcome::Response { status, .. } => (500..=599).contains(&status),
             Outcome::ConnectFailure | Outcome::Reset => true,
+            // A server rotating its connections is not failing.
+            Outcome::Refused => false,
             Outcome::PerTryTimeout | Outcome::Timeout => false,
         }
     }
@@ -39,7 +44,8 @@ impl Outcome {
     pub fn matches(self, c: Condition) -> bool {
         match (self, c) {
             (Outcome::ConnectFailure, Condition::ConnectFailure) => true,
-            (Outcome::Reset, Condition::Reset) => true,
+            (Outcome::Reset | Outcome::Refused, Condition::Reset) => true,
+            (Outcome::Refused, Condition::RefusedStream) => true,
             (Outcome::PerTryTimeout, Condition::PerTryTimeout) => true,
             // For the breaker, "timeout" covers both kinds.
             (Outcome::Timeout | Outcome::PerTryTimeout, Condition::Timeout) => true,
@@ -65,6 +71,7 @@ impl std::fmt::Display for Outcome {
             Outcome::Response { status, grpc: Some(g) } => write!(f, "{status} grpc-status {g}"),
             Outcome::Response { status, grpc: None } => write!(f, "{status}"),
             Outcome::ConnectFailure => f.write_str("connect-failure"),
+            Outcome::Refused => f.write_str("refused"),
             Outcome::Reset => f.write_str("reset"),
             Outcome::PerTryTimeout => f.write_str("per-try-timeout"),
             Outcome::Timeout => f.write_str("timeout"),

@@ -1,7 +1,11 @@
 //! Reuse of upstream connections, per endpoint. HTTP/1.1 connections carry one exchange at a
 //! time: one is handed out only when hyper says it is ready for the next request, so a
-//! connection still streaming a response is never reused early. One HTTP/2 connection per
-//! endpoint is shared by every request. A policy's `upstream.pool` bounds this:
+//! connection still streaming a response is never reused early. HTTP/2 connections are shared:
+//! a request goes on the least busy one that has room under the peer's concurrent-stream limit,
+//! and another is opened when none has; a connection whose peer sent GOAWAY (a server rotating
+//! its connections) gets no new streams, so its replacement is opened while it drains (what
+//! `h2_watch` reads off the wire). The pool also remembers, per endpoint, whether HTTP/2
+//! worked there (`speaks_h2`), for `upstream.protocol: auto`. A policy's `upstream.pool` bounds this:
 //! `maxConnections` open to one endpoint at once (a request beyond it waits, within the connect
 //! timeout, for a connection to be returned or closed), `maxLifetime` after which a connection
 //! is not reused (so an upstream that moved is followed), and `idleTimeout` after which an unused
@@ -25,10 +29,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::connect::{self, ConnectError};
+use super::h2_watch::{Peer, StreamSlot, Watched};
 use super::UpstreamMetrics;
 
 /// Bound on pooled HTTP/1.1 connections per endpoint when no `maxConnections` is set.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
+
+/// Endpoints whose HTTP/2 support is remembered; past it the memory starts over (it is
+/// relearned on the next request to each).
+const MAX_REMEMBERED: usize = 4096;
 
 /// What the pool can send: any request body hyper can write on both protocols.
 pub trait SendBody:
@@ -48,7 +57,19 @@ pub enum Proto {
 
 pub enum Conn<B> {
     H1(http1::SendRequest<B>),
-    H2(http2::SendRequest<B>),
+    /// A shared connection, and this request's stream on it (kept with the response body).
+    H2(http2::SendRequest<B>, StreamSlot),
+}
+
+struct H2Conn<B> {
+    send: http2::SendRequest<B>,
+    peer: Arc<Peer>,
+}
+
+impl<B> H2Conn<B> {
+    fn usable(&self) -> bool {
+        !self.send.is_closed() && !self.peer.going_away() && !self.peer.refused()
+    }
 }
 
 /// The pool settings in force for a request (policy, else bootstrap defaults).
@@ -74,12 +95,12 @@ impl<C> Pooled<C> {
 
 struct Entry<B> {
     h1: Vec<Pooled<http1::SendRequest<B>>>,
-    h2: Option<Pooled<http2::SendRequest<B>>>,
+    h2: Vec<Pooled<H2Conn<B>>>,
 }
 
 impl<B> Default for Entry<B> {
     fn default() -> Self {
-        Entry { h1: Vec::new(), h2: None }
+        Entry { h1: Vec::new(), h2: Vec::new() }
     }
 }
 
@@ -116,6 +137,7 @@ impl Drop for Reservation {
 pub struct Pool<B> {
     entries: Mutex<HashMap<(SocketAddr, Proto), Entry<B>>>,
     slots: Mutex<HashMap<SocketAddr, Arc<Slots>>>,
+    speaks_h2: Mutex<HashMap<SocketAddr, bool>>,
     metrics: UpstreamMetrics,
     buffers: Buffers,
 }
@@ -131,7 +153,29 @@ pub enum PoolError {
 
 impl<B: SendBody> Pool<B> {
     pub fn new(metrics: UpstreamMetrics, buffers: Buffers) -> Arc<Pool<B>> {
-        Arc::new(Pool { entries: Mutex::default(), slots: Mutex::default(), metrics, buffers })
+        Arc::new(Pool {
+            entries: Mutex::default(),
+            slots: Mutex::default(),
+            speaks_h2: Mutex::default(),
+            metrics,
+            buffers,
+        })
+    }
+
+    /// Whether HTTP/2 worked at `ep` (true), or `ep` refused it (false); None: never tried.
+    pub fn speaks_h2(&self, ep: SocketAddr) -> Option<bool> {
+        self.speaks_h2.lock().get(&ep).copied()
+    }
+
+    pub fn learned(&self, ep: SocketAddr, h2: bool) {
+        let mut known = self.speaks_h2.lock();
+        if known.get(&ep) == Some(&h2) {
+            return;
+        }
+        if known.len() >= MAX_REMEMBERED {
+            known.clear();
+        }
+        known.insert(ep, h2);
     }
 
     fn slots(&self, ep: SocketAddr) -> Arc<Slots> {
@@ -143,19 +187,25 @@ impl<B: SendBody> Pool<B> {
         self.slots.lock().get(&ep).map_or(0, |s| s.open.load(Ordering::Acquire))
     }
 
-    /// A ready pooled connection to `ep`, if any, and when it was made.
-    pub fn checkout(&self, ep: SocketAddr, proto: Proto) -> Option<(Conn<B>, Instant)> {
+    /// A ready pooled connection to `ep`, if any, and when it was made. An HTTP/2 one must have
+    /// room for another stream unless `crowd` (no new connection may be opened).
+    fn checkout(&self, ep: SocketAddr, proto: Proto, crowd: bool) -> Option<(Conn<B>, Instant)> {
         let now = Instant::now();
         let mut entries = self.entries.lock();
         let entry = entries.get_mut(&(ep, proto))?;
         let found = match proto {
-            Proto::Http2 => match &entry.h2 {
-                Some(p) if !p.conn.is_closed() && !p.too_old(now) => Some((Conn::H2(p.conn.clone()), p.created)),
-                _ => {
-                    entry.h2 = None;
-                    None
-                }
-            },
+            Proto::Http2 => {
+                entry.h2.retain(|p| p.conn.usable() && !p.too_old(now));
+                let p = entry
+                    .h2
+                    .iter_mut()
+                    .filter(|p| crowd || p.conn.peer.has_room())
+                    .min_by_key(|p| p.conn.peer.streams());
+                p.map(|p| {
+                    p.last_used = now;
+                    (Conn::H2(p.conn.send.clone(), p.conn.peer.slot()), p.created)
+                })
+            }
             Proto::Http1 => {
                 entry.h1.retain(|p| !p.conn.is_closed() && !p.too_old(now));
                 let pos = entry.h1.iter().rposition(|p| p.conn.is_ready());
@@ -201,7 +251,7 @@ impl<B: SendBody> Pool<B> {
         let slots = self.slots(ep);
         let max = limits.max_connections.map_or(usize::MAX, |m| m as usize);
         loop {
-            if let Some(found) = self.checkout(ep, proto) {
+            if let Some(found) = self.checkout(ep, proto, false) {
                 return Ok(found);
             }
             let freed = slots.freed.notified();
@@ -209,6 +259,11 @@ impl<B: SendBody> Pool<B> {
                 let created = Instant::now();
                 let left = deadline.saturating_duration_since(created);
                 return Ok((self.connect(ep, proto, limits, left, slot).await?, created));
+            }
+            // Every allowed HTTP/2 connection is open and full: the stream waits in one of them
+            // for the peer to allow it, as it would behind a single connection.
+            if let Some(found) = self.checkout(ep, proto, true) {
+                return Ok(found);
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 return Err(PoolError::Exhausted(limits.max_connections.unwrap_or_default()));
@@ -248,14 +303,13 @@ impl<B: SendBody> Pool<B> {
                 return Err(e);
             }
         };
-        let io = TokioIo::new(stream);
         let handshake_failed =
             |e: hyper::Error| ConnectError::Io { addr: addr.to_string(), source: std::io::Error::other(e) };
         let conn = match proto {
             Proto::Http1 => {
                 let (send, conn) = http1::Builder::new()
                     .max_buf_size(self.buffers.h1_max_buf())
-                    .handshake(io)
+                    .handshake(TokioIo::new(stream))
                     .await
                     .map_err(handshake_failed)?;
                 tokio::spawn(async move {
@@ -267,6 +321,7 @@ impl<B: SendBody> Pool<B> {
                 Conn::H1(send)
             }
             Proto::Http2 => {
+                let (watched, peer) = Watched::new(stream);
                 let (send, conn) = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .keep_alive_interval(Duration::from_secs(30))
@@ -275,7 +330,7 @@ impl<B: SendBody> Pool<B> {
                     .initial_stream_window_size(self.buffers.h2_stream_window())
                     .initial_connection_window_size(self.buffers.h2_connection_window())
                     .max_send_buf_size(self.buffers.h2_send_buf())
-                    .handshake(io)
+                    .handshake(TokioIo::new(watched))
                     .await
                     .map_err(handshake_failed)?;
                 tokio::spawn(async move {
@@ -285,10 +340,16 @@ impl<B: SendBody> Pool<B> {
                     drop(slot);
                 });
                 let now = Instant::now();
+                let slot = peer.slot();
+                let conn = H2Conn { send: send.clone(), peer };
                 let mut entries = self.entries.lock();
-                entries.entry((ep, Proto::Http2)).or_default().h2 =
-                    Some(Pooled { conn: send.clone(), created: now, last_used: now, limits });
-                Conn::H2(send)
+                entries.entry((ep, Proto::Http2)).or_default().h2.push(Pooled {
+                    conn,
+                    created: now,
+                    last_used: now,
+                    limits,
+                });
+                Conn::H2(send, slot)
             }
         };
         self.metrics.connection("opened");
@@ -317,10 +378,11 @@ impl<B: SendBody> Pool<B> {
                 let idle = p.conn.is_ready() && now.duration_since(p.last_used) > p.limits.idle_timeout;
                 !(p.conn.is_closed() || idle || (p.conn.is_ready() && p.too_old(now)))
             });
-            if e.h2.as_ref().is_some_and(|p| p.conn.is_closed() || p.too_old(now)) {
-                e.h2 = None;
-            }
-            !e.h1.is_empty() || e.h2.is_some()
+            e.h2.retain(|p| {
+                let idle = p.conn.peer.streams() == 0 && now.duration_since(p.last_used) > p.limits.idle_timeout;
+                p.conn.usable() && !p.too_old(now) && !idle
+            });
+            !e.h1.is_empty() || !e.h2.is_empty()
         });
         drop(entries);
         // An endpoint's slot count is kept only while something holds it (a connection's

@@ -59,7 +59,7 @@ async fn ejection_never_exceeds_the_max_percent() {
 #[tokio::test]
 async fn a_retry_goes_to_another_endpoint() {
     let (a, b) = (Upstream::start().await, Upstream::start().await);
-    let spec = "  defaults:\n    retries: { attempts: 1, on: [503], backoff: { base: 1ms, max: 2ms } }\n  upstream: { loadBalancer: round-robin }\n";
+    let spec = "  defaults:\n    retries: { attempts: 1, on: [503], backoff: { base: 1ms, max: 2ms } }\n  upstream: { loadBalancer: round-robin, outlierDetection: { enabled: false } }\n";
     let proxy = ProxyBuilder::new().listener_many("web", &[a.addr, b.addr]).policies(&policy(spec)).start().await;
     a.set_status(503);
     for _ in 0..20 {

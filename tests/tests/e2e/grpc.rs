@@ -88,3 +88,39 @@ async fn retries_on_a_grpc_status_hide_a_flaky_server() {
     assert_eq!(err.code(), Code::Internal);
     assert_eq!(up.service.calls.load(std::sync::atomic::Ordering::SeqCst), 13);
 }
+
+#[tokio::test]
+async fn the_breaker_counts_grpc_failures_by_default() {
+    let up = GrpcUpstream::start().await;
+    let policy = crate::web_policy("  defaults:\n    circuitBreaker: { consecutiveFailures: 5, openFor: 30s }\n");
+    let proxy = ProxyBuilder::new().listener("web", up.addr).policies(&policy).start().await;
+    let mut c = client(proxy.listener("web")).await;
+    for _ in 0..5 {
+        let err = c.unary(EchoRequest { message: "unavailable".into(), delay_ms: 0 }).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+        assert!(err.metadata().get("x-bulwark-reason").is_none(), "the server's own answer");
+    }
+    let err = c.unary(EchoRequest { message: "hello".into(), delay_ms: 0 }).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert_eq!(err.metadata().get("x-bulwark-reason").unwrap(), "circuit-open", "five UNAVAILABLE opened it");
+    assert_eq!(up.service.calls.load(std::sync::atomic::Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn the_request_timeout_bounds_a_streaming_call_until_its_trailers() {
+    let up = GrpcUpstream::start().await;
+    let policy = crate::web_policy("  defaults:\n    timeout: { request: 1s }\n");
+    let proxy = ProxyBuilder::new().listener("web", up.addr).policies(&policy).start().await;
+    let mut c = client(proxy.listener("web")).await;
+    // Response headers come at once; then the server waits for the next message, forever.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let started = std::time::Instant::now();
+    let mut replies = c.bidi(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    tx.send(EchoRequest { message: "one".into(), delay_ms: 0 }).await.unwrap();
+    assert_eq!(replies.message().await.unwrap().unwrap().message, "echo: one");
+    let err = tokio::time::timeout(Duration::from_secs(20), replies.message()).await.expect("cut").unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert_eq!(err.metadata().get("x-bulwark-reason").unwrap(), "timeout");
+    assert!(started.elapsed() >= Duration::from_secs(1), "not before the deadline");
+    drop(tx);
+}

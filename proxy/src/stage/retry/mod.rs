@@ -5,6 +5,12 @@
 //! maximum backoff. Each try is bounded by `perTry` (stage `timeout`); the overall request
 //! timeout bounds the whole loop. A retry taken from the budget and never sent (the request
 //! was cancelled during backoff) is given back.
+//!
+//! A try the upstream provably never processed (`Outcome::Refused`: an HTTP/2 stream refused,
+//! a connection going away, an endpoint that does not speak HTTP/2) goes again at once, up to
+//! `MAX_REFUSED` times, counted against no attempt, budget or backoff: that is a server rotating
+//! its connections, not a failure. So the body is always kept (up to `maxBufferedBytes`, or
+//! `KEPT_WITHOUT_RETRIES` on a route without retries) while it streams.
 
 pub mod backoff;
 pub mod budget;
@@ -27,7 +33,13 @@ use crate::telemetry::record::Record;
 use crate::telemetry::route_family::RouteFamily;
 use crate::upstream::Outcome;
 use budget::RetryBudget;
-use replay::{Kept, UpstreamBody};
+use replay::UpstreamBody;
+
+/// Tries refused unprocessed that go again before the refusal is the answer.
+const MAX_REFUSED: u32 = 2;
+
+/// Body kept for a resend of a refused try on a route without retries.
+const KEPT_WITHOUT_RETRIES: u64 = 64 * 1024;
 
 /// A failed try: how it failed, and the body if it was never sent.
 pub struct Failed {
@@ -125,18 +137,13 @@ pub async fn run(
         b.deposit(Instant::now());
     }
     let (parts, body) = req.into_parts();
-    let (mut body, kept): (Option<UpstreamBody>, Option<Kept>) = match r.policy {
-        Some(p) => {
-            let (b, k) = UpstreamBody::tee(body, p.max_buffered_bytes);
-            (Some(b), Some(k))
-        }
-        None => (Some(UpstreamBody::Stream(body)), None),
-    };
+    let (first, kept) = UpstreamBody::tee(body, r.policy.map_or(KEPT_WITHOUT_RETRIES, |p| p.max_buffered_bytes));
+    let mut body = Some(first);
     let max_retries = r.policy.map_or(0, |p| p.attempts);
-    let mut retry = 0;
+    let (mut retry, mut refused) = (0, 0);
     loop {
-        // A retry is only decided when a body is available, so this always finds one.
-        let Some(this_body) = body.take().or_else(|| kept.as_ref().and_then(Kept::replay)) else {
+        // A try is only decided when a body is available, so this always finds one.
+        let Some(this_body) = body.take().or_else(|| kept.replay()) else {
             return Err(Failed { outcome: Outcome::Reset, reason: Reason::UpstreamReset, unsent: None });
         };
         let result = match timeout::per_try(r.timeouts, attempt.send(rebuild(&parts, this_body), rec)).await {
@@ -145,13 +152,6 @@ pub async fn run(
         };
         let outcome = outcome(&result);
         rec.end_try(outcome);
-        let Some(policy) = r.policy else {
-            return result;
-        };
-        if retry >= max_retries || !should_retry(policy, outcome) {
-            return result;
-        }
-        let retry_after = result.as_ref().ok().and_then(|r| retry_after(r.headers()));
         // The next try needs the body: the unsent one, or the whole kept copy.
         let (unsent, result) = match result {
             Err(Failed { unsent: Some(b), outcome, reason }) => {
@@ -159,9 +159,19 @@ pub async fn run(
             }
             r => (None, r),
         };
-        if unsent.is_none() && kept.as_ref().and_then(Kept::replay).is_none() {
+        let resendable = || unsent.is_some() || kept.resendable();
+        if outcome == Outcome::Refused && refused < MAX_REFUSED && resendable() {
+            refused += 1;
+            body = unsent;
+            continue;
+        }
+        let Some(policy) = r.policy else {
+            return result;
+        };
+        if retry >= max_retries || !should_retry(policy, outcome) || !resendable() {
             return result;
         }
+        let retry_after = result.as_ref().ok().and_then(|r| retry_after(r.headers()));
         let withdrawal = match r.budget.map(|b| b.withdraw(Instant::now())) {
             Some(None) => {
                 if let Some(m) = r.metrics {

@@ -32,6 +32,12 @@ pub struct Kept {
 }
 
 impl Kept {
+    /// The whole original body was kept.
+    pub fn resendable(&self) -> bool {
+        let c = self.copy.lock();
+        c.complete && !c.overflow
+    }
+
     /// A body to send again, when the whole original body was kept.
     pub fn replay(&self) -> Option<UpstreamBody> {
         let c = self.copy.lock();
@@ -41,8 +47,6 @@ impl Kept {
 }
 
 pub enum UpstreamBody {
-    /// The client's body, passed through untouched (no retries possible).
-    Stream(Incoming),
     /// The client's body, passed through while a copy is kept.
     Tee { inner: Incoming, kept: Kept },
     /// A kept copy, sent again.
@@ -64,7 +68,6 @@ impl Body for UpstreamBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            UpstreamBody::Stream(b) => Pin::new(b).poll_frame(cx),
             UpstreamBody::Tee { inner, kept } => {
                 let polled = Pin::new(&mut *inner).poll_frame(cx);
                 let mut c = kept.copy.lock();
@@ -102,7 +105,6 @@ impl Body for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Stream(b) => b.is_end_stream(),
             UpstreamBody::Tee { inner, .. } => inner.is_end_stream(),
             UpstreamBody::Replay { chunks, trailers } => chunks.is_empty() && trailers.is_none(),
         }
@@ -110,7 +112,6 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpstreamBody::Stream(b) => b.size_hint(),
             UpstreamBody::Tee { inner, .. } => inner.size_hint(),
             UpstreamBody::Replay { chunks, .. } => SizeHint::with_exact(chunks.iter().map(|c| c.len() as u64).sum()),
         }

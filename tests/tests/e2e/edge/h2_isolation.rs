@@ -35,7 +35,7 @@ async fn zero_window(addr: std::net::SocketAddr) -> hyper::client::conn::http2::
 #[tokio::test]
 async fn stalled_and_abandoned_streams_leave_other_clients_on_the_upstream_connection_unharmed() {
     let up = Upstream::start().await;
-    let proxy = ProxyBuilder::new().listener("web", up.addr).start().await;
+    let proxy = ProxyBuilder::new().listener_speaking("web", up.addr, "http2").start().await;
     let web = proxy.listener("web");
 
     // Ten streams whose client never reads, each held open.
