@@ -12,49 +12,52 @@ pub const REQUEST_ID: &str = "x-request-id";
 const HOP_BY_HOP: [&str; 5] =
     ["keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "trailer"];
 
-/// Removes hop-by-hop headers. Returns true when the message asks for a protocol upgrade,
-/// in which case `Connection: upgrade` and `Upgrade` are kept for the next hop.
+/// Removes hop-by-hop headers, keeping every other header where it was (a proxy passes
+/// messages through in their order). Returns true when the message asks for a protocol
+/// upgrade, in which case `Connection: upgrade` and `Upgrade` are kept for the next hop.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
+    fn tokens(h: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
+        h.get_all(name).into_iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim)
+    }
     let upgrade = keep_upgrade
         && headers.contains_key(UPGRADE)
-        && headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+        && tokens(headers, CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"));
     // Headers named in Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = tokens(headers, CONNECTION)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .filter(|n| !(upgrade && n == UPGRADE))
         .collect();
-    for n in named {
-        headers.remove(n);
+    let trailers = tokens(headers, TE).any(|t| t.eq_ignore_ascii_case("trailers"));
+    let goes = |n: &HeaderName| {
+        HOP_BY_HOP.contains(&n.as_str())
+            || n == TRANSFER_ENCODING
+            || n == CONNECTION
+            || n == TE
+            || (n == UPGRADE && !upgrade)
+            || named.contains(n)
+    };
+    if !headers.keys().any(goes) {
+        return upgrade;
     }
-    for n in HOP_BY_HOP {
-        headers.remove(n);
+    // Rebuilt rather than removed from: `HeaderMap::remove` moves the last header into the gap.
+    let mut kept = HeaderMap::with_capacity(headers.len());
+    let mut name = None;
+    for (n, value) in std::mem::take(headers) {
+        let first = n.is_some();
+        if let Some(n) = n {
+            name = Some(n);
+        }
+        let Some(n) = name.clone() else { continue };
+        // What is rewritten takes the place of its first occurrence.
+        if n == CONNECTION && upgrade && first {
+            kept.append(CONNECTION, HeaderValue::from_static("upgrade"));
+        } else if n == TE && trailers && first {
+            kept.append(TE, HeaderValue::from_static("trailers"));
+        } else if !goes(&n) {
+            kept.append(n, value);
+        }
     }
-    headers.remove(TRANSFER_ENCODING);
-    headers.remove(CONNECTION);
-    if upgrade {
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(UPGRADE);
-    }
-    let trailers = headers
-        .get_all(TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    headers.remove(TE);
-    if trailers {
-        headers.insert(TE, HeaderValue::from_static("trailers"));
-    }
+    *headers = kept;
     upgrade
 }
 

@@ -4,7 +4,7 @@
 //! HTTP error status.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderValue, CONTENT_TYPE, DATE};
 use http::{Response, StatusCode};
 
 use super::body::ProxyBody;
@@ -71,6 +71,11 @@ pub fn close_after<B>(resp: &mut Response<B>, version: http::Version) {
 }
 
 /// True when the request is gRPC and must be answered in gRPC's terms.
+/// A `Date` for the proxy's own answers (hyper adds none: proxied answers keep the upstream's).
+fn now() -> String {
+    httpdate::fmt_http_date(std::time::SystemTime::now())
+}
+
 pub fn is_grpc(headers: &http::HeaderMap) -> bool {
     headers.get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
@@ -90,7 +95,8 @@ pub fn refusal(r: Refusal, grpc: bool) -> Response<ProxyBody> {
 
 /// The proxy's own answer for `reason`.
 pub fn refuse(reason: Reason, grpc: bool) -> Response<ProxyBody> {
-    let mut builder = Response::builder().header(REASON_HEADER, HeaderValue::from_static(reason.as_str()));
+    let mut builder =
+        Response::builder().header(REASON_HEADER, HeaderValue::from_static(reason.as_str())).header(DATE, now());
     let resp = if grpc {
         builder = builder
             .status(StatusCode::OK)
@@ -164,6 +170,7 @@ fn http_of_grpc(code: u16) -> u16 {
 pub fn bad_request(status: StatusCode, message: &'static str) -> Response<ProxyBody> {
     Response::builder()
         .status(status)
+        .header(DATE, now())
         .header(CONTENT_TYPE, "text/plain; charset=utf-8")
         .header(http::header::CONNECTION, "close")
         .body(ProxyBody::full(Bytes::from(format!("{message}\n"))))

@@ -67,6 +67,8 @@ where
                 .initial_stream_window_size(buffers.h2_stream_window())
                 .initial_connection_window_size(buffers.h2_downstream_connection_window())
                 .max_send_buf_size(buffers.h2_send_buf())
+                // A response passes through as the upstream wrote it: no Date of our own.
+                .auto_date_header(false)
                 .keep_alive_interval(Duration::from_secs(60))
                 .keep_alive_timeout(Duration::from_secs(20))
                 .serve_connection(TokioIo::new(io), svc);
@@ -89,6 +91,10 @@ where
                 .max_buf_size(buffers.h1_max_buf())
                 .header_read_timeout(header_read_timeout)
                 .keep_alive(true)
+                // Header names keep the case they came with, in both directions (the upstream
+                // side keeps it too), and no Date is added to what the upstream answered.
+                .preserve_header_case(true)
+                .auto_date_header(false)
                 .serve_connection(TokioIo::new(HalfClose::new(io, announced)), svc)
                 .with_upgrades();
             until_done(c, life.close.cancelled(), |c| c.graceful_shutdown()).await

@@ -309,6 +309,7 @@ impl<B: SendBody> Pool<B> {
             Proto::Http1 => {
                 let (send, conn) = http1::Builder::new()
                     .max_buf_size(self.buffers.h1_max_buf())
+                    .preserve_header_case(true)
                     .handshake(TokioIo::new(stream))
                     .await
                     .map_err(handshake_failed)?;

@@ -21,6 +21,7 @@ mod grpc;
 mod http1;
 mod http2;
 mod kubernetes;
+mod passthrough;
 mod protocols;
 mod python;
 mod reload;

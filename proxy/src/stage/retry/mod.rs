@@ -200,6 +200,8 @@ fn rebuild(parts: &Parts, body: UpstreamBody) -> Request<UpstreamBody> {
     *req.uri_mut() = parts.uri.clone();
     *req.version_mut() = parts.version;
     *req.headers_mut() = parts.headers.clone();
+    // hyper keeps the HTTP/1.1 header names' case there, for the upstream to get it too.
+    *req.extensions_mut() = parts.extensions.clone();
     req
 }
 
