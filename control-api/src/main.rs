@@ -121,10 +121,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(revision = store.revision(), data_dir = %cli.data_dir.display(), "store open");
     let store = Arc::new(tokio::sync::Mutex::new(store));
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("reflection service")?;
+    let (reflection, reflection_alpha) = reflection()?;
     let proxies = Arc::new(Proxies::default());
     let discovery = tonic::service::interceptor::InterceptedService::new(
         pb::policy_discovery_server::PolicyDiscoveryServer::new(Discovery::new(changed.subscribe(), proxies.clone()))
@@ -156,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
         None => {
             tonic::transport::Server::builder()
                 .add_service(reflection)
+                .add_service(reflection_alpha)
                 .add_service(admin)
                 .add_service(discovery)
                 .serve_with_shutdown(cli.listen, shutdown(stop.subscribe()))
@@ -163,16 +161,14 @@ async fn main() -> anyhow::Result<()> {
                 .context("serving")?;
         }
         Some(admin_addr) => {
-            let reflection_admin = tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-                .build_v1()
-                .context("reflection service")?;
             let discovery_server = tonic::transport::Server::builder()
-                .add_service(reflection)
+                .add_service(reflection.clone())
+                .add_service(reflection_alpha.clone())
                 .add_service(discovery)
                 .serve_with_shutdown(cli.listen, shutdown(stop.subscribe()));
             let admin_server = tonic::transport::Server::builder()
-                .add_service(reflection_admin)
+                .add_service(reflection)
+                .add_service(reflection_alpha)
                 .add_service(admin)
                 .serve_with_shutdown(admin_addr, shutdown(stop.subscribe()));
             let (d, a) = tokio::join!(discovery_server, admin_server);
@@ -186,4 +182,19 @@ async fn main() -> anyhow::Result<()> {
 /// A shutdown signal every server can wait on.
 fn shutdown_signal() -> tokio::sync::watch::Sender<bool> {
     tokio::sync::watch::channel(false).0
+}
+
+/// Server reflection in both versions clients use: `grpc.reflection.v1`, and `v1alpha`, which
+/// grpc's own Python reflection client and older grpcurl speak.
+#[allow(clippy::type_complexity)]
+fn reflection() -> anyhow::Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
+)> {
+    let builder =
+        || tonic_reflection::server::Builder::configure().register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET);
+    Ok((
+        builder().build_v1().context("reflection service (v1)")?,
+        builder().build_v1alpha().context("reflection service (v1alpha)")?,
+    ))
 }

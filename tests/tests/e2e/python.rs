@@ -63,3 +63,59 @@ async fn a_python_grpcio_client_applies_and_lists_policies() {
     assert!(stdout.contains("refused: spec.defaults.timeout.request"), "{stdout}");
     assert!(stdout.contains("listed: shop/py"), "{stdout}");
 }
+
+const REFLECTION_CLIENT: &str = r#"
+import sys
+import grpc
+from google.protobuf import descriptor_pool, message_factory
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+channel = grpc.insecure_channel(sys.argv[1])
+db = ProtoReflectionDescriptorDatabase(channel)
+print("services:", ",".join(sorted(db.get_services())))
+pool = descriptor_pool.DescriptorPool(db)
+service = pool.FindServiceByName("bulwark.v1.PolicyAdmin")
+apply = service.FindMethodByName("Apply")
+request_class = message_factory.GetMessageClass(apply.input_type)
+reply_class = message_factory.GetMessageClass(apply.output_type)
+call = channel.unary_unary(
+    "/bulwark.v1.PolicyAdmin/Apply",
+    request_serializer=lambda m: m.SerializeToString(),
+    response_deserializer=reply_class.FromString,
+)
+reply = call(request_class(documents=[sys.argv[2]]))
+print("applied:", reply.applied)
+"#;
+
+#[tokio::test]
+async fn grpcs_own_python_reflection_client_lists_services_and_calls_apply_from_reflection_alone() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join(".venv/bin/python");
+    let ready = Command::new(&python)
+        .args(["-c", "import grpc, grpc_reflection.v1alpha.proto_reflection_descriptor_database"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ready {
+        eprintln!(
+            "SKIP python reflection client: {} with grpcio-reflection is missing (make test installs it: scripts/deps.sh)",
+            python.display()
+        );
+        return;
+    }
+    let cp = ControlPlane::start(None).await;
+    let policy = "apiVersion: bulwark.dev/v1\nkind: ResiliencePolicy\nmetadata: { name: refl, namespace: shop }\nspec:\n  target: { service: refl.shop }\n";
+    let run = Command::new(&python)
+        .arg("-c")
+        .arg(REFLECTION_CLIENT)
+        .arg(cp.admin_addr.to_string())
+        .arg(policy)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    assert!(stdout.contains("bulwark.v1.PolicyAdmin"), "{stdout}");
+    assert!(stdout.contains("grpc.reflection.v1alpha.ServerReflection"), "{stdout}");
+    assert!(stdout.contains("applied: True"), "{stdout}");
+    let listed = cp.admin().await.list(bulwark_proto::v1::ListRequest::default()).await.unwrap().into_inner();
+    assert!(listed.policies.iter().any(|p| p.name == "refl"), "the policy is stored");
+}
