@@ -321,7 +321,12 @@ async fn run(
                     let v: yaml_serde::Value = yaml_serde::from_str(&p.yaml).unwrap_or_default();
                     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                 }
-                _ => print!("{}", p.yaml),
+                _ => {
+                    print!("{}", p.yaml);
+                    for note in expired_faults(&p.yaml, std::time::SystemTime::now()) {
+                        println!("# {note}");
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -471,15 +476,19 @@ async fn fault(
             if yaml.is_empty() {
                 return Ok(usage("nothing to inject: give --abort, --grpc-abort or --delay"));
             }
-            let for_seconds = match for_ {
+            let for_milliseconds = match for_ {
                 Some(f) => match bulwark_policy::duration::parse(f) {
-                    Ok(d) => d.as_secs().max(1),
+                    // Rounded up: a fault set for 1500ms lasts at least that.
+                    Ok(d) => u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX).max(1),
                     Err(e) => return Ok(usage(format!("--for: {e}"))),
                 },
                 None => 0,
             };
             let r = admin
-                .set_fault(req(cli, pb::SetFaultRequest { namespace, name, route, faults_yaml: yaml, for_seconds }))
+                .set_fault(req(
+                    cli,
+                    pb::SetFaultRequest { namespace, name, route, faults_yaml: yaml, for_seconds: 0, for_milliseconds },
+                ))
                 .await?
                 .into_inner();
             Ok(report(cli, &r, " (faults set)"))
@@ -491,5 +500,34 @@ async fn fault(
             let r = admin.clear_fault(req(cli, pb::ClearFaultRequest { namespace, name, route })).await?.into_inner();
             Ok(report(cli, &r, " (faults cleared)"))
         }
+    }
+}
+
+/// Fault blocks of a stored policy whose `expiresAt` has passed: the proxies no longer inject
+/// them, though the text still holds them until the next edit.
+fn expired_faults(yaml: &str, now: std::time::SystemTime) -> Vec<String> {
+    let Ok(doc) = yaml_serde::from_str::<yaml_serde::Value>(yaml) else { return Vec::new() };
+    let spec = &doc["spec"];
+    let routes = spec["routes"].as_sequence().map(Vec::as_slice).unwrap_or_default();
+    let blocks = std::iter::once(("default".to_string(), &spec["defaults"]["faults"]))
+        .chain(routes.iter().map(|r| (r["name"].as_str().unwrap_or("?").to_string(), &r["faults"])));
+    blocks
+        .filter_map(|(route, faults)| {
+            let at = faults["expiresAt"].as_str()?;
+            let t = bulwark_policy::faults::parse_rfc3339(at).ok()?;
+            (t <= now).then(|| format!("faults of route {route} expired at {at}: no longer injected"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expired_faults_are_named() {
+        let yaml = "spec:\n  defaults:\n    faults: { expiresAt: \"2026-01-01T00:00:00.000Z\" }\n  routes:\n  - name: pay\n    faults: { expiresAt: \"2099-01-01T00:00:00Z\" }\n";
+        let notes = expired_faults(yaml, std::time::SystemTime::now());
+        assert_eq!(notes, ["faults of route default expired at 2026-01-01T00:00:00.000Z: no longer injected"]);
     }
 }

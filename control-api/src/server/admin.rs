@@ -128,20 +128,25 @@ impl pb::policy_admin_server::PolicyAdmin for Admin {
             .map_err(|e| e.to_string())
             .and_then(|v| yaml_serde::from_value(v).map_err(|e| e.to_string()))
             .map_err(|e| Status::invalid_argument(format!("faults_yaml: {e}")))?;
-        if req.for_seconds > 0 {
+        let wanted = match (req.for_milliseconds, req.for_seconds) {
+            (0, 0) => None,
+            (0, s) => Some(("for_seconds", Duration::from_secs(s))),
+            (ms, _) => Some(("for_milliseconds", Duration::from_millis(ms))),
+        };
+        if let Some((field, wanted)) = wanted {
             let longest = bulwark_policy::faults::MAX_FAULT_DURATION;
-            let wanted = Duration::from_secs(req.for_seconds);
             if wanted > longest {
                 return Err(Status::invalid_argument(format!(
-                    "for_seconds: {} is longer than a fault may last ({} s, 7 days)",
-                    req.for_seconds,
+                    "{field}: {} is longer than a fault may last ({} s, 7 days)",
+                    bulwark_policy::duration::format(wanted),
                     longest.as_secs()
                 )));
             }
-            // Absolute, so every proxy drops the faults at the same moment.
+            // Absolute, so every proxy drops the faults at the same moment; written to the
+            // millisecond, rounded up, so a fault never ends early.
             let at = SystemTime::now()
                 .checked_add(wanted)
-                .ok_or_else(|| Status::invalid_argument("for_seconds: past the end of time"))?;
+                .ok_or_else(|| Status::invalid_argument(format!("{field}: past the end of time")))?;
             spec.expires_at = Some(bulwark_policy::faults::format_rfc3339(at));
             spec.for_ = None;
         }

@@ -328,11 +328,13 @@ pub fn parse_rfc3339(text: &str) -> Result<SystemTime, String> {
     Ok(SystemTime::from(ts))
 }
 
-/// `2026-11-23T10:00:00Z` (UTC, whole seconds); times before 1970 are written as 1970.
+/// `2026-11-23T10:00:00.250Z` (UTC, to the millisecond, rounded up so that an expiry written
+/// this way is never earlier than `t`); times before 1970 are written as 1970.
 pub fn format_rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let secs = i64::try_from(secs).unwrap_or(i64::MAX);
-    jiff::Timestamp::from_second(secs).unwrap_or(jiff::Timestamp::MAX).strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let ms = since.as_nanos().div_ceil(1_000_000);
+    let ms = i64::try_from(ms).unwrap_or(i64::MAX);
+    jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::MAX).strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
 #[cfg(test)]
@@ -381,8 +383,12 @@ mod tests {
         ] {
             assert!(parse_rfc3339(bad).is_err(), "{bad}");
         }
-        for text in ["2026-11-23T10:00:00Z", "2000-02-29T23:59:59Z", "1970-01-01T00:00:00Z"] {
+        for text in ["2026-11-23T10:00:00.000Z", "2000-02-29T23:59:59.250Z", "1970-01-01T00:00:00.000Z"] {
             assert_eq!(format_rfc3339(parse_rfc3339(text).unwrap()), text);
         }
+        // Rounded up to the millisecond: written, it is never earlier than the time it stands for.
+        let t = parse_rfc3339("2026-11-23T10:00:00Z").unwrap() + Duration::from_nanos(1);
+        assert_eq!(format_rfc3339(t), "2026-11-23T10:00:00.001Z");
+        assert!(parse_rfc3339(&format_rfc3339(t)).unwrap() >= t);
     }
 }

@@ -88,3 +88,29 @@ async fn clear_errors_when_the_control_plane_is_unreachable_or_the_file_is_missi
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("/nonexistent/policy.yaml"), "{}", text(&o));
 }
+
+#[tokio::test]
+async fn a_fault_set_for_a_time_lasts_that_time_to_the_millisecond_and_shows_when_expired() {
+    let cp = ControlPlane::start_with(None, true).await;
+    let dir = TempDir::new("ctl-expiry");
+    std::fs::write(dir.path().join("a.yaml"), policy("a", "1s")).unwrap();
+    assert!(ctl(&cp, &["apply", "-f", dir.path().join("a.yaml").to_str().unwrap()]).status.success());
+    for (given, wanted) in [("1500ms", 1500u64), ("1s", 1000), ("10s", 10_000)] {
+        let before = std::time::SystemTime::now();
+        let o = ctl(&cp, &["fault", "set", "shop/a/pay", "--abort", "503", "--for", given]);
+        let after = std::time::SystemTime::now();
+        assert!(o.status.success(), "{}", text(&o));
+        let yaml = String::from_utf8_lossy(&ctl(&cp, &["get", "shop/a"]).stdout).into_owned();
+        let at = yaml.lines().find_map(|l| l.trim().strip_prefix("expiresAt: ")).expect("expiresAt").trim_matches('\'');
+        let at = bulwark_policy::faults::parse_rfc3339(at.trim_matches('"')).unwrap();
+        let wanted = std::time::Duration::from_millis(wanted);
+        assert!(at >= before + wanted, "--for {given} ends no earlier than asked: {yaml}");
+        assert!(at <= after + wanted + std::time::Duration::from_millis(1), "--for {given}: {yaml}");
+    }
+    // Once past, `get` says so.
+    let o = ctl(&cp, &["fault", "set", "shop/a/pay", "--abort", "503", "--for", "50ms"]);
+    assert!(o.status.success(), "{}", text(&o));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let shown = text(&ctl(&cp, &["get", "shop/a"]));
+    assert!(shown.contains("# faults of route pay expired at"), "{shown}");
+}

@@ -94,6 +94,7 @@ async fn policies_applied_ten_times_a_second_cost_traffic_nothing() {
                 route: "faulty".into(),
                 faults_yaml: "abort: { httpStatus: 503, percent: 50 }".into(),
                 for_seconds: 60,
+                for_milliseconds: 0,
             };
             if version % 3 == 0 {
                 assert!(admin.set_fault(fault).await.expect("set fault").into_inner().applied);

@@ -124,6 +124,7 @@ async fn set_and_clear_fault_edit_the_stored_policy() {
         route: "pay".into(),
         faults_yaml: "abort: { httpStatus: 503, percent: 10 }".into(),
         for_seconds: 300,
+        for_milliseconds: 0,
     };
     assert!(admin.set_fault(set.clone()).await.unwrap().into_inner().applied);
     let yaml =
@@ -138,6 +139,9 @@ async fn set_and_clear_fault_edit_the_stored_policy() {
         let e = admin.set_fault(long).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
         assert!(e.message().contains("for_seconds"), "{e:?}");
+        let long = pb::SetFaultRequest { for_milliseconds: for_seconds.saturating_mul(1000), ..set.clone() };
+        let e = admin.set_fault(long).await.unwrap_err();
+        assert!(e.message().contains("for_milliseconds"), "{e:?}");
     }
     let missing = pb::SetFaultRequest { route: "nope".into(), ..set };
     assert_eq!(admin.set_fault(missing).await.unwrap_err().code(), Code::NotFound);
