@@ -17,7 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::control::config::{self, ListenerConfig, ProxyConfig};
+use crate::control::config::{self, ListenAddr, ListenerConfig, ProxyConfig};
 use crate::control::store::Store;
 use crate::downstream::ExplicitUpstream;
 use crate::listener::{self, Kind, Lifecycle, Listener};
@@ -278,8 +278,8 @@ fn fingerprint(source: &config::Source, config: &ProxyConfig) -> u64 {
 }
 
 struct Running {
-    listen: SocketAddr,
-    /// What `listen` bound to (its port when `listen` says 0).
+    listen: ListenAddr,
+    /// The first address `listen` bound to (its port when `listen` says 0).
     bound: SocketAddr,
     config: ListenerConfig,
     upstream: Arc<ArcSwap<ExplicitUpstream>>,
@@ -293,6 +293,20 @@ struct Running {
 #[derive(Default)]
 struct ExplicitListeners {
     running: HashMap<String, Running>,
+}
+
+/// A socket on every address `listen` names (a host name may resolve to IPv4 and IPv6 both);
+/// all or nothing.
+async fn bind_all(listen: &ListenAddr) -> std::io::Result<Vec<TcpListener>> {
+    let addrs = listen.resolve().await?;
+    if addrs.is_empty() {
+        return Err(std::io::Error::other("the name resolves to no address"));
+    }
+    let mut sockets = Vec::with_capacity(addrs.len());
+    for a in addrs {
+        sockets.push(TcpListener::bind(a).await.map_err(|e| std::io::Error::new(e.kind(), format!("{a}: {e}")))?);
+    }
+    Ok(sockets)
 }
 
 impl ExplicitListeners {
@@ -314,8 +328,8 @@ impl ExplicitListeners {
             if keep {
                 continue;
             }
-            match TcpListener::bind(l.listen).await {
-                Ok(s) => fresh.push((l.clone(), s)),
+            match bind_all(&l.listen).await {
+                Ok(sockets) => fresh.push((l.clone(), sockets)),
                 Err(e) => errors.push(format!("listener {}: cannot listen on {}: {e}", l.name, l.listen)),
             }
         }
@@ -345,18 +359,21 @@ impl ExplicitListeners {
                 }
             }
         }
-        for (l, socket) in fresh {
+        for (l, sockets) in fresh {
             let resolver_stop = CancellationToken::new();
             let upstream = Arc::new(ArcSwap::new(ExplicitUpstream::start(&l, &resolver_stop)));
             let stop = life.stop_accept.child_token();
-            let listen = socket.local_addr().unwrap_or(l.listen);
+            let bound: Vec<SocketAddr> = sockets.iter().filter_map(|s| s.local_addr().ok()).collect();
             let lifecycle = Lifecycle { stop_accept: stop.clone(), ..life.clone() };
             let listener = Arc::new(Listener { label: l.name.as_str().into(), kind: Kind::Explicit(upstream.clone()) });
-            tokio::spawn(listener::run(socket, listener, shared.clone(), lifecycle));
-            tracing::info!(listener = %l.name, %listen, upstream = %l.upstream, "explicit listener ready");
+            for socket in sockets {
+                tokio::spawn(listener::run(socket, listener.clone(), shared.clone(), lifecycle.clone()));
+            }
+            tracing::info!(listener = %l.name, listen = ?bound, upstream = %l.upstream, "explicit listener ready");
+            let Some(first) = bound.first().copied() else { continue };
             self.running.insert(
                 l.name.clone(),
-                Running { listen: l.listen, bound: listen, config: l, upstream, stop, resolver_stop },
+                Running { listen: l.listen.clone(), bound: first, config: l, upstream, stop, resolver_stop },
             );
         }
         Ok(())

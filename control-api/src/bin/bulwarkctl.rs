@@ -173,7 +173,13 @@ async fn main() -> ExitCode {
         return inject(file, values.as_deref(), proxy_image, control_plane);
     }
     let channel = match Channel::from_shared(format!("http://{}", cli.server)) {
-        Ok(e) => match e.connect_timeout(std::time::Duration::from_secs(5)).connect().await {
+        // A server that accepts and never answers (not bulwark-control) ends in an error too.
+        Ok(e) => match e
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(30))
+            .connect()
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 eprintln!(
@@ -189,12 +195,7 @@ async fn main() -> ExitCode {
     match run(&cli, &mut admin).await {
         Ok(code) => code,
         Err(status) => {
-            eprintln!("bulwarkctl: {}", status.message());
-            if status.code() == tonic::Code::Unauthenticated {
-                eprintln!(
-                    "bulwarkctl: pass --token or --token-file (bulwark-control keeps a generated token in DATA_DIR/admin-token)"
-                );
-            }
+            eprintln!("{}", failure(&cli.server, rpc_of(&cli.command), &status));
             ExitCode::from(match status.code() {
                 tonic::Code::Unavailable | tonic::Code::Unknown => 3,
                 tonic::Code::InvalidArgument => 2,
@@ -202,6 +203,51 @@ async fn main() -> ExitCode {
             })
         }
     }
+}
+
+/// The admin RPC a command calls (the first, for those that call several).
+fn rpc_of(command: &Command) -> &'static str {
+    match command {
+        Command::Apply { .. } | Command::Diff { .. } => "Apply",
+        Command::Get { .. } => "Get",
+        Command::List { .. } => "List",
+        Command::Delete { .. } => "Delete",
+        Command::Fault { action: FaultAction::Set { .. } } => "SetFault",
+        Command::Fault { action: FaultAction::Clear { .. } } => "ClearFault",
+        Command::Status => "ListProxies",
+        Command::Inject { .. } => "none",
+    }
+}
+
+/// What failed, where, with the gRPC status and message, and what to try.
+fn failure(server: &str, rpc: &str, status: &tonic::Status) -> String {
+    let message = match status.message() {
+        "" => "(no message)",
+        m => m,
+    };
+    let mut out =
+        format!("bulwarkctl: bulwark.v1.PolicyAdmin/{rpc} at {server} failed: {:?}: {message}", status.code());
+    let hint = match status.code() {
+        tonic::Code::Unimplemented => Some(format!(
+            "{server} does not serve the admin service: this looks like bulwark-control's discovery port; the admin service is on the port given to --admin-listen (15013 in the Helm chart)"
+        )),
+        tonic::Code::Unauthenticated => Some(
+            "pass --token or --token-file (bulwark-control keeps a generated token in DATA_DIR/admin-token)".into(),
+        ),
+        tonic::Code::Unavailable => Some(format!("is bulwark-control running at {server}? (set --server or BULWARK_SERVER)")),
+        tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
+            Some(format!("{server} gave no answer in time: is it bulwark-control? (set --server or BULWARK_SERVER)"))
+        }
+        tonic::Code::Unknown | tonic::Code::Internal => Some(format!(
+            "{server} did not answer as a gRPC server: is it bulwark-control? (set --server or BULWARK_SERVER)"
+        )),
+        _ => None,
+    };
+    if let Some(hint) = hint {
+        out.push_str("\nbulwarkctl: ");
+        out.push_str(&hint);
+    }
+    out
 }
 
 /// --token, else --token-file, else the token a control plane on this host generated.

@@ -269,7 +269,7 @@ pub enum ListenerProtocol {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ListenerConfig {
     pub name: String,
-    pub listen: SocketAddr,
+    pub listen: ListenAddr,
     /// `host:port`, or a list of them (the endpoints to balance over); a host name is
     /// re-resolved every `dnsRefresh`.
     pub upstream: UpstreamList,
@@ -282,6 +282,62 @@ pub struct ListenerConfig {
     pub direction: Direction,
     #[serde(default = "default_dns_refresh")]
     pub dns_refresh: Dur,
+}
+
+/// Where an explicit listener listens: an address (`127.0.0.1:8000`, `[::]:8000`), or a host
+/// name and port (`localhost:8000`), resolved when the listener starts and listened on at every
+/// address it resolves to.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ListenAddr {
+    Addr(SocketAddr),
+    Name(HostPort),
+}
+
+impl TryFrom<String> for ListenAddr {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<ListenAddr, String> {
+        match text.parse::<SocketAddr>() {
+            Ok(a) => Ok(ListenAddr::Addr(a)),
+            Err(_) => HostPort::parse(&text)
+                .map(ListenAddr::Name)
+                .map_err(|e| format!("{e}: write ADDRESS:PORT or HOST:PORT")),
+        }
+    }
+}
+
+impl From<ListenAddr> for String {
+    fn from(a: ListenAddr) -> String {
+        a.to_string()
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Addr(a) => write!(f, "{a}"),
+            ListenAddr::Name(h) => write!(f, "{h}"),
+        }
+    }
+}
+
+impl ListenAddr {
+    /// Every address to listen on, deduplicated, in the resolver's order.
+    pub async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
+        match self {
+            ListenAddr::Addr(a) => Ok(vec![*a]),
+            ListenAddr::Name(h) => {
+                let mut all: Vec<SocketAddr> = Vec::new();
+                for a in tokio::net::lookup_host((h.host.as_str(), h.port)).await? {
+                    if !all.contains(&a) {
+                        all.push(a);
+                    }
+                }
+                Ok(all)
+            }
+        }
+    }
 }
 
 fn is_auto(p: &UpstreamProtocol) -> bool {
@@ -483,8 +539,10 @@ fn check_listeners(c: &ProxyConfig, file: &str) -> Vec<String> {
         if let Err(e) = l.upstream.parse() {
             errors.push(format!("{at}.upstream: {e}"));
         }
-        if l.listen.port() != 0 && !addrs.insert(l.listen) {
-            errors.push(format!("{at}.listen: {} is already used by another listener or port of the proxy", l.listen));
+        if let ListenAddr::Addr(a) = l.listen {
+            if a.port() != 0 && !addrs.insert(a) {
+                errors.push(format!("{at}.listen: {a} is already used by another listener or port of the proxy"));
+            }
         }
         if l.dns_refresh.get() < Duration::from_millis(100) {
             errors.push(format!("{at}.dnsRefresh: must be at least 100ms"));

@@ -94,7 +94,7 @@ impl Store {
         } else {
             let base = &sources.base;
             sources.overlay.retain(|(policy, route), _| {
-                let found = route_exists(base, policy, route);
+                let found = check_route(base, policy, route).is_ok();
                 if !found {
                     tracing::warn!(%policy, %route, "runtime fault dropped: its policy or route is gone");
                 }
@@ -130,9 +130,7 @@ impl Store {
     /// Sets faults on a route at runtime, replacing any set before; returns the generation.
     pub fn set_fault(&self, policy: &str, route: &str, spec: FaultSpec) -> Result<u64, String> {
         let mut sources = self.sources.lock();
-        if !route_exists(&sources.base, policy, route) {
-            return Err(format!("no route {route:?} in policy {policy:?}"));
-        }
+        check_route(&sources.base, policy, route)?;
         let mut overlay = sources.overlay.clone();
         overlay.insert((policy.to_string(), route.to_string()), spec);
         let snapshot = compile(&sources.base, &overlay, &(self.generation() + 1).to_string())?;
@@ -184,8 +182,30 @@ impl Store {
     }
 }
 
-fn route_exists(docs: &[ResiliencePolicy], policy: &str, route: &str) -> bool {
-    docs.iter().any(|d| d.id() == policy && d.has_route(route))
+/// The route exists, or what does: the policies here, or the policy's routes.
+fn check_route(docs: &[ResiliencePolicy], policy: &str, route: &str) -> Result<(), String> {
+    fn listed<'a>(names: impl Iterator<Item = &'a str>) -> String {
+        let names: Vec<&str> = names.collect();
+        let shown = names.iter().take(20).copied().collect::<Vec<_>>().join(", ");
+        match names.len() {
+            0 => "none".into(),
+            n if n > 20 => format!("{shown} and {} more", n - 20),
+            _ => shown,
+        }
+    }
+    let Some(doc) = docs.iter().find(|d| d.id() == policy) else {
+        let ids: Vec<String> = docs.iter().map(|d| d.id()).collect();
+        return Err(format!(
+            "there is no policy {policy:?}; the policies here: {}",
+            listed(ids.iter().map(String::as_str))
+        ));
+    };
+    if doc.has_route(route) {
+        return Ok(());
+    }
+    let routes =
+        std::iter::once(bulwark_policy::compile::DEFAULT_ROUTE).chain(doc.spec.routes.iter().map(|r| r.name.as_str()));
+    Err(format!("no route {route:?} in policy {policy:?}; its routes: {}", listed(routes)))
 }
 
 /// The file's policies with the overlay's faults written into their routes, compiled.

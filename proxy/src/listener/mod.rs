@@ -220,6 +220,7 @@ async fn handle(
 
     // A connection that has sent nothing can be shed at a cap, until it or its upstream speaks.
     let mut waiting = None;
+    let detecting = std::time::Instant::now();
     let (protocol, io) = match decide {
         Decide::Fixed(p) => (p, detect::Prefixed::new(bytes::Bytes::new(), stream)),
         Decide::Detect(mode) => {
@@ -243,6 +244,18 @@ async fn handle(
     // Only silence stays idle: as TCP it waits for the first byte of either side.
     if io.has_prefix() || protocol != Protocol::Opaque {
         waiting = None;
+    } else if waiting.is_some() && detecting.elapsed() >= config.detection.timeout.get() {
+        let port = downstream.destination(None).port;
+        if shared.metrics.listeners.detection_timeout(&listener.label, port) {
+            tracing::warn!(
+                listener = %listener.label,
+                port,
+                timeout = ?config.detection.timeout.get(),
+                "clients of port {port} send nothing first and wait out protocol detection on every connection before \
+                 going through as TCP (a server-first protocol: MySQL/MariaDB, SMTP, ...): add {port} to \
+                 detection.serverFirstPorts, or set protocol: tcp on the listener"
+            );
+        }
     }
     shared.metrics.listeners.opened(&listener.label, protocol.as_str());
     // Boxed: a connection's task is allocated for its largest state, and an idle connection
@@ -266,6 +279,12 @@ struct ListenerLabels {
     listener: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortLabels {
+    listener: String,
+    port: String,
+}
+
 /// Downstream connections by listener.
 pub struct ListenerMetrics {
     opened: Family<ConnLabels, Counter>,
@@ -274,6 +293,9 @@ pub struct ListenerMetrics {
     accept_errors: Family<ListenerLabels, Counter>,
     shed: Family<ListenerLabels, Counter>,
     reset_floods: Family<ListenerLabels, Counter>,
+    detection_timeouts: Family<PortLabels, Counter>,
+    /// Destination ports whose detection wait was already explained in the log.
+    explained: parking_lot::Mutex<std::collections::HashSet<u16>>,
 }
 
 impl ListenerMetrics {
@@ -301,7 +323,19 @@ impl ListenerMetrics {
                 "downstream_accept_errors",
                 "Failed accepts (out of file descriptors or memory); the listener backs off up to 1 s",
             ),
+            detection_timeouts: single(
+                r,
+                "detection_timeouts",
+                "Connections whose client sent nothing within detection.timeout (forwarded as TCP after the wait), by destination port",
+            ),
+            explained: parking_lot::Mutex::default(),
         }
+    }
+
+    /// Counts a wait; true the first time for `port` (so the log explains it once).
+    fn detection_timeout(&self, listener: &str, port: u16) -> bool {
+        self.detection_timeouts.get_or_create(&PortLabels { listener: listener.into(), port: port.to_string() }).inc();
+        self.explained.lock().insert(port)
     }
 
     fn opened(&self, listener: &str, protocol: &'static str) {

@@ -82,10 +82,7 @@ impl AccessLog {
 
 /// Now, as RFC 3339 with milliseconds.
 pub fn now() -> String {
-    let t = SystemTime::now();
-    let ms = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().subsec_millis();
-    let base = bulwark_policy::faults::format_rfc3339(t);
-    format!("{}.{ms:03}Z", base.trim_end_matches('Z'))
+    bulwark_policy::faults::format_rfc3339(SystemTime::now())
 }
 
 /// The trace id of an incoming W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).

@@ -114,3 +114,26 @@ async fn a_fault_set_for_a_time_lasts_that_time_to_the_millisecond_and_shows_whe
     let shown = text(&ctl(&cp, &["get", "shop/a"]));
     assert!(shown.contains("# faults of route pay expired at"), "{shown}");
 }
+
+#[tokio::test]
+async fn aimed_at_the_wrong_port_bulwarkctl_says_what_it_tried_and_where_to_go() {
+    let cp = ControlPlane::start_with(None, true).await;
+    // The discovery port of a control plane whose admin service is on a port of its own.
+    let o =
+        Command::new(workspace_bin("bulwarkctl")).args(["--server", &cp.addr.to_string(), "list"]).output().unwrap();
+    let said = text(&o);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(said.contains(&cp.addr.to_string()) && said.contains("PolicyAdmin/List"), "names address and RPC: {said}");
+    assert!(said.contains("Unimplemented") || said.contains("UNIMPLEMENTED"), "names the status: {said}");
+    assert!(said.contains("--admin-listen"), "hints at the admin port: {said}");
+
+    // Something that is not gRPC at all: a plain HTTP/1.1 server.
+    let Some(up) = bulwark_e2e::thirdparty::python_http1(&[]).await else { return };
+    let o =
+        Command::new(workspace_bin("bulwarkctl")).args(["--server", &up.addr.to_string(), "list"]).output().unwrap();
+    let said = text(&o);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(said.contains(&up.addr.to_string()) && said.contains("PolicyAdmin/List"), "{said}");
+    assert!(said.contains("is it bulwark-control"), "{said}");
+    assert!(!said.trim_end().ends_with("bulwarkctl:"), "{said}");
+}

@@ -145,6 +145,18 @@ async fn a_runtime_fault_hits_its_route_alone_and_expires_by_itself() {
         .await
         .unwrap();
     assert_eq!(clear.status, StatusCode::OK);
+
+    // A policy or route that does not exist is named as such, with what does.
+    for (query, says) in [
+        ("policy=ns/nosuch&route=pay", "there is no policy \"ns/nosuch\"; the policies here: default/web"),
+        ("policy=default/web&route=nosuch", "no route \"nosuch\" in policy \"default/web\"; its routes: default, pay"),
+    ] {
+        let mut r = client::request(Method::POST, &format!("/faults?{query}"), &[]);
+        *r.body_mut() = http_body_util::Full::new(bytes::Bytes::from("abort: { httpStatus: 503, percent: 100 }\n"));
+        let r = client::send(proxy.admin, r).await.unwrap();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert!(r.text().contains(says), "{query}: {}", r.text());
+    }
 }
 
 #[tokio::test]

@@ -134,3 +134,22 @@ async fn ambiguous_framing_and_oversized_headers_are_refused_and_never_forwarded
     assert!(r.starts_with("HTTP/1.1 431"), "{r}");
     assert_eq!(up.requests(), 1, "oversized heads never reach the upstream");
 }
+
+#[tokio::test]
+async fn a_listener_may_listen_on_a_host_name_at_every_address_it_resolves_to() {
+    let up = bulwark_e2e::upstream::Upstream::start().await;
+    let port = bulwark_e2e::proxy::free_port();
+    let proxy = bulwark_e2e::proxy::ProxyBuilder::new()
+        .extra(&format!("listeners:\n- {{ name: web, listen: \"localhost:{port}\", upstream: \"{}\" }}", up.addr))
+        .start()
+        .await;
+    let r = bulwark_e2e::client::get(format!("127.0.0.1:{port}").parse().unwrap(), "/", &[]).await.unwrap();
+    assert_eq!(r.status, http::StatusCode::OK);
+    // Every address the name resolves to is listened on (IPv6 too, where localhost names ::1).
+    let names: Vec<std::net::SocketAddr> = tokio::net::lookup_host(("localhost", port)).await.unwrap().collect();
+    for addr in names {
+        let r = bulwark_e2e::client::get(addr, "/", &[]).await.unwrap();
+        assert_eq!(r.status, http::StatusCode::OK, "{addr}");
+    }
+    assert!(proxy.logs().contains("explicit listener ready"), "{}", proxy.logs());
+}

@@ -40,6 +40,15 @@ async fn server_first_protocol_does_not_hang() {
     let mut echo = vec![0u8; 8];
     tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo)).await.unwrap().unwrap();
     assert_eq!(echo, b"EHLO x\r\n");
+
+    // Every wait is counted by port; the log says once what to change.
+    let mut again = TcpStream::connect(proxy.listener("smtp")).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), again.read_exact(&mut buf)).await.unwrap().unwrap();
+    let port = server.addr.port().to_string();
+    let waits = proxy.metric("bulwark_detection_timeouts_total", &[("listener", "smtp"), ("port", &port)]).await;
+    assert_eq!(waits, 2.0);
+    let logs = proxy.logs();
+    assert_eq!(logs.matches(&format!("add {port} to detection.serverFirstPorts")).count(), 1, "{logs}");
 }
 
 #[tokio::test]
