@@ -16,8 +16,7 @@ pub struct Upstreams {
 #[derive(Clone, Copy, Debug)]
 pub struct Listens {
     pub http: SocketAddr,
-    /// Envoy needs a listener whose cluster speaks HTTP/2 upstream; Bulwark forwards h2 as h2
-    /// on the same listener.
+    /// h2c, on a listener (Envoy's and Bulwark's) that speaks HTTP/2 upstream.
     pub h2: SocketAddr,
     pub grpc: SocketAddr,
     pub nginx: SocketAddr,
@@ -118,6 +117,10 @@ pub fn bulwark(
 ) -> String {
     let mut yaml = format!("admin: \"{admin}\"\nhealth: \"{health}\"\nlisteners:\n");
     yaml.push_str(&format!("- {{ name: web, listen: \"{}\", upstream: \"{}\" }}\n", listen.http, up.http));
+    yaml.push_str(&format!(
+        "- {{ name: web-h2, listen: \"{}\", upstream: \"{}\", upstreamProtocol: http2 }}\n",
+        listen.h2, up.http
+    ));
     yaml.push_str(&format!("- {{ name: grpc, listen: \"{}\", upstream: \"{}\" }}\n", listen.grpc, up.grpc));
     if let Some(nginx) = up.nginx {
         yaml.push_str(&format!("- {{ name: nginx, listen: \"{}\", upstream: \"{nginx}\" }}\n", listen.nginx));
@@ -127,7 +130,7 @@ pub fn bulwark(
     }
     if stages != Stages::Bare {
         yaml.push_str("policies:\n");
-        for l in ["web", "grpc"].into_iter().chain(up.nginx.map(|_| "nginx")) {
+        for l in ["web", "web-h2", "grpc"].into_iter().chain(up.nginx.map(|_| "nginx")) {
             yaml.push_str(&policy(l, stages));
         }
         if stages == Stages::ManyPolicies {
@@ -136,8 +139,8 @@ pub fn bulwark(
             }
         }
         if stages == Stages::ManyRoutes {
-            // web, grpc and nginx have 250 routes each; the rest make 40 policies.
-            for i in 0..ROUTE_POLICIES.saturating_sub(3) {
+            // web, web-h2, grpc (and nginx) have 250 routes each; the rest make 40 policies.
+            for i in 0..ROUTE_POLICIES.saturating_sub(3 + usize::from(up.nginx.is_some())) {
                 yaml.push_str(&route_policy(i, generation));
             }
         }

@@ -176,9 +176,9 @@ async fn main() -> anyhow::Result<()> {
         ("bulwark-10000-routes", Stages::ManyRoutes),
         ("bulwark-client-keys", Stages::ClientKeys),
     ] {
-        // Bulwark forwards h2 as h2 on its one HTTP listener.
-        let http = free_addr();
-        let l = Listens { http, h2: http, grpc: free_addr(), nginx: free_addr() };
+        // h2c has a listener of its own that speaks HTTP/2 upstream, as Envoy's does (`auto`
+        // would speak HTTP/1.1 to an upstream not known to speak HTTP/2).
+        let l = Listens { http: free_addr(), h2: free_addr(), grpc: free_addr(), nginx: free_addr() };
         let (admin, health) = (free_addr(), free_addr());
         let config = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&config, configs::bulwark(&l, &ups, stages, admin, health, Some(otlp.addr), 0))?;
@@ -194,7 +194,7 @@ async fn main() -> anyhow::Result<()> {
         let t = Target {
             name,
             http: l.http,
-            h2: l.http,
+            h2: l.h2,
             grpc: l.grpc,
             nginx: nginx.map(|_| l.nginx),
             proc_index: Some(procs.len() - 1),

@@ -1,7 +1,8 @@
-//! `charts/bulwark` renders to valid Kubernetes objects, with no Helm binary: every template is
-//! rendered by `bulwark_e2e::helm` (the subset the chart uses) with the default values and with
-//! the other modes, and every object must deserialize as its k8s-openapi type and serialize
-//! back to exactly what was rendered (a misspelled field would be dropped and show up).
+//! `charts/bulwark` renders to valid Kubernetes objects: every template is rendered by Helm's
+//! own engine (Go's text/template with sprig, `bulwark_e2e::helm`) with the default values and
+//! with the other modes; every object is strict-valid for each Kubernetes version the chart
+//! claims (`kubernetes-validate --strict`), and deserializes as its k8s-openapi type and
+//! serializes back to exactly what was rendered (a misspelled field would show up).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -30,8 +31,20 @@ fn merge(base: &mut Value, over: &Value) {
     }
 }
 
-/// Every rendered object of the chart with `overrides` on its values, and NOTES.txt.
-fn render(overrides: Value) -> (Vec<Value>, String) {
+/// The Kubernetes versions the chart claims (Chart.yaml `kubeVersion`), each validated.
+const KUBE_VERSIONS: [&str; 3] = ["1.29.0", "1.33.0", "1.35.0"];
+
+/// Every rendered object of the chart with `overrides` on its values, and NOTES.txt, rendered
+/// by Helm's engine for Kubernetes `kube`, with `cluster` what `lookup` finds. None (said why)
+/// when the engine cannot be built here.
+fn render_with(overrides: Value, kube: &str, cluster: Value) -> Option<(Vec<Value>, String)> {
+    let renderer = match helm::renderer() {
+        Ok(r) => r,
+        Err(why) => {
+            println!("SKIPPED: the chart is rendered by Helm's template engine, and {why}");
+            return None;
+        }
+    };
     let values: yaml_serde::Value =
         yaml_serde::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap()).unwrap();
     let mut values = serde_json::to_value(values).unwrap();
@@ -41,17 +54,16 @@ fn render(overrides: Value) -> (Vec<Value>, String) {
     let meta = serde_json::to_value(meta).unwrap();
     let root = json!({
         "Values": values,
-        "Release": { "Name": "bulwark", "Namespace": "bulwark-system", "Service": "Helm" },
+        "Release": { "Name": "bulwark", "Namespace": "bulwark-system", "Service": "Helm", "IsInstall": true, "IsUpgrade": false, "Revision": 1 },
         "Chart": { "Name": meta["name"], "Version": meta["version"], "AppVersion": meta["appVersion"] },
+        "KubeVersion": kube,
+        "Lookup": cluster,
     });
+    let rendered =
+        helm::render(renderer, &chart(), &root).unwrap_or_else(|e| panic!("Helm's engine refuses the chart: {e}"));
     let mut objects = Vec::new();
-    let mut files: Vec<PathBuf> =
-        std::fs::read_dir(chart().join("templates")).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
     let mut notes = String::new();
-    for f in files {
-        let name = f.file_name().unwrap().to_string_lossy().to_string();
-        let text = helm::render(&std::fs::read_to_string(&f).unwrap(), &name, &root).unwrap_or_else(|e| panic!("{e}"));
+    for (name, text) in rendered {
         if name == "NOTES.txt" {
             notes = text;
             continue;
@@ -64,7 +76,25 @@ fn render(overrides: Value) -> (Vec<Value>, String) {
             }
         }
     }
-    (objects, notes)
+    Some((objects, notes))
+}
+
+/// As `render_with`, for the newest version claimed, nothing in the cluster; and every object
+/// strict-valid (kubernetes-validate) for every version the chart claims.
+fn render(overrides: Value) -> Option<(Vec<Value>, String)> {
+    let (objects, notes) = render_with(overrides.clone(), KUBE_VERSIONS[KUBE_VERSIONS.len() - 1], json!({}))?;
+    // cert-manager's kinds are not Kubernetes' own: the validator has no schema for them.
+    let core: Vec<Value> = objects.iter().filter(|o| o["apiVersion"] != "cert-manager.io/v1").cloned().collect();
+    for kube in KUBE_VERSIONS {
+        match helm::validate(&core, kube) {
+            Ok(problems) => assert!(problems.is_empty(), "Kubernetes {kube}, values {overrides}: {problems:#?}"),
+            Err(why) => {
+                println!("SKIPPED (strict validation): {why}");
+                break;
+            }
+        }
+    }
+    Some((objects, notes))
 }
 
 fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(object: &Value) -> T {
@@ -106,20 +136,8 @@ fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
 }
 
 #[test]
-fn the_renderer_handles_the_subset_and_refuses_the_rest() {
-    let root = json!({"Values": {"a": {"b": "x", "n": 3, "on": false, "m": {"k": "v", "drop": 1}}}, "Release": {"Namespace": "ns"}});
-    let t = "k: {{ .Values.a.b | quote }}\n{{- if .Values.a.on }}\nno\n{{- else if eq .Values.a.n 3 }}\nthree: {{ printf \"%s-%d\" .Release.Namespace .Values.a.n }}\n{{- end }}\nm:{{ toYaml (omit .Values.a.m \"drop\") | nindent 2 }}\n{{- $c := genCA \"ca\" 1 }}\nd: {{ default \"def\" .Values.missing }}";
-    assert_eq!(helm::render(t, "t", &root).unwrap(), "k: \"x\"\nthree: ns-3\nm:\n  k: v\nd: def");
-    assert!(helm::render("{{ range .Values }}{{ end }}", "t", &root)
-        .unwrap_err()
-        .contains("outside the supported subset"));
-    assert!(helm::render("{{ if .Values.a }}", "t", &root).unwrap_err().contains("missing"));
-    assert!(helm::render("{{ lookup \"v1\" }}", "t", &root).unwrap_err().contains("lookup"));
-}
-
-#[test]
 fn default_values_render_the_control_plane_and_the_webhook() {
-    let (objects, notes) = render(json!({}));
+    let Some((objects, notes)) = render(json!({})) else { return };
     let names = check_types(&objects);
     let expected: BTreeSet<String> = [
         "ConfigMap/bulwark-default-policies",
@@ -184,11 +202,13 @@ fn default_values_render_the_control_plane_and_the_webhook() {
 
 #[test]
 fn cert_manager_no_persistence_token_and_fallback_sidecars_render_too() {
-    let (objects, notes) = render(json!({
+    let Some((objects, notes)) = render(json!({
         "webhook": { "certManager": { "enabled": true } },
         "controlPlane": { "persistence": { "enabled": false }, "adminToken": "s3cret" },
         "proxy": { "nativeSidecar": false, "controlPlane": "cp.example:15012" },
-    }));
+    })) else {
+        return;
+    };
     let names = check_types(&objects);
     assert!(names.contains("Issuer/bulwark-webhook-selfsigned") && names.contains("Certificate/bulwark-webhook"));
     assert!(names.contains("Secret/bulwark-control-token"));
@@ -234,4 +254,20 @@ fn the_chart_readme_documents_every_value() {
             || (readme.contains(&format!("`{parent}.")) && readme.contains(&format!(".{last}`")));
         assert!(documented, "charts/bulwark/README.md does not document {key}");
     }
+}
+
+#[test]
+fn the_webhook_certificates_survive_an_upgrade() {
+    let Some((first, _)) = render_with(json!({}), "1.35.0", json!({})) else { return };
+    let secret = find(&first, "Secret", "bulwark-webhook-tls").clone();
+    // An upgrade: the Secret of the first install is in the cluster; the CA must not change,
+    // or every webhook call would fail until the caBundle caught up.
+    let cluster = json!({ "v1/Secret/bulwark-system/bulwark-webhook-tls": secret });
+    let (again, _) = render_with(json!({}), "1.35.0", cluster).unwrap();
+    assert_eq!(find(&again, "Secret", "bulwark-webhook-tls")["data"], secret["data"]);
+    let hooks = find(&again, "MutatingWebhookConfiguration", "bulwark-sidecar-injector");
+    assert_eq!(hooks["webhooks"][0]["clientConfig"]["caBundle"], secret["data"]["ca.crt"]);
+    // Without it (a fresh install), a new CA.
+    let (fresh, _) = render_with(json!({}), "1.35.0", json!({})).unwrap();
+    assert_ne!(find(&fresh, "Secret", "bulwark-webhook-tls")["data"]["ca.crt"], secret["data"]["ca.crt"]);
 }
