@@ -63,24 +63,56 @@ pub fn validate(objects: &[Value], version: &str) -> Result<Vec<String>, &'stati
         return Err("kubernetes-validate is not in .venv (scripts/deps.sh installs it)");
     }
     let dir = crate::TempDir::new("kvalidate");
-    let mut problems = Vec::new();
+    let mut files = Vec::new();
     for (i, o) in objects.iter().enumerate() {
-        let file = dir.path().join(format!("{i}.json"));
+        let file = dir.path().join(format!(
+            "{i}-{}-{}.json",
+            o["kind"].as_str().unwrap_or("?"),
+            o["metadata"]["name"].as_str().unwrap_or("?")
+        ));
         std::fs::write(&file, serde_json::to_vec(o).expect("json")).expect("write object");
-        let run = Command::new(&venv)
-            .args(["--strict", "--quiet", "-k", version])
-            .arg(&file)
-            .output()
-            .expect("run kubernetes-validate");
-        if !run.status.success() {
-            problems.push(format!(
-                "{} {}: {}{}",
-                o["kind"],
-                o["metadata"]["name"],
-                String::from_utf8_lossy(&run.stdout),
-                String::from_utf8_lossy(&run.stderr)
-            ));
-        }
+        files.push(file);
     }
-    Ok(problems)
+    // One run for every object: the validator names each file it refuses.
+    let run = Command::new(&venv)
+        .args(["--strict", "--quiet", "-k", version])
+        .args(&files)
+        .output()
+        .expect("run kubernetes-validate");
+    if run.status.success() {
+        return Ok(Vec::new());
+    }
+    let said = format!("{}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    Ok(said.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect())
+}
+
+/// The values checked against the chart's `values.schema.json`, as Helm checks them before
+/// rendering (here with Python's jsonschema, from the test virtualenv): Ok(Err(problems)) when
+/// they do not conform, Err when the checker is not installed.
+pub fn check_values(chart: &Path, values: &Value) -> Result<Result<(), String>, &'static str> {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let ready = Command::new(&python).args(["-c", "import jsonschema"]).output().is_ok_and(|o| o.status.success());
+    if !ready {
+        return Err("jsonschema is not in .venv (scripts/deps.sh installs kubernetes-validate, which brings it)");
+    }
+    let dir = crate::TempDir::new("values");
+    let file = dir.path().join("values.json");
+    std::fs::write(&file, serde_json::to_vec(values).expect("json")).expect("write values");
+    let script = "import json, sys, jsonschema\n\
+        schema = json.load(open(sys.argv[1])); values = json.load(open(sys.argv[2]))\n\
+        errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(values), key=lambda e: list(e.path))\n\
+        for e in errors: print('/'.join(str(p) for p in e.path) + ': ' + e.message)\n\
+        sys.exit(1 if errors else 0)\n";
+    let run = Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(chart.join("values.schema.json"))
+        .arg(&file)
+        .output()
+        .expect("run python");
+    Ok(if run.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr)))
+    })
 }

@@ -49,6 +49,10 @@ fn render_with(overrides: Value, kube: &str, cluster: Value) -> Option<(Vec<Valu
         yaml_serde::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap()).unwrap();
     let mut values = serde_json::to_value(values).unwrap();
     merge(&mut values, &overrides);
+    match helm::check_values(&chart(), &values) {
+        Ok(checked) => checked.unwrap_or_else(|e| panic!("the values do not fit values.schema.json: {e}")),
+        Err(why) => println!("SKIPPED (values schema): {why}"),
+    }
     let meta: yaml_serde::Value =
         yaml_serde::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).unwrap()).unwrap();
     let meta = serde_json::to_value(meta).unwrap();
@@ -145,7 +149,6 @@ fn default_values_render_the_control_plane_and_the_webhook() {
         "Deployment/bulwark-control",
         "MutatingWebhookConfiguration/bulwark-sidecar-injector",
         "PersistentVolumeClaim/bulwark-control-data",
-        "PodDisruptionBudget/bulwark-control",
         "Secret/bulwark-webhook-tls",
         "Service/bulwark-control",
         "ServiceAccount/bulwark-control",
@@ -164,6 +167,7 @@ fn default_values_render_the_control_plane_and_the_webhook() {
             json!({"name": "bulwark-control", "namespace": "bulwark-system", "path": "/inject", "port": 443})
         );
         assert_eq!(hook["rules"][0]["operations"], json!(["CREATE"]));
+        assert_eq!(hook["failurePolicy"], "Ignore", "the mesh never stops the cluster from creating pods");
         assert_eq!(hook["sideEffects"], "None");
     }
     assert_eq!(hooks["webhooks"][0]["namespaceSelector"]["matchExpressions"][0]["key"], "bulwark.dev/inject");
@@ -270,4 +274,66 @@ fn the_webhook_certificates_survive_an_upgrade() {
     // Without it (a fresh install), a new CA.
     let (fresh, _) = render_with(json!({}), "1.35.0", json!({})).unwrap();
     assert_ne!(find(&fresh, "Secret", "bulwark-webhook-tls")["data"]["ca.crt"], secret["data"]["ca.crt"]);
+}
+
+#[test]
+fn a_misspelt_or_mistyped_value_fails_against_the_schema() {
+    let values: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap()).unwrap();
+    let values = serde_json::to_value(values).unwrap();
+    let Ok(ok) = helm::check_values(&chart(), &values) else { return };
+    ok.expect("the chart's own values fit its schema");
+    for (over, says) in [
+        (json!({"webhook": {"failurPolicy": "Fail"}}), "'failurPolicy' was unexpected"),
+        (json!({"webhook": {"failurePolicy": "Sometimes"}}), "is not one of"),
+        (json!({"controlPlane": {"replicas": "two"}}), "is not of type"),
+        (json!({"proxy": {"ports": {"admin": 70000}}}), "is greater than the maximum"),
+    ] {
+        let mut v = values.clone();
+        merge(&mut v, &over);
+        let problems = helm::check_values(&chart(), &v).unwrap().unwrap_err();
+        assert!(problems.contains(says), "{over}: {problems}");
+    }
+}
+
+#[test]
+fn a_value_change_rolls_the_control_plane_and_fail_needs_two_replicas() {
+    let Some((before, _)) = render(json!({})) else { return };
+    let (after, _) = render(json!({"proxy": {"logLevel": "debug"}})).unwrap();
+    let checksum = |objects: &[Value]| {
+        find(objects, "Deployment", "bulwark-control")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+            .clone()
+    };
+    assert!(checksum(&before).as_str().is_some_and(|c| c.len() == 64));
+    assert_ne!(checksum(&before), checksum(&after), "an injection value changed: the pods roll");
+    let (same, _) = render(json!({})).unwrap();
+    assert_eq!(checksum(&before), checksum(&same));
+    // Standard labels everywhere.
+    for o in &before {
+        let labels = &o["metadata"]["labels"];
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "Helm", "{} {}", o["kind"], o["metadata"]["name"]);
+        assert_eq!(labels["helm.sh/chart"], "bulwark-0.1.0");
+    }
+
+    let renderer = helm::renderer().unwrap();
+    let mut values = serde_json::to_value(
+        yaml_serde::from_str::<yaml_serde::Value>(&std::fs::read_to_string(chart().join("values.yaml")).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    merge(&mut values, &json!({"webhook": {"failurePolicy": "Fail"}}));
+    let root = json!({
+        "Values": values,
+        "Release": { "Name": "bulwark", "Namespace": "bulwark-system", "Service": "Helm" },
+        "Chart": { "Name": "bulwark", "Version": "0.1.0", "AppVersion": "0.1.0" },
+        "KubeVersion": "1.35.0",
+    });
+    let refused = helm::render(renderer, &chart(), &root).unwrap_err();
+    assert!(refused.contains("webhook.failurePolicy=Fail needs controlPlane.replicas >= 2"), "{refused}");
+    let (two, _) =
+        render(json!({"webhook": {"failurePolicy": "Fail"}, "controlPlane": {"replicas": 2, "persistence": {"enabled": false}}}))
+            .unwrap();
+    let hooks = find(&two, "MutatingWebhookConfiguration", "bulwark-sidecar-injector");
+    assert_eq!(hooks["webhooks"][0]["failurePolicy"], "Fail");
+    assert_eq!(find(&two, "PodDisruptionBudget", "bulwark-control")["spec"]["maxUnavailable"], 1);
 }
