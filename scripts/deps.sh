@@ -85,7 +85,7 @@ echo "deps: transparent-capture tests will be $(netns_status | sed 's/^ran/run/'
 
 # A Python gRPC client for the control plane's cross-language test, in a virtualenv of our own.
 venv="$(cd "$(dirname "$0")/.." && pwd)/.venv"
-if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import grpc, grpc_tools, grpc_reflection, prometheus_client, kubernetes_validate" 2>/dev/null; then
+if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import grpc, grpc_tools, grpc_reflection, prometheus_client, kubernetes_validate, jsonpatch" 2>/dev/null; then
     echo "deps: python grpcio and reflection clients, metrics parser, kubernetes-validate ready ($venv)"
 elif have python3; then
     if ! python3 -m venv "$venv" >/dev/null 2>&1; then
@@ -96,7 +96,7 @@ elif have python3; then
             python3 -m venv "$venv" >/dev/null 2>&1 || true
         fi
     fi
-    if [ -x "$venv/bin/pip" ] && "$venv/bin/pip" install -q grpcio grpcio-tools grpcio-reflection prometheus-client kubernetes-validate >/dev/null 2>&1; then
+    if [ -x "$venv/bin/pip" ] && "$venv/bin/pip" install -q grpcio grpcio-tools grpcio-reflection prometheus-client kubernetes-validate jsonpatch >/dev/null 2>&1; then
         echo "deps: python grpcio and reflection clients, metrics parser, kubernetes-validate installed ($venv)"
     else
         echo "deps: python grpcio client SKIPPED: could not create a virtualenv with grpcio (python3-venv or PyPI missing)"

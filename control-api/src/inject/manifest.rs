@@ -1,12 +1,14 @@
 //! `bulwarkctl inject`: injection into a multi-document YAML stream, offline. Pods and the pod
 //! templates of Deployments, StatefulSets, DaemonSets, ReplicaSets, ReplicationControllers,
 //! Jobs and CronJobs (and `List`s of them) are injected; every other document is written back
-//! byte for byte. An injected document is patched in place, so fields Bulwark does not know
-//! survive.
+//! byte for byte. An injected document gets the injection's JSONPatch applied to it as read
+//! (`yaml_doc`), so its key order and fields Bulwark does not know survive, and is written so
+//! that YAML 1.1 readers (kubectl) read the same strings.
 
+use json_patch::PatchOperation;
 use serde_json::Value;
 
-use super::{inject_json, Outcome, Values};
+use super::{inject_json, yaml_doc, Outcome, Values};
 
 /// What happened to one object of the stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,11 +30,24 @@ pub fn inject_stream(values: &Values, text: &str) -> Result<(String, Vec<Line>),
             out.push(doc.to_string());
             continue;
         }
-        let mut value: Value = serde_json::to_value(&yaml).map_err(|e| at(e.to_string()))?;
+        let value: Value = serde_json::to_value(&yaml).map_err(|e| at(e.to_string()))?;
         let before = lines.len();
-        inject_object(values, &mut value, &mut lines).map_err(at)?;
+        let mut patches = Vec::new();
+        inject_object(values, &value, String::new(), &mut lines, &mut patches).map_err(at)?;
         if lines[before..].iter().any(|l| l.outcome == Some(Outcome::Injected)) {
-            out.push(yaml_serde::to_string(&value).map_err(|e| at(e.to_string()))?);
+            let mut yaml = yaml;
+            for (pod, ops) in patches {
+                let Some(target) = yaml_doc::at_pointer(&mut yaml, &pod) else {
+                    return Err(at(format!("{pod}: not in the document")));
+                };
+                if let yaml_serde::Value::Mapping(m) = target {
+                    if !m.contains_key("metadata") {
+                        m.insert("metadata".into(), yaml_serde::Value::Mapping(Default::default()));
+                    }
+                }
+                yaml_doc::apply(target, &ops).map_err(|e| at(format!("{pod}{e}")))?;
+            }
+            out.push(yaml_doc::to_string(&yaml));
         } else {
             out.push(doc.to_string());
         }
@@ -40,13 +55,21 @@ pub fn inject_stream(values: &Values, text: &str) -> Result<(String, Vec<Line>),
     Ok((join(&out), lines))
 }
 
-fn inject_object(values: &Values, object: &mut Value, lines: &mut Vec<Line>) -> Result<(), String> {
+/// Injects the workload at `at` (a JSON pointer into the document: "" or `/items/N`),
+/// recording its line and the patch of its pod (`at` + the pod's place in the object).
+fn inject_object(
+    values: &Values,
+    object: &Value,
+    at: String,
+    lines: &mut Vec<Line>,
+    patches: &mut Vec<(String, Vec<PatchOperation>)>,
+) -> Result<(), String> {
     let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
     let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("<unnamed>").to_string();
     let label = format!("{}/{name}", kind.to_ascii_lowercase());
     if kind == "List" {
-        for item in object.get_mut("items").and_then(Value::as_array_mut).into_iter().flatten() {
-            inject_object(values, item, lines)?;
+        for (i, item) in object.get("items").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            inject_object(values, item, format!("{at}/items/{i}"), lines, patches)?;
         }
         return Ok(());
     }
@@ -60,14 +83,17 @@ fn inject_object(values: &Values, object: &mut Value, lines: &mut Vec<Line>) -> 
         }
     };
     typed_check(&kind, object).map_err(|e| format!("{label}: {e}"))?;
-    let Some(pod) = object.pointer_mut(template) else {
+    let Some(pod) = object.pointer(template) else {
         return Err(format!("{label}: {} is missing", template.trim_start_matches('/').replace('/', ".")));
     };
-    if let Value::Object(map) = pod {
+    let mut pod = pod.clone();
+    if let Value::Object(map) = &mut pod {
         map.entry("metadata").or_insert_with(|| Value::Object(Default::default()));
     }
-    let (outcome, patch) = inject_json(values, pod).map_err(|e| format!("{label}: {e}"))?;
-    json_patch::patch(pod, &patch).map_err(|e| format!("{label}: {e}"))?;
+    let (outcome, patch) = inject_json(values, &pod).map_err(|e| format!("{label}: {e}"))?;
+    // Checked here on JSON, so that applying it to the YAML cannot fail halfway.
+    json_patch::patch(&mut pod, &patch).map_err(|e| format!("{label}: {e}"))?;
+    patches.push((format!("{at}{template}"), patch));
     lines.push(Line { object: label, outcome: Some(outcome) });
     Ok(())
 }

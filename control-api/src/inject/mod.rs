@@ -16,6 +16,7 @@ pub mod patch;
 pub mod probes;
 pub mod review;
 mod values;
+mod yaml_doc;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -264,3 +264,30 @@ fn values_file_errors_name_the_field() {
     let v = Values::from_yaml("image: registry.local/proxy:1\nnativeSidecar: false\n", "values.yaml").unwrap();
     assert_eq!((v.image.as_str(), v.native_sidecar, v.uid), ("registry.local/proxy:1", false, 1337));
 }
+
+#[test]
+fn fields_newer_than_the_kubernetes_types_survive_and_yaml_1_1_strings_stay_strings() {
+    let (out, lines) = golden("newer-fields");
+    assert_eq!(lines[0].outcome, Some(Outcome::Injected));
+    let (input, _) = fixture("newer-fields");
+    let before: yaml_serde::Value = yaml_serde::from_str(&input).unwrap();
+    let after: yaml_serde::Value = yaml_serde::from_str(&out).unwrap();
+    let spec = |v: &yaml_serde::Value| v["spec"]["template"]["spec"].clone();
+    let (was, now) = (spec(&before), spec(&after));
+    // The app's own init container, container and volumes are exactly as they were.
+    let app_init = now["initContainers"].as_sequence().unwrap().iter().find(|c| c["name"] == "secret-init").unwrap();
+    assert_eq!(app_init, &was["initContainers"][0], "restartPolicyRules kept");
+    assert_eq!(now["containers"][0]["env"], was["containers"][0]["env"], "valueFrom.fileKeyRef kept");
+    assert_eq!(now["volumes"][1], was["volumes"][1], "the podCertificate projection kept");
+    assert_eq!(now["volumes"][0], was["volumes"][0]);
+    // A YAML 1.1 reader (kubectl) reads the same strings: "no" is quoted, not a boolean.
+    assert!(out.contains("- 'no'\n"), "{out}");
+    assert!(out.contains("- ''\n"), "{out}");
+    assert_eq!(now["containers"][0]["args"], was["containers"][0]["args"]);
+    // Key order of what was there is kept.
+    let keys = |v: &yaml_serde::Value| -> Vec<String> {
+        v.as_mapping().unwrap().keys().map(|k| k.as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(keys(&now["containers"][0]), keys(&was["containers"][0]));
+    assert_eq!(&keys(&after)[..4], ["apiVersion", "kind", "metadata", "spec"]);
+}

@@ -398,3 +398,83 @@ fn the_injected_init_container_runs_bulwark_proxy_init() {
         assert!(rules.contains(want), "missing {want:?} in:\n{rules}");
     }
 }
+
+/// A pod using fields newer than the Kubernetes types Bulwark is built with (1.34/1.35).
+fn pod_with_newer_fields() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": "redis", "namespace": "shop" },
+        "spec": {
+            "initContainers": [{
+                "name": "secret-init",
+                "image": "quay.io/argoproj/argocd:v3.1.0",
+                "restartPolicy": "Never",
+                "restartPolicyRules": [{ "action": "Restart", "exitCodes": { "operator": "In", "values": [42] } }],
+            }],
+            "containers": [{
+                "name": "redis",
+                "image": "redis:7.2.7-alpine",
+                "args": ["--appendonly", "no"],
+                "env": [{ "name": "P", "valueFrom": { "fileKeyRef": { "volumeName": "config", "path": "redis.env", "key": "password" } } }],
+                "ports": [{ "containerPort": 6379 }],
+            }],
+            "volumes": [
+                { "name": "config", "emptyDir": {} },
+                { "name": "certs", "projected": { "sources": [{ "podCertificate": { "signerName": "example.com/redis", "keyType": "ED25519", "credentialBundlePath": "c.pem" } }] } },
+            ],
+        },
+    })
+}
+
+#[tokio::test]
+async fn the_webhooks_patch_applied_by_another_implementation_keeps_what_bulwark_does_not_own() {
+    if !tls::available() {
+        return;
+    }
+    let python = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let ready =
+        std::process::Command::new(&python).args(["-c", "import jsonpatch"]).output().is_ok_and(|o| o.status.success());
+    if !ready {
+        println!("SKIPPED: Python's jsonpatch is not in .venv (scripts/deps.sh installs it)");
+        return;
+    }
+    let w = start_webhook().await;
+    let original = pod_with_newer_fields();
+    let answer = w.review(review("uid-newer", &original)).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    let patch =
+        base64::engine::general_purpose::STANDARD.decode(answer["response"]["patch"].as_str().unwrap()).unwrap();
+    let dir = TempDir::new("jsonpatch");
+    std::fs::write(dir.path().join("pod.json"), serde_json::to_vec(&original).unwrap()).unwrap();
+    std::fs::write(dir.path().join("patch.json"), &patch).unwrap();
+    let run = std::process::Command::new(&python)
+        .arg("-c")
+        .arg("import json, sys, jsonpatch\nd = sys.argv[1]\npod = json.load(open(d + '/pod.json'))\nout = jsonpatch.JsonPatch(json.load(open(d + '/patch.json'))).apply(pod)\njson.dump(out, open(d + '/injected.json', 'w'))\n")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let injected: Value = serde_json::from_slice(&std::fs::read(dir.path().join("injected.json")).unwrap()).unwrap();
+    let spec = &injected["spec"];
+    let app_init = spec["initContainers"].as_array().unwrap().iter().find(|c| c["name"] == "secret-init").unwrap();
+    assert_eq!(app_init, &original["spec"]["initContainers"][0], "restartPolicyRules kept");
+    assert_eq!(spec["containers"][0]["env"], original["spec"]["containers"][0]["env"], "fileKeyRef kept");
+    assert_eq!(spec["volumes"][1], original["spec"]["volumes"][1], "podCertificate kept");
+    assert_eq!(spec["containers"][0]["args"], json!(["--appendonly", "no"]));
+    let names: Vec<&str> =
+        spec["initContainers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["bulwark-init", "bulwark-proxy", "secret-init"]);
+    // And the result is a valid Pod of the Kubernetes that has these fields.
+    let validator = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/kubernetes-validate");
+    if validator.exists() {
+        let v = std::process::Command::new(&validator)
+            .args(["--strict", "--quiet", "-k", "1.35.0"])
+            .arg(dir.path().join("injected.json"))
+            .output()
+            .unwrap();
+        assert!(v.status.success(), "{}{}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr));
+    } else {
+        println!("SKIPPED (strict validation): kubernetes-validate is not in .venv");
+    }
+}
