@@ -37,6 +37,10 @@ pub use values::{Ports, Resources, Values};
 pub const PROXY_CONTAINER: &str = "bulwark-proxy";
 pub const INIT_CONTAINER: &str = "bulwark-init";
 const XTABLES_VOLUME: &str = "bulwark-xtables";
+/// The proxy's last good snapshot, in an emptyDir: it outlives a restart of the proxy's
+/// container, so a proxy restarted while the control plane is away serves the policies it had.
+const CACHE_VOLUME: &str = "bulwark-cache";
+const CACHE_DIR: &str = "/var/lib/bulwark-proxy";
 /// How long the app is held back waiting for its proxy (startup probe, or the fallback hook).
 const PROXY_START_BUDGET_SECONDS: i32 = 120;
 /// Kubernetes' default when the pod does not say.
@@ -123,11 +127,14 @@ pub fn inject(values: &Values, meta: &mut ObjectMeta, spec: &mut PodSpec) -> Res
         init_containers.push(init);
         spec.containers.insert(0, proxy);
     }
-    spec.volumes.get_or_insert_with(Vec::new).push(Volume {
-        name: XTABLES_VOLUME.into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Default::default()
-    });
+    let volumes = spec.volumes.get_or_insert_with(Vec::new);
+    for name in [XTABLES_VOLUME, CACHE_VOLUME] {
+        volumes.push(Volume {
+            name: name.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        });
+    }
 
     let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
     annotations.insert(annotations::STATUS.into(), "injected".into());
@@ -281,9 +288,11 @@ fn field_env(name: &str, path: &str) -> EnvVar {
     }
 }
 
-/// The proxy's configuration in the pod (see `bulwark-proxy run` without `--config`).
-fn bootstrap(ports: Ports, drain: Duration) -> String {
+/// The proxy's configuration in the pod (see `bulwark-proxy run` without `--config`); the
+/// control plane's address comes from BULWARK_CONTROL_PLANE.
+fn bootstrap(ports: Ports, drain: Duration, control_plane: &str) -> String {
     let config = serde_json::json!({
+        "controlPlane": { "address": control_plane, "cacheFile": format!("{CACHE_DIR}/snapshot.json") },
         "admin": format!("127.0.0.1:{}", ports.admin),
         "health": format!("0.0.0.0:{}", ports.health),
         "drainTimeout": format!("{}ms", drain.as_millis()),
@@ -304,7 +313,7 @@ fn proxy_container(s: &Settings, drain: Duration, probes: &AppProbes) -> Contain
         field_env("POD_SERVICE_ACCOUNT", "spec.serviceAccountName"),
         env("BULWARK_CONTROL_PLANE", v.control_plane.clone()),
         env("BULWARK_LOG", v.log_level.clone()),
-        env("BULWARK_BOOTSTRAP", bootstrap(v.ports, drain)),
+        env("BULWARK_BOOTSTRAP", bootstrap(v.ports, drain, &v.control_plane)),
     ];
     if !probes.is_empty() {
         env_vars.push(env(app_probe::ENV, serde_json::to_string(probes).unwrap_or_default()));
@@ -323,6 +332,11 @@ fn proxy_container(s: &Settings, drain: Duration, probes: &AppProbes) -> Contain
             name: Some("bulwark-health".into()),
             container_port: i32::from(v.ports.health),
             protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: CACHE_VOLUME.into(),
+            mount_path: CACHE_DIR.into(),
             ..Default::default()
         }]),
         readiness_probe: Some(http_probe("/ready", v.ports.health, 2, 3)),

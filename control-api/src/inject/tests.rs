@@ -73,6 +73,13 @@ fn common(spec: &PodSpec) -> (Container, Container) {
     let psc = proxy.security_context.clone().unwrap();
     assert_eq!((psc.run_as_user, psc.run_as_non_root), (Some(1337), Some(true)));
     assert!(spec.volumes.iter().flatten().any(|v| v.name == "bulwark-xtables"));
+    // The snapshot cache lives in an emptyDir the proxy writes, so it outlives the container.
+    let cache = spec.volumes.iter().flatten().find(|v| v.name == "bulwark-cache").unwrap();
+    assert!(cache.empty_dir.is_some());
+    let mount = proxy.volume_mounts.iter().flatten().find(|m| m.name == "bulwark-cache").unwrap();
+    let boot: serde_json::Value = serde_json::from_str(&env_of(&proxy, "BULWARK_BOOTSTRAP").unwrap()).unwrap();
+    let cache_file = boot["controlPlane"]["cacheFile"].as_str().unwrap();
+    assert!(cache_file.starts_with(&format!("{}/", mount.mount_path)), "{cache_file}");
     (init, proxy)
 }
 
