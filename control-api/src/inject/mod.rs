@@ -54,22 +54,43 @@ pub enum Outcome {
     Unchanged(Skip),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Skip {
     AlreadyInjected,
     OptedOut,
     HostNetwork,
+    /// This container runs as the proxy's UID: the redirect skips that UID, so its traffic
+    /// would bypass the proxy.
+    RunsAsProxyUid(String),
+    /// This container declares one of the proxy's ports.
+    PortClash {
+        container: String,
+        port: u16,
+    },
+    /// `spec.os.name: windows`: no iptables there.
+    Windows,
 }
 
 impl std::fmt::Display for Skip {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Skip::AlreadyInjected => "already injected",
-            Skip::OptedOut => "opted out (bulwark.dev/inject: disabled, as a label or an annotation)",
-            Skip::HostNetwork => {
-                "pod uses hostNetwork: the redirect would capture the node's own traffic, so no proxy is injected"
+        match self {
+            Skip::AlreadyInjected => f.write_str("already injected"),
+            Skip::OptedOut => f.write_str("opted out (bulwark.dev/inject: disabled, as a label or an annotation)"),
+            Skip::HostNetwork => f.write_str(
+                "pod uses hostNetwork: the redirect would capture the node's own traffic, so no proxy is injected",
+            ),
+            Skip::RunsAsProxyUid(c) => write!(
+                f,
+                "container {c:?} runs as the proxy's UID, whose traffic the redirect lets through uncaptured: change its runAsUser or the proxy's uid (chart value proxy.uid)"
+            ),
+            Skip::PortClash { container, port } => write!(
+                f,
+                "container {container:?} declares port {port}, one of the proxy's own: move the app's port or the proxy's (chart values proxy.ports)"
+            ),
+            Skip::Windows => {
+                f.write_str("pod runs on Windows (spec.os.name: windows), where the redirect cannot be written")
             }
-        })
+        }
     }
 }
 
@@ -89,11 +110,13 @@ pub fn inject(values: &Values, meta: &mut ObjectMeta, spec: &mut PodSpec) -> Res
     }
     let settings = annotations::settings(values, &annotations)?;
     let ports = settings.values.ports;
+    if let Some(skip) = broken_by_injection(spec, &settings) {
+        return Ok(Outcome::Unchanged(skip));
+    }
 
-    // Inbound capture: the declared TCP ports of the app (every port when none is declared).
-    let mut inbound_ports: Vec<u16> = spec
-        .containers
-        .iter()
+    // Inbound capture: the declared TCP ports of the app and its native sidecars (every port
+    // when none is declared).
+    let mut inbound_ports: Vec<u16> = app_containers(spec)
         .flat_map(|c| c.ports.iter().flatten())
         .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
         .filter_map(|p| u16::try_from(p.container_port).ok())
@@ -106,15 +129,26 @@ pub fn inject(values: &Values, meta: &mut ObjectMeta, spec: &mut PodSpec) -> Res
 
     let mut probes = AppProbes::new();
     if settings.values.rewrite_probes {
-        for c in &mut spec.containers {
+        // The app's native sidecars (init containers that keep running) are probed like the app.
+        let sidecars = spec.init_containers.iter_mut().flatten().filter(|c| is_native_sidecar(c));
+        for c in spec.containers.iter_mut().chain(sidecars) {
             probes::rewrite(c, ports.health, &captured, &mut probes);
         }
     }
+    let guaranteed = all_guaranteed(spec);
 
     let grace = spec.termination_grace_period_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
     let drain = drain_deadline(settings.drain_timeout, grace);
-    let init = init_container(&settings, &inbound_ports);
-    let proxy = proxy_container(&settings, drain, &probes);
+    let mut init = init_container(&settings, &inbound_ports);
+    let mut proxy = proxy_container(&settings, drain, &probes);
+    if guaranteed {
+        // A pod is Guaranteed only if every container is: keep the app's QoS class.
+        for c in [&mut init, &mut proxy] {
+            if let Some(r) = c.resources.as_mut() {
+                guarantee(r);
+            }
+        }
+    }
 
     let default_container = spec.containers.first().map(|c| c.name.clone());
     let init_containers = spec.init_containers.get_or_insert_with(Vec::new);
@@ -171,6 +205,64 @@ pub fn inject_json(
     let outcome = inject(values, &mut meta, &mut spec)?;
     let after = typed(&meta, &spec);
     Ok((outcome, patch::diff(&before, &after)))
+}
+
+/// The app's long-running containers: its containers and its native sidecars.
+fn app_containers(spec: &PodSpec) -> impl Iterator<Item = &Container> {
+    spec.containers.iter().chain(spec.init_containers.iter().flatten().filter(|c| is_native_sidecar(c)))
+}
+
+fn is_native_sidecar(c: &Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
+}
+
+/// What would make the injected pod broken, so that it is better left as it is.
+fn broken_by_injection(spec: &PodSpec, settings: &Settings) -> Option<Skip> {
+    if spec.os.as_ref().is_some_and(|os| os.name.eq_ignore_ascii_case("windows")) {
+        return Some(Skip::Windows);
+    }
+    let uid = settings.values.uid;
+    let pod_uid = spec.security_context.as_ref().and_then(|s| s.run_as_user);
+    let every = spec.containers.iter().chain(spec.init_containers.iter().flatten());
+    for c in every {
+        if c.security_context.as_ref().and_then(|s| s.run_as_user).or(pod_uid) == Some(uid) {
+            return Some(Skip::RunsAsProxyUid(c.name.clone()));
+        }
+    }
+    let p = settings.values.ports;
+    let ours = [p.outbound, p.inbound, p.admin, p.health];
+    for c in app_containers(spec) {
+        for port in c.ports.iter().flatten().filter_map(|p| u16::try_from(p.container_port).ok()) {
+            if ours.contains(&port) {
+                return Some(Skip::PortClash { container: c.name.clone(), port });
+            }
+        }
+    }
+    None
+}
+
+/// Every container of the app has requests equal to limits for CPU and memory (QoS Guaranteed).
+fn all_guaranteed(spec: &PodSpec) -> bool {
+    let guaranteed = |c: &Container| {
+        let Some(r) = &c.resources else { return false };
+        ["cpu", "memory"].iter().all(|k| {
+            let limit = r.limits.as_ref().and_then(|l| l.get(*k));
+            let request = r.requests.as_ref().and_then(|q| q.get(*k)).or(limit);
+            limit.is_some() && request == limit
+        })
+    };
+    !spec.containers.is_empty() && spec.containers.iter().chain(spec.init_containers.iter().flatten()).all(guaranteed)
+}
+
+/// Requests and limits made equal: the limit where one is set, else the request.
+fn guarantee(r: &mut ResourceRequirements) {
+    let requests = r.requests.take().unwrap_or_default();
+    let mut limits = r.limits.take().unwrap_or_default();
+    for (k, q) in requests {
+        limits.entry(k).or_insert(q);
+    }
+    r.requests = Some(limits.clone());
+    r.limits = Some(limits);
 }
 
 fn already_has_proxy(spec: &PodSpec) -> bool {

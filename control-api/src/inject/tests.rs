@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Probe, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::manifest::inject_stream;
@@ -297,4 +298,93 @@ fn fields_newer_than_the_kubernetes_types_survive_and_yaml_1_1_strings_stay_stri
     };
     assert_eq!(keys(&now["containers"][0]), keys(&was["containers"][0]));
     assert_eq!(&keys(&after)[..4], ["apiVersion", "kind", "metadata", "spec"]);
+}
+
+#[test]
+fn pods_injection_would_break_are_left_alone_with_the_reason() {
+    use k8s_openapi::api::core::v1::{ContainerPort, PodOS, PodSecurityContext, SecurityContext};
+    let refused = |change: &dyn Fn(&mut PodSpec)| {
+        let (mut meta, mut spec) = pod_spec(None);
+        change(&mut spec);
+        let before = (meta.clone(), spec.clone());
+        let outcome = inject(&Values::default(), &mut meta, &mut spec).unwrap();
+        assert_eq!((meta, spec), before, "nothing changed");
+        match outcome {
+            Outcome::Unchanged(skip) => skip,
+            other => panic!("injected: {other:?}"),
+        }
+    };
+    let skip =
+        refused(&|s| s.security_context = Some(PodSecurityContext { run_as_user: Some(1337), ..Default::default() }));
+    assert_eq!(skip, Skip::RunsAsProxyUid("app".into()));
+    assert!(skip.to_string().contains("runs as the proxy's UID"), "{skip}");
+    let skip = refused(&|s| {
+        s.containers[0].security_context = Some(SecurityContext { run_as_user: Some(1337), ..Default::default() })
+    });
+    assert_eq!(skip, Skip::RunsAsProxyUid("app".into()));
+    let skip =
+        refused(&|s| s.containers[0].ports = Some(vec![ContainerPort { container_port: 15001, ..Default::default() }]));
+    assert_eq!(skip, Skip::PortClash { container: "app".into(), port: 15001 });
+    assert!(skip.to_string().contains("port 15001"), "{skip}");
+    let skip = refused(&|s| s.os = Some(PodOS { name: "windows".into() }));
+    assert_eq!(skip, Skip::Windows);
+    // Another UID, or a port of its own, is fine.
+    let (mut meta, mut spec) = pod_spec(None);
+    spec.security_context = Some(PodSecurityContext { run_as_user: Some(1000), ..Default::default() });
+    assert_eq!(inject(&Values::default(), &mut meta, &mut spec).unwrap(), Outcome::Injected);
+}
+
+#[test]
+fn a_guaranteed_pod_stays_guaranteed() {
+    let exact = |cpu: &str, mem: &str| ResourceRequirements {
+        requests: Some(BTreeMap::from([("cpu".into(), Quantity(cpu.into())), ("memory".into(), Quantity(mem.into()))])),
+        limits: Some(BTreeMap::from([("cpu".into(), Quantity(cpu.into())), ("memory".into(), Quantity(mem.into()))])),
+        ..Default::default()
+    };
+    let (mut meta, mut spec) = pod_spec(None);
+    spec.containers[0].resources = Some(exact("2", "4Gi"));
+    inject(&Values::default(), &mut meta, &mut spec).unwrap();
+    for c in spec.init_containers.iter().flatten().chain(&spec.containers) {
+        let r = c.resources.clone().unwrap();
+        assert_eq!(r.requests, r.limits, "{}", c.name);
+        let limits = r.limits.unwrap();
+        assert!(limits.contains_key("cpu") && limits.contains_key("memory"), "{}: {limits:?}", c.name);
+    }
+    // A Burstable pod keeps the proxy's own requests and limits.
+    let (mut meta, mut spec) = pod_spec(None);
+    inject(&Values::default(), &mut meta, &mut spec).unwrap();
+    let proxy = spec.init_containers.unwrap().into_iter().find(|c| c.name == PROXY_CONTAINER).unwrap();
+    let r = proxy.resources.unwrap();
+    assert_ne!(r.requests, r.limits);
+}
+
+#[test]
+fn an_apps_native_sidecar_is_captured_and_probed_like_the_app() {
+    use k8s_openapi::api::core::v1::{ContainerPort, HTTPGetAction};
+    let (mut meta, mut spec) = pod_spec(None);
+    spec.init_containers = Some(vec![Container {
+        name: "envoy-like".into(),
+        image: Some("sidecar:1".into()),
+        restart_policy: Some("Always".into()),
+        ports: Some(vec![ContainerPort { container_port: 9901, name: Some("admin".into()), ..Default::default() }]),
+        readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/ready".into()),
+                port: IntOrString::String("admin".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }]);
+    spec.containers[0].ports = Some(vec![ContainerPort { container_port: 8080, ..Default::default() }]);
+    inject(&Values::default(), &mut meta, &mut spec).unwrap();
+    let inits = spec.init_containers.unwrap();
+    let sidecar = inits.iter().find(|c| c.name == "envoy-like").unwrap();
+    let get = sidecar.readiness_probe.clone().unwrap().http_get.unwrap();
+    assert_eq!((get.path.as_deref(), get.port), (Some("/app-health/envoy-like/readyz"), IntOrString::Int(15020)));
+    let init = inits.iter().find(|c| c.name == INIT_CONTAINER).unwrap();
+    assert_eq!(arg_after(init, "--inbound-ports").as_deref(), Some("8080,9901"));
+    let proxy = inits.iter().find(|c| c.name == PROXY_CONTAINER).unwrap();
+    assert!(env_of(proxy, "BULWARK_APP_PROBES").unwrap().contains("/app-health/envoy-like/readyz"));
 }
