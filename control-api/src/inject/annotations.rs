@@ -23,8 +23,9 @@ pub const REWRITE_PROBES: &str = "bulwark.dev/rewrite-probes";
 pub const SKIP_INBOUND_PORTS: &str = "bulwark.dev/skip-inbound-ports";
 pub const SKIP_OUTBOUND_PORTS: &str = "bulwark.dev/skip-outbound-ports";
 pub const SKIP_OUTBOUND_CIDRS: &str = "bulwark.dev/skip-outbound-cidrs";
+pub const INBOUND_CAPTURE: &str = "bulwark.dev/inbound-capture";
 
-const KNOWN: [&str; 15] = [
+const KNOWN: [&str; 16] = [
     INJECT,
     STATUS,
     PROXY_IMAGE,
@@ -40,6 +41,7 @@ const KNOWN: [&str; 15] = [
     SKIP_INBOUND_PORTS,
     SKIP_OUTBOUND_PORTS,
     SKIP_OUTBOUND_CIDRS,
+    INBOUND_CAPTURE,
 ];
 
 /// An annotation whose value cannot be used; names the annotation, its value and why.
@@ -97,6 +99,13 @@ pub fn settings(values: &Values, annotations: &BTreeMap<String, String>) -> Resu
             CONTROL_PLANE => v.control_plane = value.into(),
             NATIVE_SIDECAR => v.native_sidecar = boolean(name, value)?,
             REWRITE_PROBES => v.rewrite_probes = boolean(name, value)?,
+            INBOUND_CAPTURE => {
+                v.inbound_capture = match value {
+                    "all" => super::values::InboundCapture::All,
+                    "declared" => super::values::InboundCapture::Declared,
+                    _ => return Err(bad(name, value, "expected all or declared".into())),
+                }
+            }
             _ => {
                 let known = KNOWN.join(", ");
                 return Err(bad(name, value, format!("unknown Bulwark annotation; known: {known}")));

@@ -32,7 +32,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 pub use annotations::{BadAnnotation, Settings};
-pub use values::{Ports, Resources, Values};
+pub use values::{InboundCapture, Ports, Resources, Values};
 
 pub const PROXY_CONTAINER: &str = "bulwark-proxy";
 pub const INIT_CONTAINER: &str = "bulwark-init";
@@ -114,9 +114,11 @@ pub fn inject(values: &Values, meta: &mut ObjectMeta, spec: &mut PodSpec) -> Res
         return Ok(Outcome::Unchanged(skip));
     }
 
-    // Inbound capture: the declared TCP ports of the app and its native sidecars (every port
-    // when none is declared).
+    // Inbound capture: every port by default; in `declared` mode the declared TCP ports of the
+    // app and its native sidecars (every port when none is declared). Empty means every port.
+    let declared = settings.values.inbound_capture == InboundCapture::Declared;
     let mut inbound_ports: Vec<u16> = app_containers(spec)
+        .filter(|_| declared)
         .flat_map(|c| c.ports.iter().flatten())
         .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
         .filter_map(|p| u16::try_from(p.container_port).ok())

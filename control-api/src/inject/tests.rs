@@ -106,7 +106,7 @@ fn deployment_native_sidecar_with_rewritten_probes() {
     let (init, proxy) = common(&spec);
     assert_eq!(proxy.restart_policy.as_deref(), Some("Always"));
     assert_eq!(proxy.startup_probe.clone().unwrap().http_get.unwrap().path.as_deref(), Some("/ready"));
-    assert_eq!(arg_after(&init, "--inbound-ports").as_deref(), Some("8080,9090"));
+    assert_eq!(arg_after(&init, "--inbound-ports"), None, "every inbound port is captured by default");
     // Drain deadline inside the 60 s grace period: the default 20 s.
     assert!(env_of(&proxy, "BULWARK_BOOTSTRAP").unwrap().contains(r#""drainTimeout":"20000ms""#));
 
@@ -149,7 +149,7 @@ fn statefulset_annotations_skip_ports_and_cidrs() {
     assert_eq!(spec.volume_claim_templates.unwrap().len(), 1, "volumeClaimTemplates kept");
     let pod = spec.template.spec.unwrap();
     let (init, proxy) = common(&pod);
-    assert_eq!(arg_after(&init, "--inbound-ports").as_deref(), Some("5432,5433"));
+    assert_eq!(arg_after(&init, "--inbound-ports"), None);
     assert_eq!(arg_after(&init, "--exclude-inbound-ports").as_deref(), Some("5433,15000,15020"));
     assert_eq!(arg_after(&init, "--exclude-outbound-cidrs").as_deref(), Some("10.20.0.0/16"));
     assert_eq!(proxy.resources.clone().unwrap().limits.unwrap()["memory"].0, "128Mi");
@@ -188,7 +188,7 @@ fn pod_fallback_without_native_sidecars() {
     let hook = proxy.lifecycle.clone().unwrap().post_start.unwrap().exec.unwrap().command.unwrap();
     assert_eq!(&hook[..2], ["bulwark-proxy", "wait-ready"]);
     assert_eq!(env_of(&proxy, "BULWARK_LOG").as_deref(), Some("debug"));
-    assert_eq!(arg_after(&init, "--inbound-ports").as_deref(), Some("2020,8081,50051"));
+    assert_eq!(arg_after(&init, "--inbound-ports"), None);
 
     let probes = bulwark_policy::app_probe::parse(&env_of(&proxy, "BULWARK_APP_PROBES").unwrap()).unwrap();
     use bulwark_policy::app_probe::Check;
@@ -378,7 +378,9 @@ fn an_apps_native_sidecar_is_captured_and_probed_like_the_app() {
         ..Default::default()
     }]);
     spec.containers[0].ports = Some(vec![ContainerPort { container_port: 8080, ..Default::default() }]);
-    inject(&Values::default(), &mut meta, &mut spec).unwrap();
+    // Only the declared ports, the sidecar's included.
+    let declared = Values { inbound_capture: InboundCapture::Declared, ..Values::default() };
+    inject(&declared, &mut meta, &mut spec).unwrap();
     let inits = spec.init_containers.unwrap();
     let sidecar = inits.iter().find(|c| c.name == "envoy-like").unwrap();
     let get = sidecar.readiness_probe.clone().unwrap().http_get.unwrap();
@@ -387,4 +389,20 @@ fn an_apps_native_sidecar_is_captured_and_probed_like_the_app() {
     assert_eq!(arg_after(init, "--inbound-ports").as_deref(), Some("8080,9901"));
     let proxy = inits.iter().find(|c| c.name == PROXY_CONTAINER).unwrap();
     assert!(env_of(proxy, "BULWARK_APP_PROBES").unwrap().contains("/app-health/envoy-like/readyz"));
+}
+
+#[test]
+fn declared_inbound_capture_is_a_mode_of_its_own() {
+    use k8s_openapi::api::core::v1::ContainerPort;
+    let (mut meta, mut spec) = pod_spec(None);
+    spec.containers[0].ports = Some(vec![ContainerPort { container_port: 8080, ..Default::default() }]);
+    meta.annotations = Some(BTreeMap::from([(annotations::INBOUND_CAPTURE.to_string(), "declared".to_string())]));
+    inject(&Values::default(), &mut meta, &mut spec).unwrap();
+    let init = spec.init_containers.unwrap().into_iter().find(|c| c.name == INIT_CONTAINER).unwrap();
+    assert_eq!(arg_after(&init, "--inbound-ports").as_deref(), Some("8080"));
+
+    let (mut meta, mut spec) = pod_spec(None);
+    meta.annotations = Some(BTreeMap::from([(annotations::INBOUND_CAPTURE.to_string(), "some".to_string())]));
+    let e = inject(&Values::default(), &mut meta, &mut spec).unwrap_err();
+    assert!(e.to_string().contains("bulwark.dev/inbound-capture") && e.to_string().contains("all or declared"), "{e}");
 }

@@ -23,6 +23,9 @@ pub struct Values {
     pub rewrite_probes: bool,
     pub resources: Resources,
     pub ports: Ports,
+    /// Which inbound ports the redirect captures: `all` (every port but the proxy's own and
+    /// the skipped ones, as Istio and Linkerd do), or only the app's `declared` container ports.
+    pub inbound_capture: InboundCapture,
     /// The discovery token the webhook's control plane requires, given to each injected proxy
     /// (BULWARK_DISCOVERY_TOKEN). Never read from a values file: it is the running control
     /// plane's own.
@@ -38,6 +41,14 @@ pub struct Resources {
     /// Empty: no limit.
     pub cpu_limit: String,
     pub memory_limit: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InboundCapture {
+    #[default]
+    All,
+    Declared,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -63,6 +74,7 @@ impl Default for Values {
             rewrite_probes: true,
             resources: Resources::default(),
             ports: Ports::default(),
+            inbound_capture: InboundCapture::All,
             discovery_token: None,
         }
     }

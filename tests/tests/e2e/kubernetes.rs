@@ -389,8 +389,10 @@ fn the_injected_init_container_runs_bulwark_proxy_init() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rules = String::from_utf8_lossy(&out.stdout);
     for want in [
-        "-A BULWARK_INBOUND -p tcp --dport 5432 -j BULWARK_IN_REDIRECT",
+        // Every inbound port but the skipped one and the proxy's own.
         "-A BULWARK_INBOUND -p tcp --dport 5433 -j RETURN",
+        "-A BULWARK_INBOUND -p tcp --dport 15020 -j RETURN",
+        "-A BULWARK_INBOUND -p tcp -j BULWARK_IN_REDIRECT",
         "-A BULWARK_OUTPUT -m owner --uid-owner 1337 -j RETURN",
         "-A BULWARK_OUTPUT -d 10.20.0.0/16 -j RETURN",
         "-A BULWARK_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
