@@ -141,7 +141,10 @@ async fn handle(
     };
     Ok(match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
-        (&Method::POST, "/inject") => {
+        // `/inject/LEVEL`: the chart's webhook entries for namespaces whose Pod Security
+        // level (baseline, restricted) refuses the init container name it in the path.
+        (&Method::POST, path) if path == "/inject" || path.starts_with("/inject/") => {
+            let level = path.strip_prefix("/inject/").map(str::to_owned);
             let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(e) => {
@@ -149,7 +152,7 @@ async fn handle(
                     Bytes::new()
                 }
             };
-            let answer = review::answer(&values, &body);
+            let answer = review::answer(&values, &body, level.as_deref());
             if answer.allowed {
                 tracing::info!("{}", answer.log);
             } else {
@@ -157,6 +160,10 @@ async fn handle(
             }
             reply(StatusCode::OK, "application/json", serde_json::to_vec(&answer.body).unwrap_or_default())
         }
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", b"endpoints: POST /inject, GET /healthz\n".to_vec()),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            b"endpoints: POST /inject, POST /inject/LEVEL, GET /healthz\n".to_vec(),
+        ),
     })
 }

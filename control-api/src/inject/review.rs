@@ -45,8 +45,9 @@ pub struct Answer {
     pub allowed: bool,
 }
 
-/// Answers one AdmissionReview body.
-pub fn answer(values: &Values, body: &[u8]) -> Answer {
+/// Answers one AdmissionReview body. `pod_security` is the Pod Security level the pod's
+/// namespace enforces, when the webhook entry that called says so (`/inject/baseline`).
+pub fn answer(values: &Values, body: &[u8], pod_security: Option<&str>) -> Answer {
     let raw: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => return deny("", format!("the body is not JSON: {e}"), "unreadable review".into()),
@@ -84,6 +85,14 @@ pub fn answer(values: &Values, body: &[u8]) -> Answer {
     let is_pod = request.kind.as_ref().is_some_and(|k| k.group.is_empty() && k.kind == "Pod");
     if !is_pod || request.operation.as_deref().is_some_and(|op| op != "CREATE") {
         return allow(&request.uid, None, None, format!("{pod}: not a pod creation; allowed unchanged"));
+    }
+    if let Some(level) = pod_security.filter(|l| matches!(*l, "baseline" | "restricted")) {
+        // The API server would refuse the injected pod; uninjected, the app at least runs.
+        let why = format!(
+            "namespace {namespace} enforces Pod Security level {level:?}, which refuses bulwark-init (root, NET_ADMIN, NET_RAW): exempt the namespace or label it privileged to mesh it (docs/kubernetes.md, Pod Security Admission)"
+        );
+        let warning = Some(format!("bulwark: pod {pod} not injected: {why}"));
+        return allow(&request.uid, None, warning, format!("pod {pod}: not injected: {why}"));
     }
     match inject_json(values, &object) {
         Ok((Outcome::Injected, patch)) => {

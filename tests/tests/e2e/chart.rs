@@ -124,6 +124,7 @@ fn check_types(objects: &[Value]) -> BTreeSet<String> {
                 "PodDisruptionBudget" => drop(typed::<PodDisruptionBudget>(o)),
                 "PersistentVolumeClaim" => drop(typed::<PersistentVolumeClaim>(o)),
                 "MutatingWebhookConfiguration" => drop(typed::<MutatingWebhookConfiguration>(o)),
+                "NetworkPolicy" => drop(typed::<k8s_openapi::api::networking::v1::NetworkPolicy>(o)),
                 "Issuer" | "Certificate" => assert_eq!(o["apiVersion"], "cert-manager.io/v1"),
                 other => panic!("unexpected kind {other}"),
             }
@@ -149,6 +150,7 @@ fn default_values_render_the_control_plane_and_the_webhook() {
         "Deployment/bulwark-control",
         "MutatingWebhookConfiguration/bulwark-sidecar-injector",
         "PersistentVolumeClaim/bulwark-control-data",
+        "Secret/bulwark-control-token",
         "Secret/bulwark-webhook-tls",
         "Service/bulwark-control",
         "ServiceAccount/bulwark-control",
@@ -160,11 +162,20 @@ fn default_values_render_the_control_plane_and_the_webhook() {
     // The webhook trusts the CA that signed the served certificate, and calls the Service.
     let secret = find(&objects, "Secret", "bulwark-webhook-tls");
     let hooks = find(&objects, "MutatingWebhookConfiguration", "bulwark-sidecar-injector");
-    for hook in hooks["webhooks"].as_array().unwrap() {
+    let entries = hooks["webhooks"].as_array().unwrap();
+    assert_eq!(entries.len(), 6, "namespace and pod selection, each for allowed, baseline and restricted namespaces");
+    for hook in entries {
         assert_eq!(hook["clientConfig"]["caBundle"], secret["data"]["ca.crt"]);
+        // The Pod Security level a namespace enforces decides the path, which the webhook reads.
+        let psa = hook["namespaceSelector"]["matchExpressions"][2].clone();
+        assert_eq!(psa["key"], "pod-security.kubernetes.io/enforce");
+        let path = match psa["operator"].as_str().unwrap() {
+            "NotIn" => "/inject".to_string(),
+            _ => format!("/inject/{}", psa["values"][0].as_str().unwrap()),
+        };
         assert_eq!(
             hook["clientConfig"]["service"],
-            json!({"name": "bulwark-control", "namespace": "bulwark-system", "path": "/inject", "port": 443})
+            json!({"name": "bulwark-control", "namespace": "bulwark-system", "path": path, "port": 443})
         );
         assert_eq!(hook["rules"][0]["operations"], json!(["CREATE"]));
         assert_eq!(hook["failurePolicy"], "Ignore", "the mesh never stops the cluster from creating pods");
@@ -271,9 +282,19 @@ fn the_webhook_certificates_survive_an_upgrade() {
     assert_eq!(find(&again, "Secret", "bulwark-webhook-tls")["data"], secret["data"]);
     let hooks = find(&again, "MutatingWebhookConfiguration", "bulwark-sidecar-injector");
     assert_eq!(hooks["webhooks"][0]["clientConfig"]["caBundle"], secret["data"]["ca.crt"]);
-    // Without it (a fresh install), a new CA.
+    // The generated PolicyAdmin token is kept too.
+    let token = find(&first, "Secret", "bulwark-control-token").clone();
+    assert_eq!(token["data"]["token"].as_str().map(str::len), Some(64), "48 random characters, base64");
+    let cluster = json!({
+        "v1/Secret/bulwark-system/bulwark-webhook-tls": secret,
+        "v1/Secret/bulwark-system/bulwark-control-token": token,
+    });
+    let (kept, _) = render_with(json!({}), "1.35.0", cluster).unwrap();
+    assert_eq!(find(&kept, "Secret", "bulwark-control-token")["data"], token["data"]);
+    // Without them (a fresh install), a new CA and a new token.
     let (fresh, _) = render_with(json!({}), "1.35.0", json!({})).unwrap();
     assert_ne!(find(&fresh, "Secret", "bulwark-webhook-tls")["data"]["ca.crt"], secret["data"]["ca.crt"]);
+    assert_ne!(find(&fresh, "Secret", "bulwark-control-token")["data"], token["data"]);
 }
 
 #[test]
@@ -336,4 +357,71 @@ fn a_value_change_rolls_the_control_plane_and_fail_needs_two_replicas() {
     let hooks = find(&two, "MutatingWebhookConfiguration", "bulwark-sidecar-injector");
     assert_eq!(hooks["webhooks"][0]["failurePolicy"], "Fail");
     assert_eq!(find(&two, "PodDisruptionBudget", "bulwark-control")["spec"]["maxUnavailable"], 1);
+}
+
+#[test]
+fn the_network_policy_lets_every_pod_discover_and_only_the_named_peers_administer() {
+    let Some((off, _)) = render(json!({})) else { return };
+    assert!(!off.iter().any(|o| o["kind"] == "NetworkPolicy"), "value-gated");
+    let ops = json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}}});
+    let (on, _) = render(json!({"networkPolicy": {"enabled": true, "adminFrom": [ops]}})).unwrap();
+    check_types(&on);
+    let np = find(&on, "NetworkPolicy", "bulwark-control");
+    let ingress = np["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(ingress[0]["ports"], json!([{"port": 15012, "protocol": "TCP"}, {"port": 15017, "protocol": "TCP"}]));
+    assert!(ingress[0].get("from").is_none(), "discovery and the webhook from anywhere");
+    assert_eq!(ingress[1]["ports"], json!([{"port": 15013, "protocol": "TCP"}]));
+    assert_eq!(ingress[1]["from"], json!([ops]));
+    let (closed, _) = render(json!({"networkPolicy": {"enabled": true}})).unwrap();
+    let ingress = find(&closed, "NetworkPolicy", "bulwark-control")["spec"]["ingress"].as_array().unwrap().clone();
+    assert_eq!(ingress.len(), 1, "no adminFrom: PolicyAdmin from no pod");
+}
+
+/// With real Helm on PATH: `helm lint` passes and `helm template` renders the same objects as
+/// the engine the other tests use (certificates and tokens aside: each render makes new ones).
+#[test]
+fn real_helm_agrees_when_it_is_installed() {
+    let Ok(version) = Command::new("helm").arg("version").arg("--short").output() else {
+        println!("SKIPPED: helm is not on PATH (the chart is rendered by Go's text/template and sprig instead)");
+        return;
+    };
+    println!("helm {}", String::from_utf8_lossy(&version.stdout).trim());
+    let lint = Command::new("helm").arg("lint").arg(chart()).output().unwrap();
+    assert!(
+        lint.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    let out = Command::new("helm")
+        .args(["template", "bulwark"])
+        .arg(chart())
+        .args(["--namespace", "bulwark-system", "--kube-version", "1.35.0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let scrub = |mut o: Value| {
+        for secret_field in ["/data", "/webhooks"] {
+            if let Some(v) = o.pointer_mut(secret_field) {
+                *v = Value::Null;
+            }
+        }
+        if let Some(a) = o.pointer_mut("/spec/template/metadata/annotations") {
+            *a = Value::Null;
+        }
+        o
+    };
+    let mut helm: Vec<Value> = yaml_serde::Deserializer::from_str(&text)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .map(|v: yaml_serde::Value| serde_json::to_value(v).unwrap())
+        .filter(|v| !v.is_null())
+        .map(scrub)
+        .collect();
+    let Some((ours, _)) = render(json!({})) else { return };
+    let mut ours: Vec<Value> = ours.into_iter().map(scrub).collect();
+    let key = |o: &Value| format!("{}/{}", o["kind"], o["metadata"]["name"]);
+    helm.sort_by_key(key);
+    ours.sort_by_key(key);
+    assert_eq!(helm, ours);
 }

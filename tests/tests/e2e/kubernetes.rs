@@ -90,7 +90,11 @@ async fn start_webhook() -> Webhook {
 
 impl Webhook {
     async fn review(&self, body: Vec<u8>) -> Value {
-        let reply = tls::request(self.addr, &self.certs.ca, "POST", "/inject", body).await.expect("webhook answers");
+        self.review_at("/inject", body).await
+    }
+
+    async fn review_at(&self, path: &str, body: Vec<u8>) -> Value {
+        let reply = tls::request(self.addr, &self.certs.ca, "POST", path, body).await.expect("webhook answers");
         assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
         let v: Value = serde_json::from_slice(&reply.body).expect("JSON answer");
         assert_eq!(
@@ -144,6 +148,19 @@ async fn webhook_answers_every_review_over_https() {
         spec.containers[0].readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(),
         Some("/app-health/web/readyz")
     );
+
+    // Through the entry for a namespace enforcing Pod Security baseline: not injected, and the
+    // warning says why and what to do.
+    for level in ["baseline", "restricted"] {
+        let answer = w.review_at(&format!("/inject/{level}"), review("uid-psa", &web)).await;
+        assert_eq!(answer["response"]["allowed"], true);
+        assert!(answer["response"].get("patch").is_none(), "{answer}");
+        let warning = answer["response"]["warnings"][0].as_str().unwrap();
+        assert!(
+            warning.contains(&format!("Pod Security level \"{level}\"")) && warning.contains("exempt"),
+            "{warning}"
+        );
+    }
 
     // Already injected: allowed, unchanged.
     let again = w.review(review("uid-again", &injected)).await;
