@@ -73,14 +73,13 @@ pub fn for_upstream<B>(req: &mut Request<B>) -> bool {
 /// or `authority` when an HTTP/1.0 client sent neither); HTTP/2 gets an absolute target whose
 /// authority is the `Host`, which then goes (`:authority` carries it).
 pub fn for_protocol<B>(req: &mut Request<B>, proto: Proto, authority: impl FnOnce() -> String) {
-    let from_uri = req.uri().authority().map(|a| a.as_str().to_owned());
-    let host = req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
     let connect = req.method() == Method::CONNECT;
     match proto {
         Proto::Http1 => {
             *req.version_mut() = Version::HTTP_11;
-            if host.is_none() {
-                let a = from_uri.unwrap_or_else(authority);
+            // The usual request (origin-form target, a Host) needs nothing more.
+            if !req.headers().contains_key(HOST) {
+                let a = req.uri().authority().map(|a| a.as_str().to_owned()).unwrap_or_else(authority);
                 let value = HeaderValue::from_str(&a).unwrap_or(HeaderValue::from_static("localhost"));
                 req.headers_mut().insert(HOST, value);
             }
@@ -94,7 +93,8 @@ pub fn for_protocol<B>(req: &mut Request<B>, proto: Proto, authority: impl FnOnc
         Proto::Http2 => {
             *req.version_mut() = Version::HTTP_2;
             if !connect {
-                let a = host.or(from_uri).unwrap_or_else(authority);
+                let host = req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
+                let a = host.or_else(|| req.uri().authority().map(|a| a.as_str().to_owned())).unwrap_or_else(authority);
                 let scheme = req.uri().scheme_str().unwrap_or("http");
                 let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
                 if let Ok(uri) = format!("{scheme}://{a}{target}").parse() {
