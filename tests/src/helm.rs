@@ -58,7 +58,7 @@ pub fn render(renderer: &Path, chart: &Path, root: &Value) -> Result<BTreeMap<St
 /// `kubernetes-validate --strict` of `objects` for Kubernetes `version`: the problems it names,
 /// or Err when the validator is not installed.
 pub fn validate(objects: &[Value], version: &str) -> Result<Vec<String>, &'static str> {
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/kubernetes-validate");
+    let venv = crate::venv_bin("kubernetes-validate");
     if !venv.exists() {
         return Err("kubernetes-validate is not in .venv (scripts/deps.sh installs it)");
     }
@@ -90,7 +90,7 @@ pub fn validate(objects: &[Value], version: &str) -> Result<Vec<String>, &'stati
 /// rendering (here with Python's jsonschema, from the test virtualenv): Ok(Err(problems)) when
 /// they do not conform, Err when the checker is not installed.
 pub fn check_values(chart: &Path, values: &Value) -> Result<Result<(), String>, &'static str> {
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let python = crate::venv_bin("python");
     let ready = Command::new(&python).args(["-c", "import jsonschema"]).output().is_ok_and(|o| o.status.success());
     if !ready {
         return Err("jsonschema is not in .venv (scripts/deps.sh installs kubernetes-validate, which brings it)");

@@ -49,6 +49,12 @@ pub fn workspace_bin(name: &str) -> std::path::PathBuf {
     p
 }
 
+/// A program of the test virtualenv `.venv` that `scripts/deps.sh` builds (python, the
+/// kubernetes-validate command...).
+pub fn venv_bin(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin").join(name)
+}
+
 /// A fresh temporary directory, removed when dropped.
 pub struct TempDir(pub std::path::PathBuf);
 

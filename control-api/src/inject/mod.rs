@@ -209,6 +209,11 @@ pub fn inject_json(
     Ok((outcome, patch::diff(&before, &after)))
 }
 
+/// Every container of the pod, init containers included.
+fn all_containers(spec: &PodSpec) -> impl Iterator<Item = &Container> {
+    spec.containers.iter().chain(spec.init_containers.iter().flatten())
+}
+
 /// The app's long-running containers: its containers and its native sidecars.
 fn app_containers(spec: &PodSpec) -> impl Iterator<Item = &Container> {
     spec.containers.iter().chain(spec.init_containers.iter().flatten().filter(|c| is_native_sidecar(c)))
@@ -225,8 +230,7 @@ fn broken_by_injection(spec: &PodSpec, settings: &Settings) -> Option<Skip> {
     }
     let uid = settings.values.uid;
     let pod_uid = spec.security_context.as_ref().and_then(|s| s.run_as_user);
-    let every = spec.containers.iter().chain(spec.init_containers.iter().flatten());
-    for c in every {
+    for c in all_containers(spec) {
         if c.security_context.as_ref().and_then(|s| s.run_as_user).or(pod_uid) == Some(uid) {
             return Some(Skip::RunsAsProxyUid(c.name.clone()));
         }
@@ -253,7 +257,7 @@ fn all_guaranteed(spec: &PodSpec) -> bool {
             limit.is_some() && request == limit
         })
     };
-    !spec.containers.is_empty() && spec.containers.iter().chain(spec.init_containers.iter().flatten()).all(guaranteed)
+    !spec.containers.is_empty() && all_containers(spec).all(guaranteed)
 }
 
 /// Requests and limits made equal: the limit where one is set, else the request.
@@ -268,7 +272,7 @@ fn guarantee(r: &mut ResourceRequirements) {
 }
 
 fn already_has_proxy(spec: &PodSpec) -> bool {
-    spec.containers.iter().chain(spec.init_containers.iter().flatten()).any(|c| c.name == PROXY_CONTAINER)
+    all_containers(spec).any(|c| c.name == PROXY_CONTAINER)
 }
 
 /// The proxy must finish draining before kubelet's SIGKILL at the end of the grace period.

@@ -150,7 +150,7 @@ fn scalar(v: &Value) -> String {
         Value::String(s) => serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()),
         Value::Mapping(_) => "{}".into(),
         Value::Sequence(_) => "[]".into(),
-        Value::Tagged(_) => unreachable!("untagged"),
+        Value::Tagged(t) => scalar(&t.value),
     }
 }
 

@@ -327,15 +327,7 @@ impl ListenAddr {
     pub async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
         match self {
             ListenAddr::Addr(a) => Ok(vec![*a]),
-            ListenAddr::Name(h) => {
-                let mut all: Vec<SocketAddr> = Vec::new();
-                for a in tokio::net::lookup_host((h.host.as_str(), h.port)).await? {
-                    if !all.contains(&a) {
-                        all.push(a);
-                    }
-                }
-                Ok(all)
-            }
+            ListenAddr::Name(h) => crate::upstream::resolve::lookup(h).await,
         }
     }
 }

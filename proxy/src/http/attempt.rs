@@ -69,12 +69,11 @@ impl Attempt<'_> {
     /// The protocol for `endpoint`: what the policy or listener says, else HTTP/2 only where
     /// the upstream is known to speak it. An upgrade is an HTTP/1.1 mechanism.
     fn protocol(&self, endpoint: SocketAddr) -> Proto {
-        let known = self.shared.pool.speaks_h2(endpoint);
         match self.protocol {
             _ if self.upgrade => Proto::Http1,
             UpstreamProtocol::Http1 => Proto::Http1,
             UpstreamProtocol::Http2 => Proto::Http2,
-            UpstreamProtocol::Auto => match known {
+            UpstreamProtocol::Auto => match self.shared.pool.speaks_h2(endpoint) {
                 Some(false) => Proto::Http1,
                 Some(true) => Proto::Http2,
                 None if self.grpc => Proto::Http2,
@@ -135,7 +134,7 @@ impl Attempt<'_> {
             };
             // HTTP/2: the connection is shared, so a failure here is this stream's or the whole
             // connection's; which one, and whether the upstream processed anything, decides.
-            let failed = match s.ready().await {
+            let (error, unsent) = match s.ready().await {
                 Ok(()) => match s.try_send_request(req).await {
                     Ok(mut resp) => {
                         pool.learned(endpoint, true);
@@ -150,7 +149,6 @@ impl Attempt<'_> {
                 },
                 Err(e) => (e, None),
             };
-            let (error, unsent) = failed;
             let peer = slot.peer();
             if !peer.speaks_h2() {
                 // Nothing came back that an HTTP/2 server says first: it never saw a request.

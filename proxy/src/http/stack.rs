@@ -53,7 +53,7 @@ pub async fn handle(
     };
     let selected = Selected::of(&shared, &downstream, &req, host.as_deref());
     let mut rec = Record::start(&shared, selected.labels(&downstream), &mut req, host.as_deref(), downstream.client);
-    let resp = match chain(&shared, &downstream, &selected, req, &mut rec).await {
+    let resp = match chain(&shared, &downstream, &selected, req, grpc, &mut rec).await {
         Ok(resp) => resp,
         Err(refusal) => {
             rec.reason = Some(refusal.reason);
@@ -97,6 +97,7 @@ async fn chain(
     down: &Downstream,
     sel: &Selected,
     mut req: Request<Incoming>,
+    grpc: bool,
     rec: &mut Record,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let state = sel.state.as_deref();
@@ -120,17 +121,14 @@ async fn chain(
     let retries = Retries {
         // An upgrade is one exchange; it is never replayed. A route without retries still
         // retries what never reached an upstream (`retries: {attempts: 0}` turns that off).
-        policy: sel
-            .route
-            .as_ref()
-            .map_or(Some(default_retries()), |r| r.retries.as_ref().or(Some(default_retries())))
+        policy: Some(sel.route.as_ref().and_then(|r| r.retries.as_ref()).unwrap_or(default_retries()))
             .filter(|p| tunnel.is_none() && p.attempts > 0),
         budget: cluster.as_ref().and_then(|c| c.budget.as_ref()),
         metrics: state.map(|s| &s.retry_metrics),
         timeouts: &sel.timeouts,
     };
     // ...whose every try picks an endpoint and a connection under the per-try timeout.
-    let attempt = sel.attempt(shared, down, tunnel.is_some(), respond::is_grpc(req.headers()));
+    let attempt = sel.attempt(shared, down, tunnel.is_some(), grpc);
     let started = Instant::now();
     let result = match timeout::overall(limit, retry::run(&retries, req, &attempt, rec)).await {
         Ok(result) => result,

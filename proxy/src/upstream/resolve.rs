@@ -43,6 +43,17 @@ impl std::fmt::Display for HostPort {
     }
 }
 
+/// The addresses `target` resolves to now, each once, in the resolver's order.
+pub async fn lookup(target: &HostPort) -> io::Result<Vec<SocketAddr>> {
+    let mut found: Vec<SocketAddr> = Vec::new();
+    for a in tokio::net::lookup_host((target.host.as_str(), target.port)).await? {
+        if !found.contains(&a) {
+            found.push(a);
+        }
+    }
+    Ok(found)
+}
+
 /// The addresses of one or more `host:port` upstreams; the endpoint set is their union.
 pub struct Resolver {
     pub targets: Vec<HostPort>,
@@ -90,9 +101,8 @@ impl Resolver {
             if t.ip().is_some() {
                 continue;
             }
-            match tokio::net::lookup_host((t.host.as_str(), t.port)).await {
+            match lookup(t).await {
                 Ok(found) => {
-                    let found: Vec<SocketAddr> = found.collect();
                     if found.is_empty() {
                         continue;
                     }

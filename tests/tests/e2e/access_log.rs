@@ -94,8 +94,7 @@ async fn process_metrics_and_the_official_parser_reads_the_output() {
     assert!(proxy.metric("bulwark_process_resident_memory_bytes", &[]).await > 1_000_000.0);
     assert!(proxy.metric("bulwark_process_open_fds", &[]).await >= 3.0);
 
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let python = root.join(".venv/bin/python");
+    let python = bulwark_e2e::venv_bin("python");
     let parser = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as parse\nfamilies = list(parse(sys.stdin.read()))\nprint(' '.join(sorted(f.name for f in families)))\n";
     let ready = std::process::Command::new(&python)
         .args(["-c", "import prometheus_client"])

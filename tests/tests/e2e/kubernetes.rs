@@ -451,7 +451,7 @@ async fn the_webhooks_patch_applied_by_another_implementation_keeps_what_bulwark
     if !tls::available() {
         return;
     }
-    let python = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let python = bulwark_e2e::venv_bin("python");
     let ready =
         std::process::Command::new(&python).args(["-c", "import jsonpatch"]).output().is_ok_and(|o| o.status.success());
     if !ready {
@@ -485,7 +485,7 @@ async fn the_webhooks_patch_applied_by_another_implementation_keeps_what_bulwark
         spec["initContainers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["bulwark-init", "bulwark-proxy", "secret-init"]);
     // And the result is a valid Pod of the Kubernetes that has these fields.
-    let validator = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/kubernetes-validate");
+    let validator = bulwark_e2e::venv_bin("kubernetes-validate");
     if validator.exists() {
         let v = std::process::Command::new(&validator)
             .args(["--strict", "--quiet", "-k", "1.35.0"])

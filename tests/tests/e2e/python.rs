@@ -26,7 +26,7 @@ print("listed:", ",".join(p.namespace + "/" + p.name for p in listed.policies))
 #[tokio::test]
 async fn a_python_grpcio_client_applies_and_lists_policies() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let python = root.join(".venv/bin/python");
+    let python = bulwark_e2e::venv_bin("python");
     let ready =
         Command::new(&python).args(["-c", "import grpc, grpc_tools"]).output().is_ok_and(|o| o.status.success());
     if !ready {
@@ -89,8 +89,7 @@ print("applied:", reply.applied)
 
 #[tokio::test]
 async fn grpcs_own_python_reflection_client_lists_services_and_calls_apply_from_reflection_alone() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let python = root.join(".venv/bin/python");
+    let python = bulwark_e2e::venv_bin("python");
     let ready = Command::new(&python)
         .args(["-c", "import grpc, grpc_reflection.v1alpha.proto_reflection_descriptor_database"])
         .output()
