@@ -58,6 +58,11 @@ struct Cli {
     /// Injection defaults (the chart's proxy values) as YAML; built-in defaults when absent.
     #[arg(long, env = "BULWARK_INJECTION_VALUES")]
     injection_values: Option<PathBuf>,
+    /// Serve the injection webhook alone: no store, no gRPC API. Any number of these can run
+    /// beside the one control plane (the chart's injector Deployment); the discovery token the
+    /// injected proxies are given must then be the control plane's (--discovery-token).
+    #[arg(long, requires = "webhook_listen", conflicts_with_all = ["admin_listen", "policy_dir", "token"])]
+    webhook_only: bool,
 }
 
 #[tokio::main]
@@ -88,6 +93,25 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
+    if cli.webhook_only {
+        let Some((socket, certs, mut values)) = webhook else {
+            anyhow::bail!("--webhook-only needs --webhook-listen");
+        };
+        if cli.discovery_token.is_none() && !cli.insecure_no_auth {
+            anyhow::bail!(
+                "--webhook-only needs --discovery-token (BULWARK_DISCOVERY_TOKEN): the control plane's, which the proxies it injects must present; or --insecure-no-auth"
+            );
+        }
+        values.discovery_token = cli.discovery_token.clone();
+        tracing::info!(listen = ?socket.local_addr().ok(), "injection webhook serving (webhook only)");
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            () = bulwark_control::webhook::serve(socket, certs, Arc::new(values)) => {}
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        return Ok(());
+    }
     let mut store =
         Store::open(&cli.data_dir).with_context(|| format!("opening the store in {}", cli.data_dir.display()))?;
     if let Some(dir) = &cli.policy_dir {

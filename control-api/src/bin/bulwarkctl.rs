@@ -7,6 +7,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use bulwark_control::inject::Action;
 use bulwark_proto::v1 as pb;
 use clap::{Parser, Subcommand, ValueEnum};
 use tonic::transport::Channel;
@@ -84,6 +85,16 @@ enum Command {
         /// Control plane address the proxies connect to, over the values.
         #[arg(long)]
         control_plane: Option<String>,
+        /// Re-inject workloads injected before (with another proxy image or other values):
+        /// their proxy is taken out and injected anew. Without it they are left as they are.
+        #[arg(long)]
+        upgrade: bool,
+    },
+    /// Take the Bulwark sidecar out of the workloads of FILE or -, offline: the app's pods as
+    /// they were before injection (edits made since are kept) on standard output.
+    Uninject {
+        #[arg(short = 'f', long = "filename")]
+        file: String,
     },
 }
 
@@ -114,9 +125,15 @@ enum FaultAction {
     Clear { route: String },
 }
 
-/// Offline injection: exit 0 with the stream on stdout, 1 when an object cannot be injected
-/// (nothing is written then), 2 when the input cannot be read.
-fn inject(file: &str, values: Option<&Path>, proxy_image: &Option<String>, control_plane: &Option<String>) -> ExitCode {
+/// Offline injection and uninjection: exit 0 with the stream on stdout, 1 when an object
+/// cannot be changed (nothing is written then), 2 when the input cannot be read.
+fn inject(
+    file: &str,
+    values: Option<&Path>,
+    proxy_image: &Option<String>,
+    control_plane: &Option<String>,
+    action: Action,
+) -> ExitCode {
     use bulwark_control::inject::{manifest, Outcome, Values};
     let mut v = match values {
         Some(path) => match Values::from_file(path) {
@@ -135,12 +152,15 @@ fn inject(file: &str, values: Option<&Path>, proxy_image: &Option<String>, contr
         Ok(texts) => texts.join("---\n"),
         Err(e) => return usage(e),
     };
-    match manifest::inject_stream(&v, &text) {
+    let verb = if action == Action::Uninject { "uninject" } else { "inject" };
+    match manifest::act_stream(&v, &text, action) {
         Ok((out, lines)) => {
             print!("{out}");
             for line in lines {
                 match line.outcome {
                     Some(Outcome::Injected) => eprintln!("{} injected", line.object),
+                    Some(Outcome::Reinjected) => eprintln!("{} re-injected", line.object),
+                    Some(Outcome::Uninjected) => eprintln!("{} uninjected", line.object),
                     Some(Outcome::Unchanged(why)) => eprintln!("{} skipped: {why}", line.object),
                     None => eprintln!("{} unchanged: not a workload", line.object),
                 }
@@ -148,7 +168,7 @@ fn inject(file: &str, values: Option<&Path>, proxy_image: &Option<String>, contr
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("bulwarkctl inject: {file}: {e}");
+            eprintln!("bulwarkctl {verb}: {file}: {e}");
             ExitCode::from(1)
         }
     }
@@ -169,8 +189,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    if let Command::Inject { file, values, proxy_image, control_plane } = &cli.command {
-        return inject(file, values.as_deref(), proxy_image, control_plane);
+    if let Command::Inject { file, values, proxy_image, control_plane, upgrade } = &cli.command {
+        let action = if *upgrade { Action::Upgrade } else { Action::Inject };
+        return inject(file, values.as_deref(), proxy_image, control_plane, action);
+    }
+    if let Command::Uninject { file } = &cli.command {
+        return inject(file, None, &None, &None, Action::Uninject);
     }
     let channel = match Channel::from_shared(format!("http://{}", cli.server)) {
         // A server that accepts and never answers (not bulwark-control) ends in an error too.
@@ -215,7 +239,7 @@ fn rpc_of(command: &Command) -> &'static str {
         Command::Fault { action: FaultAction::Set { .. } } => "SetFault",
         Command::Fault { action: FaultAction::Clear { .. } } => "ClearFault",
         Command::Status => "ListProxies",
-        Command::Inject { .. } => "none",
+        Command::Inject { .. } | Command::Uninject { .. } => "none",
     }
 }
 
@@ -405,7 +429,7 @@ async fn run(
             Ok(ExitCode::SUCCESS)
         }
         Command::Fault { action } => fault(cli, admin, action).await,
-        Command::Inject { .. } => unreachable!("inject runs offline, before connecting"),
+        Command::Inject { .. } | Command::Uninject { .. } => unreachable!("inject runs offline, before connecting"),
         Command::Status => {
             let r = admin.list_proxies(req(cli, pb::ListProxiesRequest {})).await?.into_inner();
             if cli.output == Output::Human {

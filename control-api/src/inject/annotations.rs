@@ -24,8 +24,17 @@ pub const SKIP_INBOUND_PORTS: &str = "bulwark.dev/skip-inbound-ports";
 pub const SKIP_OUTBOUND_PORTS: &str = "bulwark.dev/skip-outbound-ports";
 pub const SKIP_OUTBOUND_CIDRS: &str = "bulwark.dev/skip-outbound-cidrs";
 pub const INBOUND_CAPTURE: &str = "bulwark.dev/inbound-capture";
+/// `true`: the pod's app ends the proxy itself when it is done (`POST /quitquitquit` on the
+/// proxy's admin port), which lets a run-to-completion pod be injected without native sidecars.
+pub const APP_ENDS_PROXY: &str = "bulwark.dev/app-ends-proxy";
+/// Written on injection: the version of the proxy injected (the image's tag, else the
+/// injector's own version), so that pods still running an old proxy can be found.
+pub const PROXY_VERSION: &str = "bulwark.dev/proxy-version";
+/// Written on injection: what `bulwarkctl uninject` puts back (the app's probes as they were,
+/// and which collections injection created).
+pub const RESTORE: &str = "bulwark.dev/restore";
 
-const KNOWN: [&str; 16] = [
+const KNOWN: [&str; 19] = [
     INJECT,
     STATUS,
     PROXY_IMAGE,
@@ -42,6 +51,9 @@ const KNOWN: [&str; 16] = [
     SKIP_OUTBOUND_PORTS,
     SKIP_OUTBOUND_CIDRS,
     INBOUND_CAPTURE,
+    APP_ENDS_PROXY,
+    PROXY_VERSION,
+    RESTORE,
 ];
 
 /// An annotation whose value cannot be used; names the annotation, its value and why.
@@ -61,6 +73,7 @@ pub struct Settings {
     pub skip_inbound_ports: Vec<u16>,
     pub skip_outbound_ports: Vec<u16>,
     pub skip_outbound_cidrs: Vec<String>,
+    pub app_ends_proxy: bool,
 }
 
 pub fn opted_out(annotations: &BTreeMap<String, String>) -> bool {
@@ -70,6 +83,7 @@ pub fn opted_out(annotations: &BTreeMap<String, String>) -> bool {
 /// Resolves the settings; every misspelled `bulwark.dev/` annotation or bad value is an error.
 pub fn settings(values: &Values, annotations: &BTreeMap<String, String>) -> Result<Settings, BadAnnotation> {
     let mut v = values.clone();
+    let mut app_ends_proxy = false;
     let bad = |name: &str, value: &str, reason: String| BadAnnotation {
         name: name.to_string(),
         value: value.to_string(),
@@ -78,7 +92,8 @@ pub fn settings(values: &Values, annotations: &BTreeMap<String, String>) -> Resu
     for (name, value) in annotations.iter().filter(|(k, _)| k.starts_with(PREFIX)) {
         let value = value.trim();
         match name.as_str() {
-            INJECT | STATUS | SKIP_INBOUND_PORTS | SKIP_OUTBOUND_PORTS | SKIP_OUTBOUND_CIDRS => {}
+            INJECT | STATUS | PROXY_VERSION | RESTORE | SKIP_INBOUND_PORTS | SKIP_OUTBOUND_PORTS
+            | SKIP_OUTBOUND_CIDRS => {}
             PROXY_IMAGE if value.is_empty() => return Err(bad(name, value, "must not be empty".into())),
             PROXY_IMAGE => v.image = value.into(),
             PROXY_CPU_REQUEST => v.resources.cpu_request = quantity(name, value)?,
@@ -99,6 +114,7 @@ pub fn settings(values: &Values, annotations: &BTreeMap<String, String>) -> Resu
             CONTROL_PLANE => v.control_plane = value.into(),
             NATIVE_SIDECAR => v.native_sidecar = boolean(name, value)?,
             REWRITE_PROBES => v.rewrite_probes = boolean(name, value)?,
+            APP_ENDS_PROXY => app_ends_proxy = boolean(name, value)?,
             INBOUND_CAPTURE => {
                 v.inbound_capture = match value {
                     "all" => super::values::InboundCapture::All,
@@ -121,6 +137,7 @@ pub fn settings(values: &Values, annotations: &BTreeMap<String, String>) -> Resu
         skip_inbound_ports: ports(SKIP_INBOUND_PORTS, get(SKIP_INBOUND_PORTS))?,
         skip_outbound_ports: ports(SKIP_OUTBOUND_PORTS, get(SKIP_OUTBOUND_PORTS))?,
         skip_outbound_cidrs: cidrs(SKIP_OUTBOUND_CIDRS, get(SKIP_OUTBOUND_CIDRS))?,
+        app_ends_proxy,
     })
 }
 

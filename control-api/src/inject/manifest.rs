@@ -1,4 +1,4 @@
-//! `bulwarkctl inject`: injection into a multi-document YAML stream, offline. Pods and the pod
+//! `bulwarkctl inject` / `uninject`: injection into a multi-document YAML stream, offline. Pods and the pod
 //! templates of Deployments, StatefulSets, DaemonSets, ReplicaSets, ReplicationControllers,
 //! Jobs and CronJobs (and `List`s of them) are injected; every other document is written back
 //! byte for byte. An injected document gets the injection's JSONPatch applied to it as read
@@ -8,7 +8,7 @@
 use json_patch::PatchOperation;
 use serde_json::Value;
 
-use super::{inject_json, yaml_doc, Outcome, Values};
+use super::{act_json, yaml_doc, Action, Outcome, Values};
 
 /// What happened to one object of the stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,6 +21,11 @@ pub struct Line {
 
 /// The injected stream and a line per object; an error names the document and the object.
 pub fn inject_stream(values: &Values, text: &str) -> Result<(String, Vec<Line>), String> {
+    act_stream(values, text, Action::Inject)
+}
+
+/// `action` on every workload of the stream: the stream as changed and a line per object.
+pub fn act_stream(values: &Values, text: &str, action: Action) -> Result<(String, Vec<Line>), String> {
     let mut out = Vec::new();
     let mut lines = Vec::new();
     for (index, doc) in split(text).into_iter().enumerate() {
@@ -33,8 +38,10 @@ pub fn inject_stream(values: &Values, text: &str) -> Result<(String, Vec<Line>),
         let value: Value = serde_json::to_value(&yaml).map_err(|e| at(e.to_string()))?;
         let before = lines.len();
         let mut patches = Vec::new();
-        inject_object(values, &value, String::new(), &mut lines, &mut patches).map_err(at)?;
-        if lines[before..].iter().any(|l| l.outcome == Some(Outcome::Injected)) {
+        act_object(values, action, &value, String::new(), &mut lines, &mut patches).map_err(at)?;
+        let changed =
+            |o: &Option<Outcome>| matches!(o, Some(Outcome::Injected | Outcome::Reinjected | Outcome::Uninjected));
+        if lines[before..].iter().any(|l| changed(&l.outcome)) {
             let mut yaml = yaml;
             for (pod, ops) in patches {
                 let Some(target) = yaml_doc::at_pointer(&mut yaml, &pod) else {
@@ -46,6 +53,14 @@ pub fn inject_stream(values: &Values, text: &str) -> Result<(String, Vec<Line>),
                     }
                 }
                 yaml_doc::apply(target, &ops).map_err(|e| at(format!("{pod}{e}")))?;
+                if let yaml_serde::Value::Mapping(m) = target {
+                    // Injection may have created it to hold its annotations; empty, it says
+                    // nothing to Kubernetes either way.
+                    let empty = m.get("metadata").is_some_and(|v| v.as_mapping().is_some_and(|m| m.is_empty()));
+                    if action == Action::Uninject && empty {
+                        m.remove("metadata");
+                    }
+                }
             }
             out.push(yaml_doc::to_string(&yaml));
         } else {
@@ -55,10 +70,11 @@ pub fn inject_stream(values: &Values, text: &str) -> Result<(String, Vec<Line>),
     Ok((join(&out), lines))
 }
 
-/// Injects the workload at `at` (a JSON pointer into the document: "" or `/items/N`),
+/// `action` on the workload at `at` (a JSON pointer into the document: "" or `/items/N`),
 /// recording its line and the patch of its pod (`at` + the pod's place in the object).
-fn inject_object(
+fn act_object(
     values: &Values,
+    action: Action,
     object: &Value,
     at: String,
     lines: &mut Vec<Line>,
@@ -69,7 +85,7 @@ fn inject_object(
     let label = format!("{}/{name}", kind.to_ascii_lowercase());
     if kind == "List" {
         for (i, item) in object.get("items").and_then(Value::as_array).into_iter().flatten().enumerate() {
-            inject_object(values, item, format!("{at}/items/{i}"), lines, patches)?;
+            act_object(values, action, item, format!("{at}/items/{i}"), lines, patches)?;
         }
         return Ok(());
     }
@@ -90,7 +106,7 @@ fn inject_object(
     if let Value::Object(map) = &mut pod {
         map.entry("metadata").or_insert_with(|| Value::Object(Default::default()));
     }
-    let (outcome, patch) = inject_json(values, &pod).map_err(|e| format!("{label}: {e}"))?;
+    let (outcome, patch) = act_json(values, &pod, action).map_err(|e| format!("{label}: {e}"))?;
     // Checked here on JSON, so that applying it to the YAML cannot fail halfway.
     json_patch::patch(&mut pod, &patch).map_err(|e| format!("{label}: {e}"))?;
     patches.push((format!("{at}{template}"), patch));

@@ -8,13 +8,16 @@
 //!   clusters before 1.29 a regular container listed first whose postStart hook waits for ready;
 //! - the app's probes rewritten through the proxy's health port where their port is captured.
 //!
-//! Injection is idempotent, honours the opt-out annotation and refuses hostNetwork pods.
+//! Injection is idempotent, honours the opt-out annotation and refuses pods it would break
+//! (hostNetwork, Windows, the proxy's UID or ports taken, a run-to-completion pod without
+//! native sidecars). `uninject` takes the proxy out again.
 
 pub mod annotations;
 pub mod manifest;
 pub mod patch;
 pub mod probes;
 pub mod review;
+pub mod uninject;
 mod values;
 mod yaml_doc;
 
@@ -50,6 +53,10 @@ const DEFAULT_GRACE_SECONDS: i64 = 30;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Injected,
+    /// Was injected, and is injected anew with the values given (`inject --upgrade`).
+    Reinjected,
+    /// The proxy was taken out (`uninject`).
+    Uninjected,
     /// Left as it was, and why.
     Unchanged(Skip),
 }
@@ -69,6 +76,11 @@ pub enum Skip {
     },
     /// `spec.os.name: windows`: no iptables there.
     Windows,
+    /// A pod that runs to completion (restartPolicy Never or OnFailure, as a Job's) with the
+    /// proxy as a regular container: the proxy would keep it running for ever.
+    RunsToCompletion(String),
+    /// Uninjection of a pod that has no proxy.
+    NotInjected,
 }
 
 impl std::fmt::Display for Skip {
@@ -90,6 +102,12 @@ impl std::fmt::Display for Skip {
             Skip::Windows => {
                 f.write_str("pod runs on Windows (spec.os.name: windows), where the redirect cannot be written")
             }
+            Skip::RunsToCompletion(policy) => write!(
+                f,
+                "pod runs to completion (restartPolicy {policy}) and the proxy would be a regular container (native sidecars off), which keeps running after the app ends, so the pod would never complete: use native sidecars (Kubernetes 1.29+, chart value proxy.nativeSidecar), or have the app end its proxy (POST /quitquitquit on the admin port) and annotate the pod {}: \"true\"",
+                annotations::APP_ENDS_PROXY
+            ),
+            Skip::NotInjected => f.write_str("has no Bulwark proxy"),
         }
     }
 }
@@ -97,10 +115,10 @@ impl std::fmt::Display for Skip {
 /// Injects the proxy into the pod described by `meta` and `spec` (a Pod, or a workload's pod
 /// template). On an error or a skip, nothing is changed.
 pub fn inject(values: &Values, meta: &mut ObjectMeta, spec: &mut PodSpec) -> Result<Outcome, BadAnnotation> {
-    let annotations = meta.annotations.clone().unwrap_or_default();
-    if annotations.contains_key(annotations::STATUS) || already_has_proxy(spec) {
+    if uninject::is_injected(meta, spec) {
         return Ok(Outcome::Unchanged(Skip::AlreadyInjected));
     }
+    let annotations = meta.annotations.clone().unwrap_or_default();
     // The label is what the webhook's object selector reads; offline injection honours it too.
     if annotations::opted_out(&annotations) || annotations::opted_out(&meta.labels.clone().unwrap_or_default()) {
         return Ok(Outcome::Unchanged(Skip::OptedOut));
@@ -129,12 +147,13 @@ pub fn inject(values: &Values, meta: &mut ObjectMeta, spec: &mut PodSpec) -> Res
         (inbound_ports.is_empty() || inbound_ports.contains(&port)) && !settings.skip_inbound_ports.contains(&port)
     };
 
+    let mut restore = uninject::Restore::default();
     let mut probes = AppProbes::new();
     if settings.values.rewrite_probes {
         // The app's native sidecars (init containers that keep running) are probed like the app.
         let sidecars = spec.init_containers.iter_mut().flatten().filter(|c| is_native_sidecar(c));
         for c in spec.containers.iter_mut().chain(sidecars) {
-            probes::rewrite(c, ports.health, &captured, &mut probes);
+            probes::rewrite(c, ports.health, &captured, &mut probes, &mut restore.probes);
         }
     }
     let guaranteed = all_guaranteed(spec);
@@ -153,6 +172,15 @@ pub fn inject(values: &Values, meta: &mut ObjectMeta, spec: &mut PodSpec) -> Res
     }
 
     let default_container = spec.containers.first().map(|c| c.name.clone());
+    for (created, absent) in [
+        (uninject::INIT_CONTAINERS, spec.init_containers.is_none()),
+        (uninject::VOLUMES, spec.volumes.is_none()),
+        (uninject::ANNOTATIONS, meta.annotations.is_none()),
+    ] {
+        if absent {
+            restore.created.push(created.into());
+        }
+    }
     let init_containers = spec.init_containers.get_or_insert_with(Vec::new);
     if settings.values.native_sidecar {
         // Before the app's own init containers, so that their traffic has a proxy too.
@@ -173,12 +201,29 @@ pub fn inject(values: &Values, meta: &mut ObjectMeta, spec: &mut PodSpec) -> Res
     }
 
     let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
-    annotations.insert(annotations::STATUS.into(), "injected".into());
     if let Some(app) = default_container {
         // kubectl logs/exec keep choosing the app, not the proxy.
-        annotations.entry("kubectl.kubernetes.io/default-container".into()).or_insert(app);
+        if !annotations.contains_key(uninject::DEFAULT_CONTAINER) {
+            annotations.insert(uninject::DEFAULT_CONTAINER.into(), app);
+            restore.created.push(uninject::DEFAULT_CONTAINER.into());
+        }
     }
+    annotations.insert(annotations::STATUS.into(), "injected".into());
+    annotations.insert(annotations::PROXY_VERSION.into(), proxy_version(&settings.values.image));
+    annotations.insert(annotations::RESTORE.into(), restore.to_annotation());
     Ok(Outcome::Injected)
+}
+
+/// The version the image names: its tag (`…/bulwark-proxy:0.2.0` → `0.2.0`), else its digest,
+/// else the injector's own version.
+pub fn proxy_version(image: &str) -> String {
+    let (name, digest) = image.split_once('@').map_or((image, None), |(n, d)| (n, Some(d)));
+    let last = name.rsplit('/').next().unwrap_or(name);
+    match (last.split_once(':'), digest) {
+        (Some((_, tag)), _) if !tag.is_empty() => tag.to_string(),
+        (_, Some(d)) => d.to_string(),
+        _ => env!("CARGO_PKG_VERSION").to_string(),
+    }
 }
 
 /// Why a pod (or pod template) given as JSON could not be injected.
@@ -190,11 +235,29 @@ pub enum Error {
     Annotation(#[from] BadAnnotation),
 }
 
+/// What to do to a pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Inject,
+    /// Inject; a pod injected before is uninjected first, then injected with these values.
+    Upgrade,
+    Uninject,
+}
+
 /// Injects into a pod or pod template given as JSON (`metadata` and `spec`; other fields are
 /// ignored) and returns the JSONPatch that does it, relative to that object.
 pub fn inject_json(
     values: &Values,
     pod: &serde_json::Value,
+) -> Result<(Outcome, Vec<json_patch::PatchOperation>), Error> {
+    act_json(values, pod, Action::Inject)
+}
+
+/// `action` on a pod or pod template given as JSON, as the JSONPatch that does it.
+pub fn act_json(
+    values: &Values,
+    pod: &serde_json::Value,
+    action: Action,
 ) -> Result<(Outcome, Vec<json_patch::PatchOperation>), Error> {
     let mut template: PodTemplateSpec =
         serde_path_to_error::deserialize(pod).map_err(|e| Error::Invalid(format!("{}: {}", e.path(), e.inner())))?;
@@ -204,7 +267,21 @@ pub fn inject_json(
     };
     let typed = |meta: &ObjectMeta, spec: &PodSpec| serde_json::json!({ "metadata": meta, "spec": spec });
     let before = typed(&meta, &spec);
-    let outcome = inject(values, &mut meta, &mut spec)?;
+    let outcome = match action {
+        Action::Inject => inject(values, &mut meta, &mut spec)?,
+        Action::Uninject => uninject::uninject(&mut meta, &mut spec)?,
+        Action::Upgrade => match uninject::uninject(&mut meta, &mut spec)? {
+            Outcome::Uninjected => match inject(values, &mut meta, &mut spec)? {
+                Outcome::Injected => Outcome::Reinjected,
+                // Not injectable any more with these values: left as it was.
+                skipped => return Ok((skipped, Vec::new())),
+            },
+            _ => inject(values, &mut meta, &mut spec)?,
+        },
+    };
+    if !matches!(outcome, Outcome::Injected | Outcome::Reinjected | Outcome::Uninjected) {
+        return Ok((outcome, Vec::new()));
+    }
     let after = typed(&meta, &spec);
     Ok((outcome, patch::diff(&before, &after)))
 }
@@ -219,7 +296,7 @@ fn app_containers(spec: &PodSpec) -> impl Iterator<Item = &Container> {
     spec.containers.iter().chain(spec.init_containers.iter().flatten().filter(|c| is_native_sidecar(c)))
 }
 
-fn is_native_sidecar(c: &Container) -> bool {
+pub(crate) fn is_native_sidecar(c: &Container) -> bool {
     c.restart_policy.as_deref() == Some("Always")
 }
 
@@ -227,6 +304,10 @@ fn is_native_sidecar(c: &Container) -> bool {
 fn broken_by_injection(spec: &PodSpec, settings: &Settings) -> Option<Skip> {
     if spec.os.as_ref().is_some_and(|os| os.name.eq_ignore_ascii_case("windows")) {
         return Some(Skip::Windows);
+    }
+    let restart = spec.restart_policy.as_deref().unwrap_or("Always");
+    if !settings.values.native_sidecar && !settings.app_ends_proxy && restart != "Always" {
+        return Some(Skip::RunsToCompletion(restart.to_string()));
     }
     let uid = settings.values.uid;
     let pod_uid = spec.security_context.as_ref().and_then(|s| s.run_as_user);

@@ -5,7 +5,8 @@
 //! An array that grew by inserted items (the proxy prepended to the init containers, the
 //! volume appended) becomes `add` operations at their places, and the items that were there
 //! before — matched by `name`, or by equality — get field edits only; only an array changed in
-//! some other way is replaced whole.
+//! some other way is replaced whole. An array that lost items (uninjection) is the same the
+//! other way round: `remove` operations, and field edits of the items left.
 
 use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
 use jsonptr::PointerBuf;
@@ -51,6 +52,23 @@ fn walk(before: &Value, after: &Value, at: &mut PointerBuf, ops: &mut Vec<PatchO
                     at.pop_back();
                 }
                 for (i, old) in was.iter().enumerate().filter_map(|(i, w)| w.map(|j| (i, &b[j]))) {
+                    at.push_back(i);
+                    walk(old, &a[i], at, ops);
+                    at.pop_back();
+                }
+            }
+            None => ops.push(PatchOperation::Replace(ReplaceOperation { path: at.clone(), value: after.clone() })),
+        },
+        (Value::Array(b), Value::Array(a)) => match alignment(a, b) {
+            // `after` is `before` with items removed (uninjection): removes from the last, so
+            // that each index still names the item it did; then the edits of those left.
+            Some(kept) => {
+                for (j, _) in b.iter().enumerate().rev().filter(|(j, _)| kept[*j].is_none()) {
+                    at.push_back(j);
+                    ops.push(PatchOperation::Remove(RemoveOperation { path: at.clone() }));
+                    at.pop_back();
+                }
+                for (old, i) in b.iter().zip(&kept).filter_map(|(old, k)| k.map(|i| (old, i))) {
                     at.push_back(i);
                     walk(old, &a[i], at, ops);
                     at.pop_back();
@@ -108,7 +126,7 @@ mod tests {
                 {"op": "replace", "path": "/containers/1/port", "value": 15020},
                 {"op": "remove", "path": "/gone"},
                 {"op": "replace", "path": "/other", "value": [2, 1, 0]},
-                {"op": "replace", "path": "/shrunk", "value": [1]},
+                {"op": "remove", "path": "/shrunk/1"},
                 {"op": "add", "path": "/new", "value": {"k": "v"}},
             ])
         );
@@ -120,6 +138,18 @@ mod tests {
         real["containers"][0]["restartPolicyRules"] = json!([{"action": "Restart"}]);
         json_patch::patch(&mut real, &diff(&before, &after)).unwrap();
         assert_eq!(real["containers"][1]["restartPolicyRules"], json!([{"action": "Restart"}]));
+
+        // And back: removes of what was inserted, edits of the rest, unknown fields kept.
+        let back = diff(&after, &before);
+        let back_ops = serde_json::to_value(&back).unwrap();
+        assert_eq!(back_ops[0], json!({"op": "remove", "path": "/a/0"}));
+        assert!(back_ops.as_array().unwrap().contains(&json!({"op": "remove", "path": "/containers/2"})));
+        assert!(back_ops.as_array().unwrap().contains(&json!({"op": "remove", "path": "/containers/0"})));
+        json_patch::patch(&mut real, &back).unwrap();
+        assert_eq!(
+            real["containers"],
+            json!([{"name": "app", "port": "http", "restartPolicyRules": [{"action": "Restart"}]}])
+        );
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub fn answer(values: &Values, body: &[u8], pod_security: Option<&str>) -> Answe
             let patch = serde_json::to_vec(&patch).unwrap_or_default();
             allow(&request.uid, Some(patch), None, format!("pod {pod}: injected"))
         }
+        Ok((Outcome::Reinjected | Outcome::Uninjected, _)) => {
+            allow(&request.uid, None, None, format!("pod {pod}: unchanged"))
+        }
         Ok((Outcome::Unchanged(skip), _)) => {
             let warning = Some(format!("bulwark: pod {pod} not injected: {skip}"));
             allow(&request.uid, None, warning, format!("pod {pod}: not injected: {skip}"))

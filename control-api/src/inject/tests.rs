@@ -406,3 +406,102 @@ fn declared_inbound_capture_is_a_mode_of_its_own() {
     let e = inject(&Values::default(), &mut meta, &mut spec).unwrap_err();
     assert!(e.to_string().contains("bulwark.dev/inbound-capture") && e.to_string().contains("all or declared"), "{e}");
 }
+
+const FIXTURES: [&str; 5] = ["cronjob", "deployment", "pod", "newer-fields", "statefulset"];
+
+#[test]
+fn uninject_gives_every_fixture_back_as_it_was() {
+    for name in FIXTURES {
+        let (input, _) = fixture(name);
+        let (injected, _) = inject_stream(&Values::default(), &input).unwrap();
+        let (out, lines) = manifest::act_stream(&Values::default(), &injected, Action::Uninject).unwrap();
+        assert_eq!(docs(&out), docs(&input), "{name}: uninjected differs from the original:\n{out}");
+        let injected_objects = lines.iter().filter(|l| l.outcome == Some(Outcome::Uninjected)).count();
+        assert!(injected_objects >= 1, "{name}: {lines:?}");
+        // Uninjecting what has no proxy changes no byte.
+        let (again, lines) = manifest::act_stream(&Values::default(), &out, Action::Uninject).unwrap();
+        assert_eq!(again, out, "{name}");
+        assert!(lines.iter().all(|l| matches!(l.outcome, None | Some(Outcome::Unchanged(Skip::NotInjected)))));
+    }
+}
+
+#[test]
+fn uninject_keeps_edits_made_since_injection() {
+    let (input, _) = fixture("deployment");
+    let (injected, _) = inject_stream(&Values::default(), &input).unwrap();
+    // The app's image moves on and a probe gets a longer period after injection.
+    let edited = injected.replace("periodSeconds: 5", "periodSeconds: 7");
+    assert_ne!(edited, injected, "the fixture has a probe period of 5");
+    let (out, _) = manifest::act_stream(&Values::default(), &edited, Action::Uninject).unwrap();
+    let expected = input.replace("periodSeconds: 5", "periodSeconds: 7");
+    assert_eq!(docs(&out), docs(&expected));
+}
+
+#[test]
+fn upgrade_reinjects_with_the_new_values_and_records_the_version() {
+    let newer = Values { image: "registry.local/bulwark-proxy:0.2.0".into(), ..Values::default() };
+    for name in FIXTURES {
+        let (input, _) = fixture(name);
+        let (old, _) = inject_stream(&Values::default(), &input).unwrap();
+        assert!(old.contains("bulwark.dev/proxy-version: '0.1.0'"), "{name}: {old}");
+        let (upgraded, lines) = manifest::act_stream(&newer, &old, Action::Upgrade).unwrap();
+        let (fresh, _) = inject_stream(&newer, &input).unwrap();
+        assert_eq!(docs(&upgraded), docs(&fresh), "{name}: upgrade differs from a fresh injection");
+        assert!(upgraded.contains("bulwark.dev/proxy-version: '0.2.0'"), "{name}");
+        assert!(lines.iter().any(|l| l.outcome == Some(Outcome::Reinjected)), "{name}: {lines:?}");
+        // Without --upgrade an injected pod is left as it is.
+        let (kept, _) = inject_stream(&newer, &old).unwrap();
+        assert_eq!(kept, old);
+    }
+    // Upgrade of a pod never injected injects it.
+    let (input, _) = fixture("deployment");
+    let (out, lines) = manifest::act_stream(&newer, &input, Action::Upgrade).unwrap();
+    assert_eq!(out, inject_stream(&newer, &input).unwrap().0);
+    assert!(lines.iter().any(|l| l.outcome == Some(Outcome::Injected)));
+}
+
+#[test]
+fn proxy_version_is_the_images_tag() {
+    assert_eq!(proxy_version("ghcr.io/bulwark-mesh/bulwark-proxy:0.3.1"), "0.3.1");
+    assert_eq!(proxy_version("registry:5000/bulwark-proxy"), env!("CARGO_PKG_VERSION"));
+    assert_eq!(proxy_version("registry:5000/bulwark-proxy:v2@sha256:abc"), "v2");
+    assert_eq!(proxy_version("bulwark-proxy@sha256:abc"), "sha256:abc");
+}
+
+#[test]
+fn a_run_to_completion_pod_without_native_sidecars_is_refused_unless_its_app_ends_the_proxy() {
+    let fallback = Values { native_sidecar: false, ..Values::default() };
+    for policy in ["Never", "OnFailure"] {
+        let (mut meta, mut spec) = pod_spec(None);
+        spec.restart_policy = Some(policy.into());
+        let before = (meta.clone(), spec.clone());
+        let outcome = inject(&fallback, &mut meta, &mut spec).unwrap();
+        assert_eq!(outcome, Outcome::Unchanged(Skip::RunsToCompletion(policy.into())));
+        assert_eq!((meta.clone(), spec.clone()), before);
+        let why = Skip::RunsToCompletion(policy.into()).to_string();
+        assert!(why.contains("never complete") && why.contains(annotations::APP_ENDS_PROXY), "{why}");
+        // Native sidecars end with the app: injected.
+        assert_eq!(inject(&Values::default(), &mut meta.clone(), &mut spec.clone()).unwrap(), Outcome::Injected);
+        // The app says it ends its proxy: injected.
+        meta.annotations = Some(BTreeMap::from([(annotations::APP_ENDS_PROXY.into(), "true".into())]));
+        assert_eq!(inject(&fallback, &mut meta, &mut spec).unwrap(), Outcome::Injected);
+    }
+    // A Job through bulwarkctl inject: the line says why.
+    let (input, _) = fixture("cronjob");
+    let (out, lines) = inject_stream(&fallback, &input).unwrap();
+    assert_eq!(out.trim_end(), input.trim_end(), "nothing injected");
+    let skipped = lines.iter().find(|l| l.object.starts_with("cronjob/")).unwrap();
+    assert!(matches!(skipped.outcome, Some(Outcome::Unchanged(Skip::RunsToCompletion(_)))), "{skipped:?}");
+}
+
+#[test]
+fn uninject_refuses_rewritten_probes_it_cannot_put_back() {
+    let (input, _) = fixture("deployment");
+    let (injected, _) = inject_stream(&Values::default(), &input).unwrap();
+    let mut doc: serde_json::Value = serde_json::to_value(docs(&injected).remove(1)).unwrap();
+    let annotations = doc.pointer_mut("/spec/template/metadata/annotations").unwrap().as_object_mut().unwrap();
+    annotations.remove(annotations::RESTORE).unwrap();
+    let text = yaml_serde::to_string(&doc).unwrap();
+    let err = manifest::act_stream(&Values::default(), &text, Action::Uninject).unwrap_err();
+    assert!(err.contains("deployment/web") && err.contains("bulwark.dev/restore"), "{err}");
+}

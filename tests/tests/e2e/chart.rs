@@ -38,6 +38,11 @@ const KUBE_VERSIONS: [&str; 3] = ["1.29.0", "1.33.0", "1.35.0"];
 /// by Helm's engine for Kubernetes `kube`, with `cluster` what `lookup` finds. None (said why)
 /// when the engine cannot be built here.
 fn render_with(overrides: Value, kube: &str, cluster: Value) -> Option<(Vec<Value>, String)> {
+    render_release("bulwark", overrides, kube, cluster)
+}
+
+/// As `render_with`, for a release of another name.
+fn render_release(release: &str, overrides: Value, kube: &str, cluster: Value) -> Option<(Vec<Value>, String)> {
     let renderer = match helm::renderer() {
         Ok(r) => r,
         Err(why) => {
@@ -58,7 +63,7 @@ fn render_with(overrides: Value, kube: &str, cluster: Value) -> Option<(Vec<Valu
     let meta = serde_json::to_value(meta).unwrap();
     let root = json!({
         "Values": values,
-        "Release": { "Name": "bulwark", "Namespace": "bulwark-system", "Service": "Helm", "IsInstall": true, "IsUpgrade": false, "Revision": 1 },
+        "Release": { "Name": release, "Namespace": "bulwark-system", "Service": "Helm", "IsInstall": true, "IsUpgrade": false, "Revision": 1 },
         "Chart": { "Name": meta["name"], "Version": meta["version"], "AppVersion": meta["appVersion"] },
         "KubeVersion": kube,
         "Lookup": cluster,
@@ -148,11 +153,13 @@ fn default_values_render_the_control_plane_and_the_webhook() {
         "ConfigMap/bulwark-default-policies",
         "ConfigMap/bulwark-injection",
         "Deployment/bulwark-control",
+        "Deployment/bulwark-injector",
         "MutatingWebhookConfiguration/bulwark-sidecar-injector",
         "PersistentVolumeClaim/bulwark-control-data",
         "Secret/bulwark-control-token",
         "Secret/bulwark-webhook-tls",
         "Service/bulwark-control",
+        "Service/bulwark-injector",
         "ServiceAccount/bulwark-control",
     ]
     .map(String::from)
@@ -175,7 +182,7 @@ fn default_values_render_the_control_plane_and_the_webhook() {
         };
         assert_eq!(
             hook["clientConfig"]["service"],
-            json!({"name": "bulwark-control", "namespace": "bulwark-system", "path": path, "port": 443})
+            json!({"name": "bulwark-injector", "namespace": "bulwark-system", "path": path, "port": 443})
         );
         assert_eq!(hook["rules"][0]["operations"], json!(["CREATE"]));
         assert_eq!(hook["failurePolicy"], "Ignore", "the mesh never stops the cluster from creating pods");
@@ -200,16 +207,35 @@ fn default_values_render_the_control_plane_and_the_webhook() {
     let docs = bulwark_policy::parse_documents(policies, "bulwark-default-policies").unwrap();
     bulwark_policy::Snapshot::compile("1", docs).unwrap();
 
-    // Every flag the Deployment passes is one bulwark-control has.
-    let deployment = find(&objects, "Deployment", "bulwark-control");
+    // Every flag the Deployments pass is one bulwark-control has.
     let help = String::from_utf8(Command::new(workspace_bin("bulwark-control")).arg("--help").output().unwrap().stdout)
         .unwrap();
-    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
-    for arg in container["args"].as_array().unwrap() {
-        let flag = arg.as_str().unwrap().split('=').next().unwrap();
-        assert!(help.contains(flag), "bulwark-control has no {flag}");
+    for name in ["bulwark-control", "bulwark-injector"] {
+        let container = &find(&objects, "Deployment", name)["spec"]["template"]["spec"]["containers"][0];
+        for arg in container["args"].as_array().unwrap() {
+            let flag = arg.as_str().unwrap().split('=').next().unwrap();
+            assert!(help.contains(flag), "bulwark-control has no {flag}");
+        }
     }
-    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    // One writer for the store; the webhook is served by the injector, rolled with a surge.
+    let deployment = find(&objects, "Deployment", "bulwark-control");
+    assert_eq!(
+        (deployment["spec"]["replicas"].as_i64(), deployment["spec"]["strategy"]["type"].as_str()),
+        (Some(1), Some("Recreate"))
+    );
+    let injector = find(&objects, "Deployment", "bulwark-injector");
+    assert_eq!(injector["spec"]["template"]["spec"]["containers"][0]["args"][0], "--webhook-only");
+    assert_eq!(injector["spec"]["strategy"]["rollingUpdate"], json!({"maxSurge": 1, "maxUnavailable": 0}));
+    // Both have the one discovery token: the proxies the injector injects present it.
+    for d in [deployment, injector] {
+        let env = d["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
+        let discovery = env.iter().find(|e| e["name"] == "BULWARK_DISCOVERY_TOKEN").unwrap();
+        assert_eq!(
+            discovery["valueFrom"]["secretKeyRef"],
+            json!({"name": "bulwark-control-token", "key": "discovery-token"})
+        );
+    }
+    assert!(notes.contains("webhook.replicas=2"), "one injector: NOTES says what that costs\n{notes}");
     assert_eq!(deployment["spec"]["template"]["metadata"]["labels"]["bulwark.dev/inject"], "disabled");
     assert!(notes.contains("kubectl label namespace NAME bulwark.dev/inject=enabled"), "{notes}");
     assert!(!notes.contains("quitquitquit"));
@@ -226,6 +252,8 @@ fn cert_manager_no_persistence_token_and_fallback_sidecars_render_too() {
     };
     let names = check_types(&objects);
     assert!(names.contains("Issuer/bulwark-webhook-selfsigned") && names.contains("Certificate/bulwark-webhook"));
+    let certificate = find(&objects, "Certificate", "bulwark-webhook");
+    assert_eq!(certificate["spec"]["dnsNames"][0], "bulwark-injector.bulwark-system.svc");
     assert!(names.contains("Secret/bulwark-control-token"));
     assert!(!names.contains("Secret/bulwark-webhook-tls"), "cert-manager writes that Secret");
     assert!(!names.contains("PersistentVolumeClaim/bulwark-control-data"));
@@ -285,6 +313,8 @@ fn the_webhook_certificates_survive_an_upgrade() {
     // The generated PolicyAdmin token is kept too.
     let token = find(&first, "Secret", "bulwark-control-token").clone();
     assert_eq!(token["data"]["token"].as_str().map(str::len), Some(64), "48 random characters, base64");
+    assert_eq!(token["data"]["discovery-token"].as_str().map(str::len), Some(64));
+    assert_ne!(token["data"]["token"], token["data"]["discovery-token"]);
     let cluster = json!({
         "v1/Secret/bulwark-system/bulwark-webhook-tls": secret,
         "v1/Secret/bulwark-system/bulwark-control-token": token,
@@ -307,7 +337,9 @@ fn a_misspelt_or_mistyped_value_fails_against_the_schema() {
     for (over, says) in [
         (json!({"webhook": {"failurPolicy": "Fail"}}), "'failurPolicy' was unexpected"),
         (json!({"webhook": {"failurePolicy": "Sometimes"}}), "is not one of"),
-        (json!({"controlPlane": {"replicas": "two"}}), "is not of type"),
+        (json!({"webhook": {"replicas": "two"}}), "is not of type"),
+        // The store has one writer: there is no such value.
+        (json!({"controlPlane": {"replicas": 2}}), "'replicas' was unexpected"),
         (json!({"proxy": {"ports": {"admin": 70000}}}), "is greater than the maximum"),
     ] {
         let mut v = values.clone();
@@ -318,17 +350,33 @@ fn a_misspelt_or_mistyped_value_fails_against_the_schema() {
 }
 
 #[test]
-fn a_value_change_rolls_the_control_plane_and_fail_needs_two_replicas() {
+fn a_value_change_rolls_the_pods_and_fail_needs_two_injectors() {
     let Some((before, _)) = render(json!({})) else { return };
     let (after, _) = render(json!({"proxy": {"logLevel": "debug"}})).unwrap();
-    let checksum = |objects: &[Value]| {
-        find(objects, "Deployment", "bulwark-control")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
-            .clone()
+    let checksum = |objects: &[Value], name: &str| {
+        find(objects, "Deployment", name)["spec"]["template"]["metadata"]["annotations"]["checksum/config"].clone()
     };
-    assert!(checksum(&before).as_str().is_some_and(|c| c.len() == 64));
-    assert_ne!(checksum(&before), checksum(&after), "an injection value changed: the pods roll");
+    assert!(checksum(&before, "bulwark-injector").as_str().is_some_and(|c| c.len() == 64));
+    assert_ne!(
+        checksum(&before, "bulwark-injector"),
+        checksum(&after, "bulwark-injector"),
+        "an injection value changed: the injectors roll"
+    );
+    assert_eq!(
+        checksum(&before, "bulwark-control"),
+        checksum(&after, "bulwark-control"),
+        "the store has no use for it"
+    );
+    let policies =
+        "apiVersion: bulwark.dev/v1\nkind: ResiliencePolicy\nmetadata: { name: p }\nspec: { target: { service: a } }\n";
+    let (other, _) = render(json!({"defaultPolicies": policies})).unwrap();
+    assert_ne!(
+        checksum(&before, "bulwark-control"),
+        checksum(&other, "bulwark-control"),
+        "the default policies changed: the control plane rolls"
+    );
     let (same, _) = render(json!({})).unwrap();
-    assert_eq!(checksum(&before), checksum(&same));
+    assert_eq!(checksum(&before, "bulwark-injector"), checksum(&same, "bulwark-injector"));
     // Standard labels everywhere.
     for o in &before {
         let labels = &o["metadata"]["labels"];
@@ -350,13 +398,18 @@ fn a_value_change_rolls_the_control_plane_and_fail_needs_two_replicas() {
         "KubeVersion": "1.35.0",
     });
     let refused = helm::render(renderer, &chart(), &root).unwrap_err();
-    assert!(refused.contains("webhook.failurePolicy=Fail needs controlPlane.replicas >= 2"), "{refused}");
-    let (two, _) =
-        render(json!({"webhook": {"failurePolicy": "Fail"}, "controlPlane": {"replicas": 2, "persistence": {"enabled": false}}}))
-            .unwrap();
+    assert!(refused.contains("webhook.failurePolicy=Fail needs webhook.replicas >= 2"), "{refused}");
+    assert!(!before.iter().any(|o| o["kind"] == "PodDisruptionBudget"), "one injector: no budget");
+    let (two, notes) = render(json!({"webhook": {"failurePolicy": "Fail", "replicas": 3}})).unwrap();
+    check_types(&two);
     let hooks = find(&two, "MutatingWebhookConfiguration", "bulwark-sidecar-injector");
     assert_eq!(hooks["webhooks"][0]["failurePolicy"], "Fail");
-    assert_eq!(find(&two, "PodDisruptionBudget", "bulwark-control")["spec"]["maxUnavailable"], 1);
+    assert_eq!(find(&two, "PodDisruptionBudget", "bulwark-injector")["spec"]["maxUnavailable"], 1);
+    let injector = &find(&two, "Deployment", "bulwark-injector")["spec"];
+    assert_eq!(injector["replicas"], 3);
+    assert_eq!(injector["template"]["spec"]["topologySpreadConstraints"][0]["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(find(&two, "Deployment", "bulwark-control")["spec"]["replicas"], 1, "still one writer");
+    assert!(!notes.contains("webhook.replicas=2"));
 }
 
 #[test]
@@ -368,8 +421,15 @@ fn the_network_policy_lets_every_pod_discover_and_only_the_named_peers_administe
     check_types(&on);
     let np = find(&on, "NetworkPolicy", "bulwark-control");
     let ingress = np["spec"]["ingress"].as_array().unwrap();
-    assert_eq!(ingress[0]["ports"], json!([{"port": 15012, "protocol": "TCP"}, {"port": 15017, "protocol": "TCP"}]));
-    assert!(ingress[0].get("from").is_none(), "discovery and the webhook from anywhere");
+    assert_eq!(ingress[0]["ports"], json!([{"port": 15012, "protocol": "TCP"}]));
+    assert!(ingress[0].get("from").is_none(), "discovery from anywhere");
+    let webhook = find(&on, "NetworkPolicy", "bulwark-injector");
+    assert_eq!(
+        webhook["spec"]["ingress"],
+        json!([{"ports": [{"port": 15017, "protocol": "TCP"}]}]),
+        "the webhook from anywhere (the API server)"
+    );
+    assert_eq!(webhook["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "bulwark-injector");
     assert_eq!(ingress[1]["ports"], json!([{"port": 15013, "protocol": "TCP"}]));
     assert_eq!(ingress[1]["from"], json!([ops]));
     let (closed, _) = render(json!({"networkPolicy": {"enabled": true}})).unwrap();
@@ -424,4 +484,38 @@ fn real_helm_agrees_when_it_is_installed() {
     helm.sort_by_key(key);
     ours.sort_by_key(key);
     assert_eq!(helm, ours);
+}
+
+/// A second release beside the first (a canary control plane, selecting its own namespaces)
+/// shares no object name with it, cluster-scoped or in the same namespace, and points its
+/// webhook and proxies at its own Services.
+#[test]
+fn a_second_release_collides_with_nothing_of_the_first() {
+    let Some((first, _)) = render(json!({})) else { return };
+    let canary_values = json!({"webhook": {"namespaceLabel": "bulwark.dev/inject-canary"}});
+    let (canary, notes) = render_release("canary", canary_values, "1.35.0", json!({})).unwrap();
+    let names = |objects: &[Value]| -> BTreeSet<String> {
+        objects
+            .iter()
+            .map(|o| format!("{}/{}", o["kind"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap()))
+            .collect()
+    };
+    let shared: Vec<String> = names(&first).intersection(&names(&canary)).cloned().collect();
+    assert!(shared.is_empty(), "both releases would own {shared:?}");
+    for name in names(&canary) {
+        assert!(name.split('/').nth(1).unwrap().starts_with("canary-bulwark-"), "{name}");
+    }
+    // Selector labels differ by instance, so neither Service picks the other's pods.
+    let service = find(&canary, "Service", "canary-bulwark-control");
+    assert_eq!(service["spec"]["selector"]["app.kubernetes.io/instance"], "canary");
+    let hooks = find(&canary, "MutatingWebhookConfiguration", "canary-bulwark-sidecar-injector");
+    assert_eq!(hooks["webhooks"][0]["clientConfig"]["service"]["name"], "canary-bulwark-injector");
+    assert_eq!(hooks["webhooks"][0]["namespaceSelector"]["matchExpressions"][0]["key"], "bulwark.dev/inject-canary");
+    let injection = find(&canary, "ConfigMap", "canary-bulwark-injection");
+    let values = InjectionValues::from_yaml(injection["data"]["values.yaml"].as_str().unwrap(), "injection").unwrap();
+    assert_eq!(values.control_plane, "canary-bulwark-control.bulwark-system.svc:15012");
+    assert!(notes.contains("svc/canary-bulwark-control"), "{notes}");
+    // A release named for what it is keeps its name as the prefix.
+    let (named, _) = render_release("bulwark-canary", json!({}), "1.35.0", json!({})).unwrap();
+    assert!(names(&named).contains("Deployment/bulwark-canary-control"));
 }

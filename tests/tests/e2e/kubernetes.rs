@@ -214,6 +214,56 @@ async fn webhook_answers_every_review_over_https() {
     assert!(logs.contains("pod shop/web-: injected"), "{logs}");
 }
 
+/// The chart's injector Deployment: `--webhook-only` serves the webhook without a store, and
+/// gives injected proxies the control plane's discovery token; without one it refuses to start.
+#[tokio::test]
+async fn a_webhook_only_injector_needs_no_store_and_hands_out_the_control_planes_token() {
+    if !tls::available() {
+        return;
+    }
+    let dir = TempDir::new("injector");
+    let certs = tls::issue(dir.path(), "webhook");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let injector = |extra: &[&str]| {
+        let mut cmd = Command::new(workspace_bin("bulwark-control"));
+        cmd.arg("--webhook-only")
+            .args(["--webhook-listen", &addr.to_string()])
+            .arg("--webhook-cert")
+            .arg(&certs.cert)
+            .arg("--webhook-key")
+            .arg(&certs.key)
+            // Never created: the injector has no store.
+            .arg("--data-dir")
+            .arg(dir.path().join("no-store"))
+            .args(extra)
+            .env_remove("BULWARK_DISCOVERY_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    let refused = injector(&[]).output().unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("--webhook-only needs --discovery-token"), "{err}");
+
+    let mut child = injector(&["--discovery-token", "shared-bootstrap"]).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while tls::request(addr, &certs.ca, "GET", "/healthz", Vec::new()).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "the injector did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let web = pod("web", json!({}));
+    let reply = tls::request(addr, &certs.ca, "POST", "/inject", review("uid-only", &web)).await.unwrap();
+    let answer: Value = serde_json::from_slice(&reply.body).unwrap();
+    let typed: Pod = serde_json::from_value(apply(&answer, &web)).unwrap();
+    let proxy = typed.spec.unwrap().init_containers.unwrap().into_iter().find(|c| c.name == "bulwark-proxy").unwrap();
+    let token = proxy.env.unwrap().into_iter().find(|e| e.name == "BULWARK_DISCOVERY_TOKEN").and_then(|e| e.value);
+    assert_eq!(token.as_deref(), Some("shared-bootstrap"));
+    assert!(!dir.path().join("no-store").exists(), "a webhook-only process keeps no store");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[tokio::test]
 async fn webhook_reloads_its_certificate_when_the_files_change() {
     if !tls::available() {
@@ -249,8 +299,12 @@ async fn webhook_reloads_its_certificate_when_the_files_change() {
 }
 
 fn bulwarkctl_inject(args: &[&str], stdin: &str) -> std::process::Output {
+    bulwarkctl_offline("inject", args, stdin)
+}
+
+fn bulwarkctl_offline(command: &str, args: &[&str], stdin: &str) -> std::process::Output {
     let mut child = Command::new(workspace_bin("bulwarkctl"))
-        .arg("inject")
+        .arg(command)
         .args(args)
         // Offline: no control plane is needed.
         .env("BULWARK_SERVER", "127.0.0.1:1")
@@ -298,6 +352,45 @@ fn bulwarkctl_inject_rewrites_workloads_and_leaves_the_rest() {
     assert!(out.stdout.is_empty());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("document 2: pod/p: annotation bulwark.dev/drain-timeout=\"forever\""), "{err}");
+}
+
+/// The lifecycle of an offline-injected manifest: injected, upgraded to another proxy image,
+/// uninjected back to what it was.
+#[test]
+fn bulwarkctl_upgrade_and_uninject_round_trip() {
+    let original = std::fs::read_to_string(fixture("deployment.yaml")).unwrap();
+    let docs = |text: &[u8]| -> Vec<Value> {
+        yaml_serde::Deserializer::from_slice(text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect()
+    };
+    let injected = bulwarkctl_inject(&["-f", "-"], &original);
+    assert!(injected.status.success(), "{}", String::from_utf8_lossy(&injected.stderr));
+    let text = String::from_utf8(injected.stdout).unwrap();
+    assert!(text.contains("bulwark.dev/proxy-version: '0.1.0'"), "{text}");
+
+    let upgraded =
+        bulwarkctl_inject(&["-f", "-", "--upgrade", "--proxy-image", "registry.local/bulwark-proxy:0.2.0"], &text);
+    assert!(upgraded.status.success(), "{}", String::from_utf8_lossy(&upgraded.stderr));
+    assert!(String::from_utf8_lossy(&upgraded.stderr).contains("deployment/web re-injected"));
+    let fresh = bulwarkctl_inject(&["-f", "-", "--proxy-image", "registry.local/bulwark-proxy:0.2.0"], &original);
+    assert_eq!(docs(&upgraded.stdout), docs(&fresh.stdout), "an upgrade is a fresh injection with the new values");
+    let upgraded_text = String::from_utf8(upgraded.stdout).unwrap();
+    assert!(upgraded_text.contains("bulwark.dev/proxy-version: '0.2.0'"));
+    assert!(!upgraded_text.contains(":0.1.0"), "no trace of the old proxy:\n{upgraded_text}");
+
+    let uninjected = bulwarkctl_offline("uninject", &["-f", "-"], &upgraded_text);
+    assert!(uninjected.status.success(), "{}", String::from_utf8_lossy(&uninjected.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&uninjected.stderr).lines().collect::<Vec<_>>(),
+        [
+            "configmap/web-config unchanged: not a workload",
+            "deployment/web uninjected",
+            "service/web unchanged: not a workload"
+        ]
+    );
+    assert_eq!(docs(&uninjected.stdout), docs(original.as_bytes()), "uninjected is the manifest as it was");
+    let again = bulwarkctl_offline("uninject", &["-f", "-"], &String::from_utf8_lossy(&uninjected.stdout));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("deployment/web skipped: has no Bulwark proxy"));
+    assert_eq!(again.stdout, uninjected.stdout);
 }
 
 /// The injector's probe rewrite and the proxy's `/app-health/` agree: an injected pod's
