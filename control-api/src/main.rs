@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use bulwark_control::experiments::Experiments;
 use bulwark_control::inject::Values;
+use bulwark_control::published::Publisher;
 use bulwark_control::server::discovery::{Discovery, Proxies};
 use bulwark_control::server::{admin::Admin, token, RequireToken};
 use bulwark_control::store::Store;
@@ -63,6 +65,12 @@ struct Cli {
     /// injected proxies are given must then be the control plane's (--discovery-token).
     #[arg(long, requires = "webhook_listen", conflicts_with_all = ["admin_listen", "policy_dir", "token"])]
     webhook_only: bool,
+    /// Serve Prometheus metrics (experiments) on this address, at /metrics.
+    #[arg(long, env = "BULWARK_CONTROL_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// The longest a ChaosExperiment may run (its `duration`).
+    #[arg(long, default_value = "1h", env = "BULWARK_MAX_EXPERIMENT_DURATION")]
+    max_experiment_duration: bulwark_policy::duration::Dur,
 }
 
 #[tokio::main]
@@ -141,19 +149,30 @@ async fn main() -> anyhow::Result<()> {
         token::DISCOVERY,
         "discovery streams (proxies: controlPlane.tokenFile or BULWARK_DISCOVERY_TOKEN; injected proxies are given it)",
     )?;
-    let (changed, _) = tokio::sync::watch::channel(Arc::new(store.published()));
+    let changed = Arc::new(Publisher::new(&store));
     tracing::info!(revision = store.revision(), data_dir = %cli.data_dir.display(), "store open");
     let store = Arc::new(tokio::sync::Mutex::new(store));
+    let experiments = Experiments::open(store.clone(), changed.clone(), cli.max_experiment_duration.get())
+        .await
+        .context("opening the experiment records")?;
 
+    if let Some(addr) = cli.metrics_listen {
+        let socket = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--metrics-listen {addr}"))?;
+        tokio::spawn(bulwark_control::server::metrics::serve(socket, experiments.clone()));
+    }
     let (reflection, reflection_alpha) = reflection()?;
     let proxies = Arc::new(Proxies::default());
     let discovery = tonic::service::interceptor::InterceptedService::new(
-        pb::policy_discovery_server::PolicyDiscoveryServer::new(Discovery::new(changed.subscribe(), proxies.clone()))
-            .max_encoding_message_size(bulwark_policy::document::MAX_SNAPSHOT_BYTES + (1 << 20)),
+        pb::policy_discovery_server::PolicyDiscoveryServer::new(Discovery::new(
+            changed.subscribe(),
+            proxies.clone(),
+            experiments.clone(),
+        ))
+        .max_encoding_message_size(bulwark_policy::document::MAX_SNAPSHOT_BYTES + (1 << 20)),
         RequireToken { token: discovery_token.clone(), what: "discovery token" },
     );
     let admin = pb::policy_admin_server::PolicyAdminServer::with_interceptor(
-        Admin::new(store, changed, proxies),
+        Admin::new(store, changed, proxies, experiments),
         RequireToken { token: admin_token.clone(), what: "admin token" },
     );
     let mut term = signal(SignalKind::terminate())?;

@@ -9,11 +9,14 @@ use bulwark_policy::route::HostPattern;
 use bulwark_policy::{Direction, ResiliencePolicy};
 use bulwark_proto::v1 as pb;
 
-/// One revision of the store, as discovery sends it.
+/// One revision of the store, as discovery sends it, with what running experiments observe.
 #[derive(Default)]
 pub struct Published {
     pub revision: u64,
     entries: Vec<Entry>,
+    observations: Vec<pb::Observation>,
+    /// Counts changes of the observations alone, so that each makes a new version.
+    observed_generation: u64,
 }
 
 struct Entry {
@@ -47,7 +50,17 @@ impl Published {
                 Entry { policy, only_for }
             })
             .collect();
-        Published { revision, entries }
+        Published { revision, entries, observations: Vec::new(), observed_generation: 0 }
+    }
+
+    /// The version proxies ack: the store's revision, and the observations' generation once
+    /// an experiment has observed anything.
+    pub fn version(&self) -> String {
+        if self.observed_generation == 0 {
+            self.revision.to_string()
+        } else {
+            format!("{}.{}", self.revision, self.observed_generation)
+        }
     }
 
     /// The snapshot proxy `node` is sent.
@@ -57,13 +70,58 @@ impl Published {
             .iter()
             .filter(|e| e.only_for.as_ref().is_none_or(|p| p.matches(&node.service)))
             .map(|e| e.policy.clone())
+            .collect::<Vec<pb::Policy>>();
+        // Only what this proxy can measure: observations of the policies it has.
+        let observations = self
+            .observations
+            .iter()
+            .filter(|o| policies.iter().any(|p| format!("{}/{}", p.namespace, p.name) == o.policy))
+            .cloned()
             .collect();
-        pb::Snapshot { version: self.revision.to_string(), policies }
+        pb::Snapshot { version: self.version(), policies, observations }
     }
 }
 
-/// The sending side, held by whoever changes the store.
-pub type Publisher = tokio::sync::watch::Sender<Arc<Published>>;
+/// The sending side, held by whoever changes the store or what experiments observe: every
+/// publication carries both.
+pub struct Publisher {
+    tx: tokio::sync::watch::Sender<Arc<Published>>,
+    observed: parking_lot::Mutex<(u64, Vec<pb::Observation>)>,
+}
+
+impl Publisher {
+    pub fn new(store: &crate::store::Store) -> Publisher {
+        let (tx, _) = tokio::sync::watch::channel(Arc::new(store.published()));
+        Publisher { tx, observed: parking_lot::Mutex::new((0, Vec::new())) }
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Arc<Published>> {
+        self.tx.subscribe()
+    }
+
+    pub fn current(&self) -> Arc<Published> {
+        self.tx.borrow().clone()
+    }
+
+    /// Publishes the store as it is now.
+    pub fn publish(&self, store: &crate::store::Store) {
+        let observed = self.observed.lock();
+        let mut p = store.published();
+        p.observed_generation = observed.0;
+        p.observations = observed.1.clone();
+        self.tx.send_replace(Arc::new(p));
+    }
+
+    /// Publishes new observations with the store as it is now.
+    pub fn observe(&self, store: &crate::store::Store, observations: Vec<pb::Observation>) {
+        {
+            let mut observed = self.observed.lock();
+            observed.0 += 1;
+            observed.1 = observations;
+        }
+        self.publish(store);
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -97,6 +97,16 @@ impl Store {
         self.state.revision
     }
 
+    /// A stored policy as it is served, parsed.
+    pub fn doc(&self, id: &str) -> Option<&ResiliencePolicy> {
+        self.parsed.get(id).map(|d| &**d)
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn get(&self, id: &str) -> Option<&Stored> {
         self.state.policies.get(id)
     }

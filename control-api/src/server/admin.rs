@@ -9,19 +9,26 @@ use bulwark_proto::v1 as pb;
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
+use crate::experiments::{Experiments, Record};
 use crate::published::Publisher;
 use crate::store::{Change, ChangeKind, Store, StoreError};
 
 pub struct Admin {
     store: Arc<Mutex<Store>>,
+    experiments: Arc<Experiments>,
     /// Given the new revision after every stored change, before the change is answered.
-    changed: Publisher,
+    changed: Arc<Publisher>,
     proxies: Arc<super::discovery::Proxies>,
 }
 
 impl Admin {
-    pub fn new(store: Arc<Mutex<Store>>, changed: Publisher, proxies: Arc<super::discovery::Proxies>) -> Admin {
-        Admin { store, changed, proxies }
+    pub fn new(
+        store: Arc<Mutex<Store>>,
+        changed: Arc<Publisher>,
+        proxies: Arc<super::discovery::Proxies>,
+        experiments: Arc<Experiments>,
+    ) -> Admin {
+        Admin { store, experiments, changed, proxies }
     }
 
     fn respond(
@@ -34,7 +41,7 @@ impl Admin {
             Ok(changes) => {
                 let applied = !dry_run && changes.iter().any(|c| c.kind != ChangeKind::Unchanged);
                 if applied {
-                    self.changed.send_replace(Arc::new(store.published()));
+                    self.changed.publish(store);
                 }
                 Ok(Response::new(pb::ApplyResponse {
                     applied,
@@ -77,6 +84,18 @@ fn split_id(id: &str) -> (String, String) {
 fn id(namespace: &str, name: &str) -> String {
     let ns = if namespace.is_empty() { "default" } else { namespace };
     format!("{ns}/{name}")
+}
+
+fn to_pb_experiment(r: &Record) -> pb::Experiment {
+    let (namespace, name) = split_id(&r.id);
+    pb::Experiment {
+        namespace,
+        name,
+        state: r.state.as_str().into(),
+        reason: r.report.cause.clone().unwrap_or_default(),
+        yaml: r.yaml.clone(),
+        report_json: serde_json::to_string(&r.report).unwrap_or_default(),
+    }
 }
 
 fn to_pb_policy(id: &str, s: &crate::store::Stored) -> pb::Policy {
@@ -164,11 +183,61 @@ impl pb::policy_admin_server::PolicyAdmin for Admin {
         self.respond(&store, result, false)
     }
 
+    async fn run_experiment(
+        &self,
+        req: Request<pb::RunExperimentRequest>,
+    ) -> Result<Response<pb::RunExperimentResponse>, Status> {
+        let yaml = req.into_inner().yaml;
+        if yaml.len() > bulwark_policy::document::MAX_DOCUMENT_BYTES {
+            return Err(Status::invalid_argument("yaml: over 1 MiB"));
+        }
+        Ok(Response::new(match self.experiments.run(&yaml).await {
+            Ok(r) => pb::RunExperimentResponse { experiment: Some(to_pb_experiment(&r)), errors: Vec::new() },
+            Err(errors) => pb::RunExperimentResponse {
+                experiment: None,
+                errors: errors
+                    .into_iter()
+                    .map(|e| pb::ValidationError { policy: e.policy, path: e.path, message: e.message })
+                    .collect(),
+            },
+        }))
+    }
+
+    async fn get_experiment(&self, req: Request<pb::GetExperimentRequest>) -> Result<Response<pb::Experiment>, Status> {
+        let req = req.into_inner();
+        let id = id(&req.namespace, &req.name);
+        self.experiments
+            .get(&id)
+            .map(|r| Response::new(to_pb_experiment(&r)))
+            .ok_or_else(|| Status::not_found(format!("experiment {id} not found")))
+    }
+
+    async fn list_experiments(
+        &self,
+        req: Request<pb::ListExperimentsRequest>,
+    ) -> Result<Response<pb::ListExperimentsResponse>, Status> {
+        let experiments = self.experiments.list(&req.into_inner().namespace).iter().map(to_pb_experiment).collect();
+        Ok(Response::new(pb::ListExperimentsResponse { experiments }))
+    }
+
+    async fn abort_experiment(
+        &self,
+        req: Request<pb::AbortExperimentRequest>,
+    ) -> Result<Response<pb::Experiment>, Status> {
+        let req = req.into_inner();
+        let id = id(&req.namespace, &req.name);
+        match self.experiments.abort(&id, &req.reason) {
+            Ok(r) => Ok(Response::new(to_pb_experiment(&r))),
+            Err(e) if e.ends_with("not found") => Err(Status::not_found(e)),
+            Err(e) => Err(Status::failed_precondition(e)),
+        }
+    }
+
     async fn list_proxies(
         &self,
         _req: Request<pb::ListProxiesRequest>,
     ) -> Result<Response<pb::ListProxiesResponse>, Status> {
-        let current_version = self.changed.borrow().revision.to_string();
+        let current_version = self.changed.current().version();
         Ok(Response::new(pb::ListProxiesResponse { proxies: self.proxies.list(), current_version }))
     }
 }

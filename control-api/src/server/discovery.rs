@@ -102,11 +102,16 @@ impl Known {
 pub struct Discovery {
     published: watch::Receiver<Arc<Published>>,
     proxies: Arc<Proxies>,
+    experiments: Arc<crate::experiments::Experiments>,
 }
 
 impl Discovery {
-    pub fn new(published: watch::Receiver<Arc<Published>>, proxies: Arc<Proxies>) -> Discovery {
-        Discovery { published, proxies }
+    pub fn new(
+        published: watch::Receiver<Arc<Published>>,
+        proxies: Arc<Proxies>,
+        experiments: Arc<crate::experiments::Experiments>,
+    ) -> Discovery {
+        Discovery { published, proxies, experiments }
     }
 }
 
@@ -140,6 +145,7 @@ impl pb::policy_discovery_server::PolicyDiscovery for Discovery {
 
         let (tx, rx) = mpsc::channel(1);
         let (proxies, mut published) = (self.proxies.clone(), self.published.clone());
+        let experiments = self.experiments.clone();
         // Pushes: the newest snapshot whenever the store changes; never more than one queued.
         let push_node = node.clone();
         let pusher = tokio::spawn(async move {
@@ -173,6 +179,7 @@ impl pb::policy_discovery_server::PolicyDiscovery for Discovery {
                             s.last_error = error;
                         });
                     }
+                    Some(pb::discovery_request::Kind::Measurements(m)) => experiments.measured(&id, &m),
                     _ => {}
                 }
             }

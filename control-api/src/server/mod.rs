@@ -1,7 +1,8 @@
-//! The gRPC services bulwark-control serves.
+//! What bulwark-control serves: the gRPC services, and its metrics.
 
 pub mod admin;
 pub mod discovery;
+pub mod metrics;
 pub mod token;
 
 use tonic::{Request, Status};

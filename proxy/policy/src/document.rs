@@ -56,7 +56,21 @@ const MAX_SHAPE_ERRORS: usize = 64;
 /// each shape error (an unknown field, a value of the wrong type) is recorded and the field
 /// set aside, until what is left deserializes; that rest is then checked like any policy, so
 /// its semantic errors are reported in the same round trip.
-pub fn from_value(mut value: yaml_serde::Value, source: &str) -> Result<ResiliencePolicy, Vec<ValidationError>> {
+pub fn from_value(value: yaml_serde::Value, source: &str) -> Result<ResiliencePolicy, Vec<ValidationError>> {
+    every_error(value, source, |rest: &ResiliencePolicy| {
+        crate::Snapshot::compile("check", vec![rest.clone()]).err().unwrap_or_default()
+    })
+}
+
+/// Deserializes a `T` from a parsed YAML document, or returns every error in it: each shape
+/// error is recorded and the field set aside until what is left deserializes, and that rest is
+/// then checked by `semantic`, whose errors come in the same answer. A document without shape
+/// errors is returned as it is, for the caller to check.
+pub fn every_error<T: serde::de::DeserializeOwned>(
+    mut value: yaml_serde::Value,
+    source: &str,
+    semantic: impl FnOnce(&T) -> Vec<ValidationError>,
+) -> Result<T, Vec<ValidationError>> {
     let name = policy_label(&value).unwrap_or_else(|| source.to_string());
     let mut errors = Vec::new();
     let error = |path: &serde_path_to_error::Path, message: String| ValidationError {
@@ -65,12 +79,10 @@ pub fn from_value(mut value: yaml_serde::Value, source: &str) -> Result<Resilien
         message,
     };
     loop {
-        let e = match serde_path_to_error::deserialize::<_, ResiliencePolicy>(&value) {
-            Ok(policy) if errors.is_empty() => return Ok(policy),
+        let e = match serde_path_to_error::deserialize::<_, T>(&value) {
+            Ok(whole) if errors.is_empty() => return Ok(whole),
             Ok(rest) => {
-                if let Err(mut semantic) = crate::Snapshot::compile("check", vec![rest]) {
-                    errors.append(&mut semantic);
-                }
+                errors.extend(semantic(&rest));
                 return Err(errors);
             }
             Err(e) => e,

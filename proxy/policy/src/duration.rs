@@ -78,6 +78,14 @@ impl fmt::Display for Dur {
     }
 }
 
+impl std::str::FromStr for Dur {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Dur, String> {
+        parse(s).map(Dur)
+    }
+}
+
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         // Accept YAML scalars of any type so that `timeout: 30` gets the "missing unit"

@@ -8,6 +8,7 @@ pub mod compile;
 pub mod document;
 pub mod duration;
 mod error;
+pub mod experiment;
 pub mod faults;
 pub mod route;
 mod select;

@@ -32,6 +32,14 @@ impl ResiliencePolicy {
         route == crate::compile::DEFAULT_ROUTE || self.spec.routes.iter().any(|r| r.name == route)
     }
 
+    /// The `faults` block of a route (`default`: the policy's defaults), if it has one.
+    pub fn route_faults(&self, route: &str) -> Option<&FaultSpec> {
+        if route == crate::compile::DEFAULT_ROUTE {
+            return self.spec.defaults.faults.as_ref();
+        }
+        self.spec.routes.iter().find(|r| r.name == route).and_then(|r| r.faults.as_ref())
+    }
+
     /// Sets (or with `None` removes) the `faults` block of a route; route `default` is the
     /// policy's `defaults`. Errs when the policy has no such route.
     pub fn set_route_faults(&mut self, route: &str, faults: Option<FaultSpec>) -> Result<(), String> {
@@ -440,6 +448,11 @@ pub struct FaultSpec {
     /// Like `expiresAt`, counted from when the proxy first applied these faults.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "for")]
     pub for_: Option<Dur>,
+    /// Set by the control plane on the faults of a running ChaosExperiment (its
+    /// `namespace/name`): the proxy tags what they inject with it and drops them when its own
+    /// traffic crosses the experiment's guard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
 }
 
 /// `fixed`, or a `range` drawn uniformly.

@@ -159,6 +159,8 @@ async fn install_off_the_data_path(
 
 /// Keeps a discovery stream open until `stop`, reconnecting after any failure.
 pub async fn run(cp: ControlPlane, store: Arc<Store>, metrics: Arc<Metrics>, stop: CancellationToken) {
+    // An experiment's guard is judged here whether or not the control plane is reachable.
+    tokio::spawn(crate::telemetry::experiment::judge_every_interval(metrics.clone(), stop.clone()));
     let mut backoff = MIN_BACKOFF;
     loop {
         let session = tokio::select! {
@@ -203,7 +205,26 @@ async fn session(cp: &ControlPlane, store: &Arc<Store>, metrics: &Metrics) -> an
     metrics.control.connected(true);
     tracing::info!(control_plane = %cp.address, node = %me.id, "discovery stream open");
     let parsed = Arc::new(Mutex::new(Parsed::default()));
-    while let Some(snapshot) = snapshots.message().await? {
+    // Each interval of the experiments observed here, their measurements go back on the stream.
+    let mut next_report: Option<tokio::time::Instant> = None;
+    loop {
+        let report_at = next_report;
+        let report = async move {
+            match report_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let snapshot = tokio::select! {
+            s = snapshots.message() => s?,
+            () = report => {
+                let measurements = metrics.experiments.report();
+                tx.send(pb::DiscoveryRequest { kind: Some(pb::discovery_request::Kind::Measurements(measurements)) }).await?;
+                next_report = metrics.experiments.interval().map(|every| tokio::time::Instant::now() + every);
+                continue;
+            }
+        };
+        let Some(snapshot) = snapshot else { break };
         let policies: Vec<(String, String)> =
             snapshot.policies.iter().map(|p| (format!("{}/{}", p.namespace, p.name), p.yaml.clone())).collect();
         let count = policies.len();
@@ -217,6 +238,10 @@ async fn session(cp: &ControlPlane, store: &Arc<Store>, metrics: &Metrics) -> an
         .await
         {
             Ok(generation) => {
+                metrics.experiments.install(&snapshot.observations);
+                if next_report.is_none() {
+                    next_report = metrics.experiments.interval().map(|every| tokio::time::Instant::now() + every);
+                }
                 metrics.control.snapshot(true);
                 tracing::info!(version = %snapshot.version, policies = count, generation, "snapshot in force");
                 pb::discovery_request::Kind::Ack(pb::Ack { version: snapshot.version })

@@ -248,6 +248,7 @@ fn install(
                     f.clone(),
                     runtime,
                     metrics.stages.fault.route(&r.policy, &r.name),
+                    f.spec.experiment.as_deref().map(|x| metrics.experiments.handle(x)),
                 )
             }));
         }

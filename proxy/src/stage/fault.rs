@@ -100,11 +100,22 @@ pub fn draw(
     rec: &mut Record,
 ) -> Result<Decision, Refusal> {
     let Some(f) = state.filter(|f| f.active(Instant::now())) else { return Ok(Decision::default()) };
+    // An experiment's faults this proxy dropped after its own traffic crossed the guard.
+    if f.experiment.as_ref().is_some_and(|x| x.aborted()) {
+        return Ok(Decision::default());
+    }
     let d = f.decide(headers, client, || fastrand::u64(..));
     let m = &f.metrics;
+    let injected = |rec: &mut Record, counter: &Counter, kind: &'static str| {
+        counter.inc();
+        rec.faults.push(kind);
+        if let Some(x) = &f.experiment {
+            x.injected(kind);
+            rec.experiment = Some(x.name.clone());
+        }
+    };
     if let Some(with) = d.abort {
-        m.abort.inc();
-        rec.faults.push("abort");
+        injected(rec, &m.abort, "abort");
         return Err(Refusal { reason: Reason::FaultAbort, retry_after: None, abort: Some(with) });
     }
     for (hit, counter, kind) in [
@@ -113,8 +124,7 @@ pub fn draw(
         (d.bandwidth.is_some(), &m.bandwidth, "bandwidth"),
     ] {
         if hit {
-            counter.inc();
-            rec.faults.push(kind);
+            injected(rec, counter, kind);
         }
     }
     Ok(d)
@@ -138,6 +148,8 @@ pub struct FaultState {
     /// Where the faults came from: the policy file, or a runtime toggle.
     pub runtime: bool,
     pub metrics: FaultMetrics,
+    /// Set when the faults are a ChaosExperiment's.
+    pub experiment: Option<Arc<crate::telemetry::experiment::Handle>>,
 }
 
 impl FaultState {
@@ -147,13 +159,14 @@ impl FaultState {
         faults: Arc<FaultPolicy>,
         runtime: bool,
         metrics: FaultMetrics,
+        experiment: Option<Arc<crate::telemetry::experiment::Handle>>,
     ) -> Arc<FaultState> {
         let now = Instant::now();
         let deadline = faults.expiry.map(|e| match e {
             Expiry::After(d) => now + d,
             Expiry::At(t) => now + t.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO),
         });
-        let state = Arc::new(FaultState { policy, route, faults, deadline, runtime, metrics });
+        let state = Arc::new(FaultState { policy, route, faults, deadline, runtime, metrics, experiment });
         if let Some(deadline) = deadline {
             watch_expiry(Arc::downgrade(&state), deadline);
         }

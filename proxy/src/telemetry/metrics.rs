@@ -160,6 +160,8 @@ pub struct Metrics {
     pub stages: StageFamilies,
     pub control: ControlMetrics,
     pub export: ExportMetrics,
+    /// What running experiments observe here, and their faults' state on this proxy.
+    pub experiments: super::experiment::Experiments,
     process: ProcessMetrics,
 }
 
@@ -179,11 +181,12 @@ impl Metrics {
         let control = ControlMetrics::register(r);
         let stages = StageFamilies::register(r);
         let export = ExportMetrics::register(r);
+        let experiments = super::experiment::Experiments::register(r);
         let process = ProcessMetrics {
             resident_memory: single(r, "process_resident_memory_bytes", "Resident memory of the proxy process"),
             open_fds: single(r, "process_open_fds", "File descriptors the proxy process has open"),
         };
-        Metrics { registry, requests, listeners, upstream, stages, control, export, process }
+        Metrics { registry, requests, listeners, upstream, stages, control, export, experiments, process }
     }
 
     /// Removes every series of a route that no longer exists, so deleted and renamed routes

@@ -3,6 +3,7 @@
 //! access-log line (`access_log`).
 
 pub mod access_log;
+pub mod experiment;
 pub mod metrics;
 pub mod record;
 pub mod route_family;

@@ -34,6 +34,8 @@ pub struct Record {
     pub reason: Option<Reason>,
     /// Fault kinds injected (stage `fault`).
     pub faults: Vec<&'static str>,
+    /// The experiment whose faults were injected, if they were an experiment's.
+    pub experiment: Option<Arc<str>>,
     /// The breaker's state as the request found it (stage `breaker`).
     pub breaker: Option<&'static str>,
     /// Time spent waiting for a bulkhead slot (stage `bulkhead`).
@@ -104,6 +106,7 @@ impl Record {
             labels,
             reason: None,
             faults: Vec::new(),
+            experiment: None,
             breaker: None,
             bulkhead_wait: None,
             tries: Vec::new(),
@@ -137,7 +140,17 @@ impl Record {
     /// to be written when the response body ends.
     pub fn finish(self, shared: &Arc<Shared>, resp: Response<ProxyBody>) -> Response<ProxyBody> {
         let status = resp.status().as_u16();
-        shared.metrics.requests.observe(&self.labels, status, self.reason, self.start.elapsed());
+        let elapsed = self.start.elapsed();
+        shared.metrics.requests.observe(&self.labels, status, self.reason, elapsed);
+        let grpc = || resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        shared.metrics.experiments.observe(
+            &self.labels.policy,
+            &self.labels.route,
+            status,
+            grpc,
+            self.reason.is_some(),
+            elapsed,
+        );
         let upstream = self.tries.last().map(|t| t.endpoint);
         let retries = self.retries();
         if let Some(cx) = self.span.filter(super::trace::recording) {
@@ -146,6 +159,7 @@ impl Record {
             if !self.faults.is_empty() {
                 attributes.push(KeyValue::new("bulwark.fault", self.faults.join(",")));
             }
+            attributes.extend(self.experiment.as_ref().map(|e| KeyValue::new("bulwark.experiment", e.to_string())));
             attributes.extend(self.breaker.map(|b| KeyValue::new("bulwark.breaker.state", b)));
             attributes.extend(
                 self.bulkhead_wait.map(|w| KeyValue::new("bulwark.bulkhead.wait_ms", w.as_secs_f64() * 1000.0)),

@@ -16,6 +16,7 @@ mod defaults;
 mod discovery;
 mod drain;
 mod edge;
+mod experiments;
 mod faults;
 mod grpc;
 mod http1;

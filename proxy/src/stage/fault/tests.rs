@@ -33,7 +33,7 @@ fn policy(abort: f64, delay: f64) -> FaultPolicy {
 }
 
 fn state(p: FaultPolicy) -> Arc<FaultState> {
-    FaultState::new("default/p".into(), "r".into(), Arc::new(p), false, metrics())
+    FaultState::new("default/p".into(), "r".into(), Arc::new(p), false, metrics(), None)
 }
 
 /// xorshift64*, seeded: a deterministic uniform source.

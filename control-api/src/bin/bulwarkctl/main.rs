@@ -7,6 +7,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod experiment;
+
 use bulwark_control::inject::Action;
 use bulwark_proto::v1 as pb;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -39,6 +41,14 @@ enum Output {
     Human,
     Yaml,
     Json,
+    /// Markdown (experiment reports); elsewhere the same as human.
+    Md,
+}
+
+impl Output {
+    fn human(self) -> bool {
+        matches!(self, Output::Human | Output::Md)
+    }
 }
 
 #[derive(Subcommand)]
@@ -71,6 +81,11 @@ enum Command {
     },
     /// Connected proxies: version acknowledged, last rejection.
     Status,
+    /// Guarded chaos experiments (ChaosExperiment documents).
+    Experiment {
+        #[command(subcommand)]
+        action: experiment::ExperimentAction,
+    },
     /// Add the Bulwark sidecar to the workloads of FILE or - (a multi-document YAML stream),
     /// offline: writes the result to standard output and a line per object to standard error.
     Inject {
@@ -239,6 +254,12 @@ fn rpc_of(command: &Command) -> &'static str {
         Command::Fault { action: FaultAction::Set { .. } } => "SetFault",
         Command::Fault { action: FaultAction::Clear { .. } } => "ClearFault",
         Command::Status => "ListProxies",
+        Command::Experiment { action } => match action {
+            experiment::ExperimentAction::Run { .. } => "RunExperiment",
+            experiment::ExperimentAction::List { .. } => "ListExperiments",
+            experiment::ExperimentAction::Abort { .. } => "AbortExperiment",
+            _ => "GetExperiment",
+        },
         Command::Inject { .. } | Command::Uninject { .. } => "none",
     }
 }
@@ -330,6 +351,49 @@ fn read_documents(source: &str) -> Result<Vec<String>, String> {
     files.iter().map(|f| std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))).collect()
 }
 
+/// The ChaosExperiment documents of `texts` (each as its own text) and the texts of the rest.
+fn split_experiments(texts: &[String]) -> (Vec<String>, Vec<String>) {
+    let mut experiments = Vec::new();
+    let mut rest = Vec::new();
+    for text in texts {
+        let docs: Vec<&str> = split_stream(text);
+        let is_experiment = |d: &str| {
+            yaml_serde::from_str::<yaml_serde::Value>(d)
+                .ok()
+                .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string))
+                == Some(bulwark_policy::experiment::KIND.to_string())
+        };
+        if !docs.iter().any(|d| is_experiment(d)) {
+            rest.push(text.clone());
+            continue;
+        }
+        for d in docs {
+            if is_experiment(d) {
+                experiments.push(d.to_string());
+            } else if !d.trim().is_empty() {
+                rest.push(d.to_string());
+            }
+        }
+    }
+    (experiments, rest)
+}
+
+/// The documents of a YAML stream, split at `---` lines.
+fn split_stream(text: &str) -> Vec<&str> {
+    let mut docs = Vec::new();
+    let mut start = 0;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if line.trim_end() == "---" || line.starts_with("--- ") {
+            docs.push(&text[start..offset]);
+            start = offset + line.len();
+        }
+        offset += line.len();
+    }
+    docs.push(&text[start..]);
+    docs
+}
+
 fn kind_name(kind: i32) -> &'static str {
     match pb::change::Kind::try_from(kind).unwrap_or(pb::change::Kind::Unspecified) {
         pb::change::Kind::Created => "created",
@@ -349,7 +413,7 @@ fn print_value(out: Output, value: &serde_json::Value) {
 
 /// Prints an Apply-like answer; exit 1 when refused.
 fn report(cli: &Cli, r: &pb::ApplyResponse, verb: &str) -> ExitCode {
-    if cli.output != Output::Human {
+    if !cli.output.human() {
         let v = serde_json::json!({
             "applied": r.applied,
             "revision": r.revision,
@@ -365,7 +429,7 @@ fn report(cli: &Cli, r: &pb::ApplyResponse, verb: &str) -> ExitCode {
     if r.errors.is_empty() {
         ExitCode::SUCCESS
     } else {
-        if cli.output == Output::Human {
+        if cli.output.human() {
             eprintln!("bulwarkctl: refused, nothing changed:");
             for e in &r.errors {
                 let at = if e.path.is_empty() { String::new() } else { format!("{}: ", e.path) };
@@ -405,7 +469,7 @@ async fn run(
                 .list(req(cli, pb::ListRequest { namespace: namespace.clone().unwrap_or_default() }))
                 .await?
                 .into_inner();
-            if cli.output == Output::Human {
+            if cli.output.human() {
                 println!("{:<40} {:>8}", "POLICY", "REVISION");
                 for p in &r.policies {
                     println!("{:<40} {:>8}", format!("{}/{}", p.namespace, p.name), p.revision);
@@ -429,10 +493,11 @@ async fn run(
             Ok(ExitCode::SUCCESS)
         }
         Command::Fault { action } => fault(cli, admin, action).await,
+        Command::Experiment { action } => experiment::run(cli, admin, action).await,
         Command::Inject { .. } | Command::Uninject { .. } => unreachable!("inject runs offline, before connecting"),
         Command::Status => {
             let r = admin.list_proxies(req(cli, pb::ListProxiesRequest {})).await?.into_inner();
-            if cli.output == Output::Human {
+            if cli.output.human() {
                 println!("control plane version {}", r.current_version);
                 println!("{:<32} {:<20} {:<10} {:<8} LAST ERROR", "PROXY", "SERVICE", "CONNECTED", "ACKED");
                 for p in &r.proxies {
@@ -473,8 +538,22 @@ async fn apply(
         Ok(d) => d,
         Err(e) => return Ok(usage(e)),
     };
+    // ChaosExperiment documents are run, the rest applied as policies.
+    let (experiments, documents) = split_experiments(&documents);
+    if !experiments.is_empty() && (dry_run || diff) {
+        return Ok(usage(
+            "ChaosExperiment documents cannot be dry-run or diffed; apply them, or use bulwarkctl experiment run",
+        ));
+    }
+    let mut refused = false;
+    for e in &experiments {
+        refused |= experiment::start(cli, admin, e).await?.is_none();
+    }
+    if documents.is_empty() {
+        return Ok(if refused { ExitCode::from(1) } else { ExitCode::SUCCESS });
+    }
     let r = admin.apply(req(cli, pb::ApplyRequest { documents: documents.clone(), dry_run })).await?.into_inner();
-    if diff && cli.output == Output::Human && r.errors.is_empty() {
+    if diff && cli.output.human() && r.errors.is_empty() {
         return Ok(print_diff(cli, admin, &r, &documents).await);
     }
     Ok(report(cli, &r, if dry_run { " (dry run)" } else { "" }))
