@@ -152,22 +152,31 @@ impl Experiments {
     pub fn measured(&self, proxy: &str, m: &pb::Measurements) {
         let now = Instant::now();
         let mut inner = self.inner.lock();
+        // What a proxy sends is bounded to what a proxy can mean: the histogram's buckets, the
+        // fault kinds, a line of reason.
+        let buckets = experiment::LATENCY_BOUNDS_MS.len() + 1;
         for o in &m.observed {
             if let Some(live) = inner.live.get_mut(&o.experiment) {
-                let counts =
-                    experiment::Counts { requests: o.requests, errors: o.errors, buckets: o.latency_buckets.clone() };
+                let counts = experiment::Counts {
+                    requests: o.requests,
+                    errors: o.errors.min(o.requests),
+                    buckets: o.latency_buckets.iter().take(buckets).copied().collect(),
+                };
                 live.measure.record(proxy, now, counts);
             }
         }
         for i in &m.injected {
             if let Some(live) = inner.live.get_mut(&i.experiment) {
-                live.measure.injected.insert(proxy.to_string(), i.by_kind.clone().into_iter().collect());
+                let known = ["abort", "delay", "response-delay", "bandwidth"];
+                let by_kind = i.by_kind.iter().filter(|(k, _)| known.contains(&k.as_str()));
+                live.measure.injected.insert(proxy.to_string(), by_kind.map(|(k, n)| (k.clone(), *n)).collect());
             }
         }
         for a in &m.local_aborts {
             if let Some(live) = inner.live.get_mut(&a.experiment) {
                 if live.measure.local_abort.is_none() {
-                    live.measure.local_abort = Some((proxy.to_string(), a.reason.clone()));
+                    let reason: String = a.reason.chars().take(512).collect();
+                    live.measure.local_abort = Some((proxy.to_string(), reason));
                     live.wake.notify_one();
                 }
             }
@@ -429,7 +438,7 @@ impl Experiments {
                 break (State::Aborted, Verdict::Aborted, reason, None);
             }
             evaluations += 1;
-            let from = (Instant::now() - guard.window).max(started);
+            let from = Instant::now().checked_sub(guard.window).map_or(started, |t| t.max(started));
             let judged = self.with_live(&id, |l| (l.measure.window(from), l.measure.local_abort.clone()));
             let Some((window, local)) = judged else { break (State::Aborted, Verdict::Aborted, "lost".into(), None) };
             let gauge = |bound: &'static str, v: f64| {
@@ -480,17 +489,24 @@ impl Experiments {
         let (state, verdict, cause, breach) = outcome;
         let removed = Instant::now();
         self.clear_faults(&id).await;
-        let during = self.with_live(&id, |l| l.measure.since(&cp_start)).unwrap_or_default();
+        let removed_at = now_rfc3339();
+        // The proxies' next reports still count requests from before the removal reached them:
+        // the during phase ends one interval later, and the after phase starts there.
+        tokio::time::sleep(every + every / 4).await;
+        let settled = Instant::now();
+        let cp_settled = self.with_live(&id, |l| l.measure.checkpoint(settled)).unwrap_or_default();
+        let during = self.with_live(&id, |l| l.measure.between(&cp_start, &cp_settled)).unwrap_or_default();
         // Still running until its after phase is measured: the final state comes with the verdict.
         self.transition(&id, State::Running, |r| {
-            r.faults_removed_at = Some(now_rfc3339());
-            r.during = Some(Phase::of(&during, removed.duration_since(started).as_secs_f64()));
+            r.faults_removed_at = Some(removed_at.clone());
+            r.during = Some(Phase::of(&during, settled.duration_since(started).as_secs_f64()));
             r.evaluations = evaluations;
         });
 
-        // After: how long until the signals are back within the baseline band.
+        // After: how long until the signals are back within the baseline band, watched for a
+        // window (at least five intervals, at most a minute).
         let after_for = guard.window.max(every * 5).min(MAX_AFTER);
-        let cp_removed = self.with_live(&id, |l| l.measure.checkpoint(removed)).unwrap_or_default();
+        let cp_removed = cp_settled;
         let mut recovery = None;
         let mut previous = cp_removed.clone();
         while removed.elapsed() < after_for {
@@ -503,14 +519,13 @@ impl Experiments {
                 break;
             };
             previous = checkpoint;
-            if interval.requests > 0 && within_band(&baseline, &interval, &guard) {
+            if recovery.is_none() && interval.requests > 0 && within_band(&baseline, &interval, &guard) {
                 recovery = Some(removed.elapsed().as_secs_f64());
-                break;
             }
         }
         let after = self.with_live(&id, |l| l.measure.since(&cp_removed)).unwrap_or_default();
         self.transition(&id, State::Running, |r| {
-            r.after = Some(Phase::of(&after, removed.elapsed().as_secs_f64()));
+            r.after = Some(Phase::of(&after, settled.elapsed().as_secs_f64()));
             r.recovery_seconds = recovery;
         });
         self.finish(&id, state, verdict, cause, breach, &[]).await;

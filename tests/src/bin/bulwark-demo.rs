@@ -404,13 +404,51 @@ async fn control_plane(root: &Path, up: &Upstream, dir: &bulwark_e2e::TempDir) -
         }
         println!("$ bulwarkctl status");
         print!("{}", ctl(&["status"])?);
-        anyhow::Ok(())
+        experiments(root, addr, &ctl).await
     }
     .await;
     let _ = proxy.kill();
     let _ = cp.kill();
     let _ = (proxy.wait(), cp.wait());
     result
+}
+
+/// Two guarded chaos experiments on route receipts while traffic flows: one whose hypothesis
+/// holds, one whose guard is crossed and that aborts itself; each report printed.
+async fn experiments(
+    root: &Path,
+    addr: SocketAddr,
+    ctl: &dyn Fn(&[&str]) -> anyhow::Result<String>,
+) -> anyhow::Result<()> {
+    println!("\n== Guarded chaos experiments (traffic on route receipts all along) ==");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let traffic = tokio::spawn(async move {
+        let mut answered = 0u64;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            if client::get(addr, "/receipts/42", &[]).await.is_ok() {
+                answered += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        answered
+    });
+    for (file, what) in [
+        ("slow-receipts.yaml", "a delay the steady state absorbs: the hypothesis holds"),
+        ("failing-receipts.yaml", "errors over the budget: the guard aborts it"),
+    ] {
+        let path = root.join("examples/experiments").join(file);
+        println!("\n$ bulwarkctl experiment run --wait -f examples/experiments/{file}   # {what}");
+        print!("{}", ctl(&["experiment", "run", "--wait", "-f", path.to_str().unwrap_or_default()])?);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answered = traffic.await?;
+    println!("\n$ bulwarkctl experiment list");
+    print!("{}", ctl(&["experiment", "list"])?);
+    println!("  ({answered} requests answered during the experiments; every fault was removed by its experiment)");
+    let r = client::get(addr, "/receipts/42", &[]).await?;
+    println!("  GET /receipts/42 after both -> {} {}", r.status.as_u16(), r.reason().unwrap_or("from upstream"));
+    Ok(())
 }
 
 async fn wait_generation(health: std::net::SocketAddr, at_least: f64) -> anyhow::Result<()> {

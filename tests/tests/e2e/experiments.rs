@@ -481,4 +481,26 @@ async fn every_bad_field_is_refused_with_its_path() {
     assert!(r.errors.len() >= 3, "{:#?}", r.errors);
     let listed = m.cp.admin().await.list_experiments(pb::ListExperimentsRequest::default()).await.unwrap();
     assert!(listed.into_inner().experiments.is_empty(), "nothing refused is kept");
+
+    // `bulwarkctl apply -f` runs the ChaosExperiments of a stream and applies the rest.
+    let dir = TempDir::new("apply-experiment");
+    let file = dir.path().join("both.yaml");
+    let bad = experiment("i", "delay: { fixed: 1ms, percent: 1 }", steady, "  duration: 2h\n");
+    std::fs::write(&file, format!("{POLICY}---\n{bad}")).unwrap();
+    let ctl = |file: &std::path::Path| {
+        std::process::Command::new(bulwark_e2e::workspace_bin("bulwarkctl"))
+            .args(["--server", &m.cp.addr.to_string(), "apply", "-f"])
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let out = ctl(&file);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("experiment shop/i: spec.duration: 2h is over the cap of 1h"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("policy shop/web unchanged"), "the policy is applied");
+    std::fs::write(&file, experiment("j", "delay: { fixed: 1ms, percent: 1 }", steady, "  duration: 1s\n")).unwrap();
+    let out = ctl(&file);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("experiment shop/j admitted"));
 }

@@ -9,6 +9,7 @@ use bulwark_e2e::control::ControlPlane;
 use bulwark_e2e::TempDir;
 
 const CLIENT: &str = r#"
+import json
 import sys
 import grpc
 from bulwark.v1 import policy_pb2, policy_pb2_grpc
@@ -21,10 +22,17 @@ assert not refused.applied
 print("refused:", refused.errors[0].path)
 listed = stub.List(policy_pb2.ListRequest())
 print("listed:", ",".join(p.namespace + "/" + p.name for p in listed.policies))
+bad = stub.RunExperiment(policy_pb2.RunExperimentRequest(yaml=sys.argv[3].replace("duration: 1s", "duration: 2h")))
+assert not bad.HasField("experiment"), bad
+print("experiment refused:", bad.errors[0].path)
+ok = stub.RunExperiment(policy_pb2.RunExperimentRequest(yaml=sys.argv[3]))
+print("experiment admitted:", ok.experiment.namespace + "/" + ok.experiment.name, ok.experiment.state)
+got = stub.GetExperiment(policy_pb2.GetExperimentRequest(namespace="shop", name="py-chaos"))
+print("report of:", json.loads(got.report_json)["experiment"])
 "#;
 
 #[tokio::test]
-async fn a_python_grpcio_client_applies_and_lists_policies() {
+async fn a_python_grpcio_client_applies_and_lists_policies_and_runs_an_experiment() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let python = bulwark_e2e::venv_bin("python");
     let ready =
@@ -55,6 +63,7 @@ async fn a_python_grpcio_client_applies_and_lists_policies() {
         .arg(&script)
         .arg(cp.admin_addr.to_string())
         .arg(policy)
+        .arg("apiVersion: bulwark.dev/v1\nkind: ChaosExperiment\nmetadata: { name: py-chaos, namespace: shop }\nspec:\n  hypothesis: py holds\n  faults:\n    - target: { policy: shop/py }\n      delay: { fixed: 1ms, percent: 1 }\n  duration: 1s\n  steadyState:\n    observe: { policy: shop/py }\n    maxErrorRate: 1%\n")
         .env("PYTHONPATH", out.path())
         .output()
         .unwrap();
@@ -62,6 +71,10 @@ async fn a_python_grpcio_client_applies_and_lists_policies() {
     assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
     assert!(stdout.contains("refused: spec.defaults.timeout.request"), "{stdout}");
     assert!(stdout.contains("listed: shop/py"), "{stdout}");
+    // The experiment RPCs, from the same generated stubs.
+    assert!(stdout.contains("experiment refused: spec.duration"), "{stdout}");
+    assert!(stdout.contains("experiment admitted: shop/py-chaos pending"), "{stdout}");
+    assert!(stdout.contains("report of: shop/py-chaos"), "{stdout}");
 }
 
 const REFLECTION_CLIENT: &str = r#"

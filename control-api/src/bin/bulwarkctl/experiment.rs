@@ -154,7 +154,7 @@ async fn follow(cli: &Cli, admin: &mut Admin, namespace: &str, name: &str) -> Re
     loop {
         let e = get(cli, admin, &id).await?;
         if e.state != last {
-            eprintln!("experiment {id}: {}", e.state);
+            println!("experiment {id}: {}", e.state);
             last = e.state.clone();
         }
         if report_of(&e).state.is_some_and(State::is_final) {

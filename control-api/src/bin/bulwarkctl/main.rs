@@ -556,7 +556,8 @@ async fn apply(
     if diff && cli.output.human() && r.errors.is_empty() {
         return Ok(print_diff(cli, admin, &r, &documents).await);
     }
-    Ok(report(cli, &r, if dry_run { " (dry run)" } else { "" }))
+    let code = report(cli, &r, if dry_run { " (dry run)" } else { "" });
+    Ok(if refused { ExitCode::from(1) } else { code })
 }
 
 /// For each policy that would change, the lines removed (-) and added (+).
