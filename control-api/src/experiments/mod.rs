@@ -670,23 +670,20 @@ impl Experiments {
 fn fault_spec(e: &ChaosExperiment, f: &experiment::ExperimentFault, lease: Duration) -> FaultSpec {
     let radius = e.spec.blast_radius.clone().unwrap_or_default();
     let scale = radius.percent.unwrap_or(100.0) / 100.0;
-    let scaled = |p: f64| p * scale;
-    let mut delay = f.delay.clone();
-    if let Some(d) = delay.as_mut() {
-        d.percent = scaled(d.percent);
-    }
-    let mut abort = f.abort.clone();
-    if let Some(a) = abort.as_mut() {
-        a.percent = scaled(a.percent);
-    }
-    let mut response_delay = f.response_delay.clone();
-    if let Some(d) = response_delay.as_mut() {
-        d.percent = scaled(d.percent);
-    }
-    let mut response_bandwidth = f.response_bandwidth.clone();
-    if let Some(b) = response_bandwidth.as_mut() {
-        b.percent = scaled(b.percent);
-    }
+    let scaled = |mut d: bulwark_policy::spec::DelaySpec| {
+        d.percent *= scale;
+        d
+    };
+    let delay = f.delay.clone().map(scaled);
+    let response_delay = f.response_delay.clone().map(scaled);
+    let abort = f.abort.clone().map(|mut a| {
+        a.percent *= scale;
+        a
+    });
+    let response_bandwidth = f.response_bandwidth.clone().map(|mut b| {
+        b.percent *= scale;
+        b
+    });
     let matches = (!radius.identities.is_empty() || !radius.headers.is_empty()).then(|| FaultMatchSpec {
         headers: radius.headers.clone(),
         identities: radius.identities.clone(),

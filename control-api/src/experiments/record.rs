@@ -227,30 +227,21 @@ impl Report {
         for (name, p) in [("baseline", &self.baseline), ("during", &self.during), ("after", &self.after)] {
             let Some(p) = p else { continue };
             let ms = |v: f64| format!("{v:.0}ms");
+            let cells = [
+                format!("{:.1}", p.seconds),
+                p.requests.to_string(),
+                p.errors.to_string(),
+                pct(p.error_rate),
+                ms(p.p50_ms),
+                ms(p.p95_ms),
+                ms(p.p99_ms),
+            ];
             if markdown {
-                let _ = writeln!(
-                    o,
-                    "| {name} | {:.1} | {} | {} | {} | {} | {} | {} |",
-                    p.seconds,
-                    p.requests,
-                    p.errors,
-                    pct(p.error_rate),
-                    ms(p.p50_ms),
-                    ms(p.p95_ms),
-                    ms(p.p99_ms)
-                );
+                let _ = writeln!(o, "| {name} | {} |", cells.join(" | "));
             } else {
-                let _ = writeln!(
-                    o,
-                    "{name:<9} {:>8.1} {:>9} {:>7} {:>10} {:>8} {:>8} {:>8}",
-                    p.seconds,
-                    p.requests,
-                    p.errors,
-                    pct(p.error_rate),
-                    ms(p.p50_ms),
-                    ms(p.p95_ms),
-                    ms(p.p99_ms)
-                );
+                let widths = [8, 9, 7, 10, 8, 8, 8];
+                let row: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:>w$}")).collect();
+                let _ = writeln!(o, "{name:<9} {}", row.join(" "));
             }
         }
         if !self.injected.is_empty() {

@@ -24,7 +24,22 @@ pub fn parse_documents(text: &str, source: &str) -> Result<Vec<ResiliencePolicy>
             message: format!("document is {} bytes; the limit is {MAX_DOCUMENT_BYTES}", text.len()),
         }]);
     }
-    let mut policies = Vec::new();
+    let (policies, errors) = each_document(text, source, from_value);
+    if errors.is_empty() {
+        Ok(policies)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Reads each document of a YAML stream with `read` (given the document and its label,
+/// `SOURCE (document N)`): what was read, and every error. Empty documents are skipped.
+pub fn each_document<T>(
+    text: &str,
+    source: &str,
+    mut read: impl FnMut(yaml_serde::Value, &str) -> Result<T, Vec<ValidationError>>,
+) -> (Vec<T>, Vec<ValidationError>) {
+    let mut out = Vec::new();
     let mut errors = Vec::new();
     for (index, doc) in yaml_serde::Deserializer::from_str(text).enumerate() {
         let label = format!("{source} (document {})", index + 1);
@@ -37,16 +52,12 @@ pub fn parse_documents(text: &str, source: &str) -> Result<Vec<ResiliencePolicy>
                 break;
             }
         };
-        match from_value(value, &label) {
-            Ok(p) => policies.push(p),
+        match read(value, &label) {
+            Ok(p) => out.push(p),
             Err(mut e) => errors.append(&mut e),
         }
     }
-    if errors.is_empty() {
-        Ok(policies)
-    } else {
-        Err(errors)
-    }
+    (out, errors)
 }
 
 /// A document has at most this many shape errors reported; past it, it is surely not a policy.

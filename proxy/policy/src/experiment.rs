@@ -354,23 +354,16 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<ChaosExperiment>, Vec<Valid
 /// Reads every ChaosExperiment document of `text`: shape errors (with what `validate` says of
 /// the rest of such a document) refuse it; a well-formed one is the caller's to `validate`.
 pub fn read(text: &str, source: &str) -> Result<Vec<ChaosExperiment>, Vec<ValidationError>> {
-    let mut out = Vec::new();
-    let mut errors = Vec::new();
-    for (index, doc) in yaml_serde::Deserializer::from_str(text).enumerate() {
-        let label = format!("{source} (document {})", index + 1);
-        let value = match yaml_serde::Value::deserialize(doc) {
-            Ok(yaml_serde::Value::Null) => continue,
-            Ok(v) => v,
-            Err(e) => {
-                errors.push(ValidationError { policy: label, path: String::new(), message: e.to_string() });
-                break;
-            }
-        };
-        match crate::document::every_error(value, &label, |e: &ChaosExperiment| validate(e, DEFAULT_MAX_DURATION)) {
-            Ok(e) => out.push(e),
-            Err(mut e) => errors.append(&mut e),
-        }
+    if text.len() > crate::document::MAX_DOCUMENT_BYTES {
+        return Err(vec![ValidationError {
+            policy: source.into(),
+            path: String::new(),
+            message: format!("{} bytes; the limit is {}", text.len(), crate::document::MAX_DOCUMENT_BYTES),
+        }]);
     }
+    let (out, mut errors) = crate::document::each_document(text, source, |value, label| {
+        crate::document::every_error(value, label, |e: &ChaosExperiment| validate(e, DEFAULT_MAX_DURATION))
+    });
     if out.is_empty() && errors.is_empty() {
         errors.push(ValidationError {
             policy: source.into(),
