@@ -49,14 +49,55 @@ impl Chance {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Delay {
     Fixed(Duration),
     /// Uniform in [min, max].
     Range(Duration, Duration),
+    /// Normal around the median, with the spread that puts p99 where it was given; never
+    /// below zero.
+    Normal {
+        median_s: f64,
+        sigma_s: f64,
+    },
+    /// Log-normal: `exp(mu + sigma * z)` seconds, from the median and p99 given.
+    LogNormal {
+        mu: f64,
+        sigma: f64,
+    },
+    /// Pareto (a long tail): `scale_s / u^(1/alpha)` seconds, from the median and p99 given.
+    Pareto {
+        scale_s: f64,
+        alpha: f64,
+    },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The standard normal's 0.99 quantile.
+const Z99: f64 = 2.326_347_874;
+
+impl Delay {
+    /// One delay; `draw` gives uniform 64-bit values. Never more than an hour.
+    pub fn sample(&self, draw: &mut dyn FnMut() -> u64) -> Duration {
+        // In (0, 1], so that logarithms and powers stay finite.
+        let mut unit = || (draw() as f64 + 1.0) / (u64::MAX as f64 + 1.0);
+        let seconds = match *self {
+            Delay::Fixed(d) => return d,
+            Delay::Range(lo, hi) => return lo + hi.saturating_sub(lo).mul_f64(unit().min(1.0)),
+            Delay::Normal { median_s, sigma_s } => median_s + sigma_s * standard_normal(&mut unit),
+            Delay::LogNormal { mu, sigma } => (mu + sigma * standard_normal(&mut unit)).exp(),
+            Delay::Pareto { scale_s, alpha } => scale_s / unit().powf(1.0 / alpha),
+        };
+        Duration::try_from_secs_f64(seconds.clamp(0.0, MAX_DELAY.as_secs_f64())).unwrap_or(MAX_DELAY)
+    }
+}
+
+/// A standard normal draw (Box–Muller) from two uniforms in (0, 1].
+fn standard_normal(unit: &mut dyn FnMut() -> f64) -> f64 {
+    let (u1, u2) = (unit(), unit());
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DelayFault {
     pub delay: Delay,
     pub chance: Chance,
@@ -133,8 +174,44 @@ fn delay(errs: &mut Errors<'_>, path: &str, d: &DelaySpec) -> DelayFault {
         }
         v
     };
+    let shapes = [d.fixed.is_some(), d.range.is_some(), d.normal.is_some(), d.lognormal.is_some(), d.pareto.is_some()];
+    if shapes.iter().filter(|s| **s).count() != 1 {
+        errs.push(path, "set exactly one of fixed, range, normal, lognormal and pareto");
+        return DelayFault {
+            delay: Delay::Fixed(Duration::ZERO),
+            chance: chance(errs, &format!("{path}.percent"), d.percent),
+        };
+    }
+    let distribution = |errs: &mut Errors<'_>, name: &str, q: &crate::spec::QuantilesSpec, tail: bool| {
+        let at = format!("{path}.{name}");
+        let (median, p99) = (q.median.get(), q.p99.get());
+        bounded(errs, &format!("{at}.p99"), p99);
+        if median.is_zero() && tail {
+            errs.push(format!("{at}.median"), "must be greater than zero");
+        }
+        if p99 <= median {
+            errs.push(format!("{at}.p99"), "must be greater than the median");
+        }
+        (median.as_secs_f64(), p99.as_secs_f64())
+    };
     let delay = match (&d.fixed, &d.range) {
         (Some(f), None) => Delay::Fixed(bounded(errs, &format!("{path}.fixed"), f.get())),
+        _ if d.normal.is_some() => {
+            let (m, p99) = d.normal.as_ref().map_or((0.0, 0.0), |q| distribution(errs, "normal", q, false));
+            Delay::Normal { median_s: m, sigma_s: ((p99 - m) / Z99).max(0.0) }
+        }
+        _ if d.lognormal.is_some() => {
+            let (m, p99) = d.lognormal.as_ref().map_or((1.0, 2.0), |q| distribution(errs, "lognormal", q, true));
+            let (m, p99) = (m.max(1e-9), p99.max(m.max(1e-9) * (1.0 + 1e-9)));
+            Delay::LogNormal { mu: m.ln(), sigma: (p99 / m).ln() / Z99 }
+        }
+        _ if d.pareto.is_some() => {
+            let (m, p99) = d.pareto.as_ref().map_or((1.0, 2.0), |q| distribution(errs, "pareto", q, true));
+            let (m, p99) = (m.max(1e-9), p99.max(m.max(1e-9) * (1.0 + 1e-9)));
+            // Q(p) = scale * (1 - p)^(-1/alpha): p99 / median = 50^(1/alpha).
+            let alpha = 50f64.ln() / (p99 / m).ln();
+            Delay::Pareto { scale_s: m / 2f64.powf(1.0 / alpha), alpha }
+        }
         (None, Some(r)) => {
             let (min, max) = (
                 bounded(errs, &format!("{path}.range.min"), r.min.get()),
@@ -145,10 +222,8 @@ fn delay(errs: &mut Errors<'_>, path: &str, d: &DelaySpec) -> DelayFault {
             }
             Delay::Range(min, max)
         }
-        _ => {
-            errs.push(path, "set exactly one of fixed and range");
-            Delay::Fixed(Duration::ZERO)
-        }
+        // One shape is set (checked above).
+        _ => Delay::Fixed(Duration::ZERO),
     };
     DelayFault { delay, chance: chance(errs, &format!("{path}.percent"), d.percent) }
 }
@@ -390,5 +465,69 @@ mod tests {
         let t = parse_rfc3339("2026-11-23T10:00:00Z").unwrap() + Duration::from_nanos(1);
         assert_eq!(format_rfc3339(t), "2026-11-23T10:00:00.001Z");
         assert!(parse_rfc3339(&format_rfc3339(t)).unwrap() >= t);
+    }
+}
+
+#[cfg(test)]
+mod distributions {
+    use super::*;
+
+    /// A seeded generator (splitmix64), so the draws are the same on every run.
+    fn seeded(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+    }
+
+    fn quantiles(delay: &str) -> (f64, f64) {
+        let spec: DelaySpec = yaml_serde::from_str(&format!("{delay}\npercent: 100")).unwrap();
+        let mut out = Vec::new();
+        let d = super::delay(&mut Errors { policy: "t".into(), out: &mut out }, "delay", &spec);
+        assert!(out.is_empty(), "{out:?}");
+        let mut draw = seeded(7);
+        let mut samples: Vec<f64> = (0..10_000).map(|_| d.delay.sample(&mut draw).as_secs_f64() * 1000.0).collect();
+        samples.sort_by(f64::total_cmp);
+        (samples[5_000], samples[9_900])
+    }
+
+    #[test]
+    fn distributions_land_on_their_median_and_p99() {
+        for shape in ["normal", "lognormal", "pareto"] {
+            let (median, p99) = quantiles(&format!("{shape}: {{ median: 100ms, p99: 400ms }}"));
+            assert!((median - 100.0).abs() < 100.0 * 0.05, "{shape}: median {median}");
+            assert!((p99 - 400.0).abs() < 400.0 * 0.10, "{shape}: p99 {p99}");
+        }
+        // The uniform range, drawn the same way.
+        let (median, p99) = quantiles("range: { min: 100ms, max: 200ms }");
+        assert!((median - 150.0).abs() < 5.0 && (p99 - 199.0).abs() < 2.0, "{median} {p99}");
+    }
+
+    #[test]
+    fn distribution_parameters_are_checked() {
+        let errors = |delay: &str| {
+            let spec: DelaySpec = yaml_serde::from_str(&format!("{delay}\npercent: 100")).unwrap();
+            let mut out = Vec::new();
+            super::delay(&mut Errors { policy: "t".into(), out: &mut out }, "delay", &spec);
+            out.into_iter().map(|e| format!("{}: {}", e.path, e.message)).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            errors("lognormal: { median: 100ms, p99: 50ms }"),
+            ["delay.lognormal.p99: must be greater than the median"]
+        );
+        assert_eq!(errors("pareto: { median: 0s, p99: 1s }"), ["delay.pareto.median: must be greater than zero"]);
+        assert_eq!(errors("normal: { median: 1s, p99: 2h }"), ["delay.normal.p99: must be at most 1h"]);
+        assert_eq!(
+            errors("fixed: 1s\nnormal: { median: 1s, p99: 2s }"),
+            ["delay: set exactly one of fixed, range, normal, lognormal and pareto"]
+        );
+        // A sample never exceeds the hour, however long the tail.
+        let spec: DelaySpec = yaml_serde::from_str("pareto: { median: 1s, p99: 59m }\npercent: 100").unwrap();
+        let d = super::delay(&mut Errors { policy: "t".into(), out: &mut Vec::new() }, "delay", &spec);
+        let mut draw = || 0u64;
+        assert_eq!(d.delay.sample(&mut draw), MAX_DELAY);
     }
 }

@@ -455,7 +455,7 @@ pub struct FaultSpec {
     pub experiment: Option<String>,
 }
 
-/// `fixed`, or a `range` drawn uniformly.
+/// `fixed`, a `range` drawn uniformly, or a distribution given by its median and p99.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DelaySpec {
@@ -463,7 +463,21 @@ pub struct DelaySpec {
     pub fixed: Option<Dur>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub range: Option<RangeSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normal: Option<QuantilesSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lognormal: Option<QuantilesSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pareto: Option<QuantilesSpec>,
     pub percent: f64,
+}
+
+/// A delay distribution by two of its quantiles.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct QuantilesSpec {
+    pub median: Dur,
+    pub p99: Dur,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]

@@ -299,7 +299,7 @@ spec:
 "#;
     let errs = compile(text).unwrap_err();
     for want in [
-        "spec.defaults.faults.delay: set exactly one of fixed and range",
+        "spec.defaults.faults.delay: set exactly one of fixed, range, normal, lognormal and pareto",
         "spec.defaults.faults.abort.httpStatus: 700 is not an HTTP status",
         "spec.defaults.faults.abort.percent: 0.00001 is finer than the smallest percentage",
         "spec.defaults.faults.responseBandwidth.bytesPerSecond: 0 is below the slowest, 100",

@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-use bulwark_policy::faults::{AbortWith, Delay, DelayFault, Expiry, FaultPolicy};
+use bulwark_policy::faults::{AbortWith, DelayFault, Expiry, FaultPolicy};
 use http::HeaderMap;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -195,10 +195,7 @@ impl FaultState {
             }
         }
         let delay_of = |d: &Option<DelayFault>, draw: &mut dyn FnMut() -> u64| {
-            d.filter(|d| d.chance.hit(draw())).map(|d| match d.delay {
-                Delay::Fixed(x) => x,
-                Delay::Range(lo, hi) => lo + hi.saturating_sub(lo).mul_f64(draw() as f64 / u64::MAX as f64),
-            })
+            d.filter(|d| d.chance.hit(draw())).map(|d| d.delay.sample(draw))
         };
         Decision {
             abort: f.abort.filter(|a| a.chance.hit(draw())).map(|a| a.with),

@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use bulwark_policy::faults::{AbortFault, Chance, DelayFault};
+use bulwark_policy::faults::{AbortFault, Chance, Delay, DelayFault};
 use bulwark_policy::spec::FaultSpec;
 
 use super::*;
