@@ -196,13 +196,11 @@ impl Experiments {
         let e = parsed.remove(0);
         let id = e.id();
         let mut errors = experiment::validate(&e, self.max_duration);
-        let faults = {
-            let store = self.store.lock().await;
-            let faults = self.check_against(&store, &e, &mut errors);
-            let inner = self.inner.lock();
-            self.check_overlap(&inner, &e, &mut errors);
-            faults
-        };
+        // Held until the experiment is in the live set: two admissions are checked one after
+        // the other, so two overlapping experiments cannot both pass.
+        let store = self.store.lock().await;
+        let faults = self.check_against(&store, &e, &mut errors);
+        self.check_overlap(&self.inner.lock(), &e, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -257,6 +255,7 @@ impl Experiments {
                 return Err(vec![refusal(&id, "", format!("cannot store the experiment: {err}"))]);
             }
         }
+        drop(store);
         tracing::info!(experiment = %id, "experiment admitted");
         let x = self.clone();
         tokio::spawn(async move { x.drive(id, faults).await });

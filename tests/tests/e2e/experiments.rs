@@ -505,4 +505,26 @@ async fn every_bad_field_is_refused_with_its_path() {
     let out = ctl(&file);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("experiment shop/j admitted"));
+
+    // j ends by itself: no proxy measures shop/web here, so nothing could guard it.
+    let j = wait_state(&m.cp, "j", &["refused"], Duration::from_secs(20)).await;
+    assert!(j.reason.contains("no proxy measured shop/web"), "{}", j.reason);
+
+    // Eight admissions at once for one route: one.
+    let admin = m.cp.admin().await;
+    let runs = (0..8).map(|i| {
+        let yaml = experiment(&format!("race-{i}"), "delay: { fixed: 1ms, percent: 1 }", steady, "  duration: 1m\n");
+        let mut admin = admin.clone();
+        tokio::spawn(async move { admin.run_experiment(pb::RunExperimentRequest { yaml }).await.unwrap().into_inner() })
+    });
+    let mut admitted = 0;
+    for r in runs.collect::<Vec<_>>() {
+        let r = r.await.unwrap();
+        if r.experiment.is_some() {
+            admitted += 1;
+        } else {
+            assert!(r.errors.iter().any(|e| e.message.contains("already faults route pay")), "{:?}", r.errors);
+        }
+    }
+    assert_eq!(admitted, 1, "exactly one of eight overlapping experiments admitted");
 }
