@@ -362,6 +362,19 @@ pub struct BreakerSpec {
     /// `[5xx, connect-failure, reset, timeout]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_on: Option<Vec<Token>>,
+    /// `dry-run`: the stage judges and counts what it would refuse, and refuses nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<StageMode>,
+}
+
+/// Whether a guarding stage refuses (`enforce`, the default) or only counts what it would
+/// refuse (`dry-run`), to size a limit on real traffic before enforcing it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StageMode {
+    #[default]
+    Enforce,
+    DryRun,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -379,6 +392,9 @@ pub struct BulkheadSpec {
     pub max_queued: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timeout: Option<Dur>,
+    /// `dry-run`: the stage judges and counts what it would refuse, and refuses nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<StageMode>,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -389,6 +405,9 @@ pub struct RateLimitSpec {
     pub burst: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_client: Option<PerClientSpec>,
+    /// `dry-run`: the stage judges and counts what it would refuse, and refuses nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<StageMode>,
 }
 
 /// A bucket per client, keyed by a request header or the source IP (exactly one).

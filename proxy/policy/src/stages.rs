@@ -189,6 +189,8 @@ pub(crate) fn retry(errs: &mut Errors<'_>, path: &str, s: &RetrySpec) -> RetryPo
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct BreakerPolicy {
+    /// Judges and counts, never refuses (`mode: dry-run`).
+    pub dry_run: bool,
     pub consecutive_failures: Option<u32>,
     pub failure_rate_percent: Option<f64>,
     pub slow_call: Option<(Duration, f64)>,
@@ -229,6 +231,7 @@ pub(crate) fn breaker(errs: &mut Errors<'_>, path: &str, s: &BreakerSpec) -> Bre
         )
     });
     BreakerPolicy {
+        dry_run: s.mode == Some(crate::spec::StageMode::DryRun),
         consecutive_failures,
         failure_rate_percent,
         slow_call,
@@ -259,6 +262,8 @@ pub(crate) fn breaker(errs: &mut Errors<'_>, path: &str, s: &BreakerSpec) -> Bre
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct BulkheadPolicy {
+    /// Never waits or refuses; counts what it would refuse (`mode: dry-run`).
+    pub dry_run: bool,
     pub max_concurrent: u32,
     pub max_queued: u32,
     pub queue_timeout: Duration,
@@ -276,6 +281,7 @@ pub(crate) fn bulkhead(errs: &mut Errors<'_>, path: &str, s: &BulkheadSpec) -> B
         None => Duration::ZERO,
     };
     BulkheadPolicy {
+        dry_run: s.mode == Some(crate::spec::StageMode::DryRun),
         max_concurrent: range(errs, &format!("{path}.maxConcurrent"), u64::from(s.max_concurrent), 1, 1_000_000) as u32,
         max_queued,
         queue_timeout,
@@ -296,6 +302,8 @@ pub struct Bucket {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct RateLimitPolicy {
+    /// Takes tokens and counts what it would refuse, refusing nothing (`mode: dry-run`).
+    pub dry_run: bool,
     pub route: Bucket,
     pub per_client: Option<(ClientKey, Bucket, u32)>,
 }
@@ -333,7 +341,7 @@ pub(crate) fn rate_limit(errs: &mut Errors<'_>, path: &str, s: &RateLimitSpec) -
             range(errs, &format!("{p}.maxClients"), u64::from(c.max_clients.unwrap_or(10_000)), 1, 1_000_000) as u32;
         key.map(|k| (k, b, max))
     });
-    RateLimitPolicy { route, per_client }
+    RateLimitPolicy { dry_run: s.mode == Some(crate::spec::StageMode::DryRun), route, per_client }
 }
 
 #[cfg(test)]

@@ -101,8 +101,20 @@ async fn chain(
     rec: &mut Record,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let state = sel.state.as_deref();
+    // A guarding stage in dry-run counts what it would refuse and lets the request pass.
+    let guarded = |stage: &'static str, dry_run: bool, refusal: Refusal, rec: &mut Record| {
+        if dry_run {
+            shared.metrics.stages.would_refuse(rec, stage, refusal.reason);
+            Ok(())
+        } else {
+            Err(refusal)
+        }
+    };
     // A rate-limited request costs nothing downstream: no fault draw, no trial, no slot.
-    ratelimit::admit(state.and_then(|s| s.rate_limit.as_ref()), req.headers(), down.client.ip())?;
+    let limiter = state.and_then(|s| s.rate_limit.as_ref());
+    if let Err(r) = ratelimit::admit(limiter, req.headers(), down.client.ip()) {
+        guarded("rate-limit", limiter.is_some_and(|l| l.dry_run()), r, rec)?;
+    }
     // An injected abort answers before any stage state is taken...
     let faults = fault::draw(sel.fault.as_deref(), req.headers(), down.client.ip(), rec)?;
     // ...and an injected delay holds the request before it takes a breaker trial or a slot.
@@ -111,9 +123,17 @@ async fn chain(
     }
     // An open breaker fails fast, before a bulkhead slot is taken (one breaker per cluster).
     let cluster = state.map(|s| s.cluster(&down.cluster));
-    let trial = breaker::admit(cluster.as_ref().and_then(|c| c.breaker.as_ref()), rec)?;
+    let breaker = cluster.as_ref().and_then(|c| c.breaker.as_ref());
+    let trial = match breaker::admit(breaker, rec) {
+        Ok(trial) => trial,
+        Err(r) => guarded("breaker", breaker.is_some_and(|b| b.dry_run()), r, rec).map(|()| None)?,
+    };
     // The bulkhead bounds what is in flight upstream, retries included, until response headers.
-    let _slot = bulkhead::enter(state.and_then(|s| s.bulkhead.as_ref()), rec).await?;
+    let bulkhead = state.and_then(|s| s.bulkhead.as_ref());
+    let _slot = match bulkhead::enter(bulkhead, rec).await {
+        Ok(slot) => slot,
+        Err(r) => guarded("bulkhead", bulkhead.is_some_and(|b| b.dry_run()), r, rec).map(|()| None)?,
+    };
     // Past every refusal: hop-by-hop headers go, an upgrade is noted.
     let tunnel = headers::for_upstream(&mut req).then(|| hyper::upgrade::on(&mut req));
     // The overall timeout bounds the whole retry loop, backoff included...

@@ -223,6 +223,11 @@ impl Breaker {
         })
     }
 
+    /// Refuses nothing: the caller lets what it would refuse pass.
+    pub fn dry_run(&self) -> bool {
+        self.policy.dry_run
+    }
+
     pub fn admit(self: &Arc<Self>, now: Instant) -> Result<Permit, CircuitOpen> {
         let mut transition = None;
         let result = {

@@ -71,18 +71,29 @@ pub struct Bulkhead {
     policy: BulkheadPolicy,
     slots: Arc<Semaphore>,
     queued: AtomicU32,
+    /// Dry-run: requests past the slots, standing for the queue they would have waited in.
+    overflow: Arc<AtomicU32>,
     metrics: BulkheadMetrics,
 }
 
-/// A held slot, counted in the in-flight gauge; dropping it frees the slot.
+/// A held slot, counted in the in-flight gauge; dropping it frees the slot. In dry-run, a
+/// request past the slots holds a place of the queue it would have waited in instead.
 pub struct Slot {
-    _permit: OwnedSemaphorePermit,
+    _permit: Option<OwnedSemaphorePermit>,
     in_flight: Gauge,
+    overflow: Option<Arc<AtomicU32>>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.in_flight.dec();
+        match &self.overflow {
+            Some(q) => {
+                q.fetch_sub(1, Ordering::AcqRel);
+            }
+            None => {
+                self.in_flight.dec();
+            }
+        }
     }
 }
 
@@ -101,6 +112,9 @@ impl Drop for QueuePlace<'_> {
 /// `bulkhead-full`. The time spent waiting goes into the record.
 pub async fn enter(bulkhead: Option<&Bulkhead>, rec: &mut Record) -> Result<Option<Slot>, Refusal> {
     let Some(b) = bulkhead else { return Ok(None) };
+    if b.dry_run() {
+        return b.acquire_without_waiting().map(Some).map_err(|BulkheadFull| Reason::BulkheadFull.into());
+    }
     let waited = Instant::now();
     let acquired = b.acquire().await;
     rec.bulkhead_wait = Some(waited.elapsed());
@@ -119,13 +133,32 @@ impl Bulkhead {
             slots: Arc::new(Semaphore::new(policy.max_concurrent as usize)),
             policy,
             queued: AtomicU32::new(0),
+            overflow: Arc::new(AtomicU32::new(0)),
             metrics,
         }
     }
 
     fn slot(&self, permit: OwnedSemaphorePermit) -> Slot {
         self.metrics.in_flight.inc();
-        Slot { _permit: permit, in_flight: self.metrics.in_flight.clone() }
+        Slot { _permit: Some(permit), in_flight: self.metrics.in_flight.clone(), overflow: None }
+    }
+
+    /// Refuses nothing and never waits: the caller lets what it would refuse pass.
+    pub fn dry_run(&self) -> bool {
+        self.policy.dry_run
+    }
+
+    /// Dry-run: a free slot if there is one, else a place among the `maxQueued` requests that
+    /// would have waited (without waiting), else what would have been refused.
+    pub fn acquire_without_waiting(&self) -> Result<Slot, BulkheadFull> {
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Ok(self.slot(p));
+        }
+        let max = self.policy.max_queued;
+        self.overflow
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| (q < max).then_some(q + 1))
+            .map_err(|_| BulkheadFull)?;
+        Ok(Slot { _permit: None, in_flight: self.metrics.in_flight.clone(), overflow: Some(self.overflow.clone()) })
     }
 
     pub async fn acquire(&self) -> Result<Slot, BulkheadFull> {
@@ -168,6 +201,7 @@ mod tests {
     fn bulkhead(max: u32, queued: u32, timeout_ms: u64) -> Arc<Bulkhead> {
         Arc::new(Bulkhead::new(
             BulkheadPolicy {
+                dry_run: false,
                 max_concurrent: max,
                 max_queued: queued,
                 queue_timeout: Duration::from_millis(timeout_ms),
@@ -236,7 +270,7 @@ mod cancellation {
     #[tokio::test(start_paused = true)]
     async fn a_client_that_leaves_while_queued_gives_its_queue_place_back() {
         let b = Arc::new(Bulkhead::new(
-            BulkheadPolicy { max_concurrent: 1, max_queued: 2, queue_timeout: Duration::from_secs(60) },
+            BulkheadPolicy { dry_run: false, max_concurrent: 1, max_queued: 2, queue_timeout: Duration::from_secs(60) },
             BulkheadMetrics::default(),
         ));
         let _held = b.acquire().await.unwrap();

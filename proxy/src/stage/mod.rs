@@ -18,9 +18,21 @@ pub mod timeout;
 use std::time::Duration;
 
 use bulwark_policy::faults::AbortWith;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 
 use crate::reason::Reason;
+use crate::telemetry::record::Record;
+use crate::telemetry::route_family::RouteFamily;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WouldRefuseLabels {
+    policy: String,
+    route: String,
+    stage: &'static str,
+    reason: Reason,
+}
 
 /// Why the proxy answers a request itself, and what it tells the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +54,8 @@ impl From<Reason> for Refusal {
 /// from them.
 #[derive(Clone)]
 pub struct StageFamilies {
+    /// What guarding stages in dry-run would have refused, by route, stage and reason.
+    would_refuse: RouteFamily<WouldRefuseLabels, Counter>,
     pub rate_limit: ratelimit::RateLimitFamilies,
     pub fault: fault::FaultFamilies,
     pub breaker: breaker::BreakerFamilies,
@@ -52,6 +66,11 @@ pub struct StageFamilies {
 impl StageFamilies {
     pub fn register(r: &mut Registry) -> StageFamilies {
         StageFamilies {
+            would_refuse: RouteFamily::register(
+                r,
+                "would_refuse",
+                "Requests a guarding stage in dry-run would have refused, by stage and reason (it refused nothing)",
+            ),
             breaker: breaker::BreakerFamilies::register(r),
             bulkhead: bulkhead::BulkheadFamilies::register(r),
             retry: retry::RetryFamilies::register(r),
@@ -60,8 +79,17 @@ impl StageFamilies {
         }
     }
 
+    /// Counts what a stage in dry-run would have refused, on the request's record too.
+    pub fn would_refuse(&self, rec: &mut Record, stage: &'static str, reason: Reason) {
+        let l = &rec.labels;
+        let labels = WouldRefuseLabels { policy: l.policy.to_string(), route: l.route.to_string(), stage, reason };
+        self.would_refuse.with(&l.policy, &l.route, &labels, |c| c.inc());
+        rec.would_refuse.push(reason);
+    }
+
     /// Removes the series of a route that no longer exists.
     pub fn forget(&self, policy: &str, route: &str) {
+        self.would_refuse.forget(policy, route);
         self.breaker.forget(policy, route);
         self.bulkhead.forget(policy, route);
         self.retry.forget(policy, route);

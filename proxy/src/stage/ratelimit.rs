@@ -130,6 +130,7 @@ pub struct RateLimitMetrics {
 }
 
 pub struct RateLimiter {
+    dry_run: bool,
     route: TokenBucket,
     per_client: Option<PerClient>,
     metrics: RateLimitMetrics,
@@ -141,14 +142,23 @@ pub fn admit(limiter: Option<&RateLimiter>, headers: &HeaderMap, client: IpAddr)
     let Some(rl) = limiter else { return Ok(()) };
     rl.check(headers, client, Instant::now()).map_err(|limited| {
         let counter = if limited.per_client { &rl.metrics.client } else { &rl.metrics.route };
-        counter.inc();
+        // In dry-run the caller counts it as what would have been refused.
+        if !rl.dry_run {
+            counter.inc();
+        }
         Refusal { reason: Reason::RateLimited, retry_after: Some(limited.retry_after), abort: None }
     })
 }
 
 impl RateLimiter {
+    /// Refuses nothing: the caller lets what it would refuse pass.
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
     pub fn new(p: &RateLimitPolicy, now: Instant, metrics: RateLimitMetrics) -> RateLimiter {
         RateLimiter {
+            dry_run: p.dry_run,
             metrics,
             route: TokenBucket::new(&p.route, now),
             per_client: p.per_client.as_ref().map(|(key, bucket, max)| PerClient {
@@ -239,6 +249,7 @@ mod tests {
 
     fn policy(rate: f64, burst: u32, per_client: Option<(f64, u32, u32)>) -> RateLimitPolicy {
         RateLimitPolicy {
+            dry_run: false,
             route: Bucket { per_second: rate, burst },
             per_client: per_client.map(|(r, b, max)| {
                 (ClientKey::Header(http::HeaderName::from_static("x-key")), Bucket { per_second: r, burst: b }, max)

@@ -34,6 +34,9 @@ pub struct Entry {
     pub upstream: Option<String>,
     pub bytes: u64,
     pub retries: u32,
+    /// What stages in dry-run would have refused, comma-separated reasons.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_refuse: Option<String>,
     /// The client went away before the response body ended.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub incomplete: bool,

@@ -36,6 +36,8 @@ pub struct Record {
     pub faults: Vec<&'static str>,
     /// The experiment whose faults were injected, if they were an experiment's.
     pub experiment: Option<Arc<str>>,
+    /// What stages in dry-run would have refused (stage `rate-limit`, `breaker`, `bulkhead`).
+    pub would_refuse: Vec<Reason>,
     /// The breaker's state as the request found it (stage `breaker`).
     pub breaker: Option<&'static str>,
     /// Time spent waiting for a bulkhead slot (stage `bulkhead`).
@@ -107,6 +109,7 @@ impl Record {
             reason: None,
             faults: Vec::new(),
             experiment: None,
+            would_refuse: Vec::new(),
             breaker: None,
             bulkhead_wait: None,
             tries: Vec::new(),
@@ -132,6 +135,10 @@ impl Record {
         self.tries.iter().map(|t| t.endpoint)
     }
 
+    fn would_refuses(&self) -> String {
+        self.would_refuse.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",")
+    }
+
     fn retries(&self) -> u32 {
         u32::try_from(self.tries.len().saturating_sub(1)).unwrap_or(u32::MAX)
     }
@@ -153,6 +160,7 @@ impl Record {
         );
         let upstream = self.tries.last().map(|t| t.endpoint);
         let retries = self.retries();
+        let would_refuse = (!self.would_refuse.is_empty()).then(|| self.would_refuses());
         if let Some(cx) = self.span.filter(super::trace::recording) {
             let mut attributes = vec![KeyValue::new("bulwark.retries", i64::from(retries))];
             attributes.extend(self.reason.map(|r| KeyValue::new("bulwark.reason", r.as_str())));
@@ -160,6 +168,7 @@ impl Record {
                 attributes.push(KeyValue::new("bulwark.fault", self.faults.join(",")));
             }
             attributes.extend(self.experiment.as_ref().map(|e| KeyValue::new("bulwark.experiment", e.to_string())));
+            attributes.extend(would_refuse.clone().map(|w| KeyValue::new("bulwark.would_refuse", w)));
             attributes.extend(self.breaker.map(|b| KeyValue::new("bulwark.breaker.state", b)));
             attributes.extend(
                 self.bulkhead_wait.map(|w| KeyValue::new("bulwark.bulkhead.wait_ms", w.as_secs_f64() * 1000.0)),
@@ -179,6 +188,7 @@ impl Record {
         entry.reason = self.reason.map(Reason::as_str);
         entry.upstream = upstream.map(|a| a.to_string());
         entry.retries = retries;
+        entry.would_refuse = would_refuse;
         let (shared, start) = (shared.clone(), self.start);
         resp.map(move |body| {
             body.counted(Box::new(move |bytes, complete| {

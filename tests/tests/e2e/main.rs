@@ -15,6 +15,7 @@ mod dashboard;
 mod defaults;
 mod discovery;
 mod drain;
+mod dry_run;
 mod edge;
 mod experiments;
 mod faults;

@@ -6,6 +6,7 @@ use super::*;
 
 fn policy() -> BreakerPolicy {
     BreakerPolicy {
+        dry_run: false,
         consecutive_failures: Some(3),
         failure_rate_percent: None,
         slow_call: None,
