@@ -42,6 +42,7 @@ pub struct Route {
     pub bulkhead: Option<BulkheadPolicy>,
     pub rate_limit: Option<RateLimitPolicy>,
     pub faults: Option<Arc<FaultPolicy>>,
+    pub fallback: Option<Arc<crate::fallback::Fallback>>,
 }
 
 /// A route's settings after merging `defaults`: timeouts field by field, the other blocks whole.
@@ -53,6 +54,7 @@ struct Settings {
     bulkhead: Option<BulkheadPolicy>,
     rate_limit: Option<RateLimitPolicy>,
     faults: Option<Arc<FaultPolicy>>,
+    fallback: Option<Arc<crate::fallback::Fallback>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -312,6 +314,7 @@ fn make_route(name: &str, policy: &Arc<str>, next_index: &mut usize, matcher: Ro
         bulkhead: s.bulkhead,
         rate_limit: s.rate_limit,
         faults: s.faults,
+        fallback: s.fallback,
     })
 }
 
@@ -348,6 +351,10 @@ fn compile_settings(errs: &mut Errors<'_>, path: &str, spec: &RouteSettings, bas
                 Some(Arc::new(faults::compile(errs, &fp, f, headers)))
             }
             None => base.faults.clone(),
+        },
+        fallback: match &spec.fallback {
+            Some(f) => Some(Arc::new(crate::fallback::compile(errs, &format!("{path}.fallback"), f))),
+            None => base.fallback.clone(),
         },
     }
 }

@@ -9,6 +9,7 @@ pub mod document;
 pub mod duration;
 mod error;
 pub mod experiment;
+pub mod fallback;
 pub mod faults;
 pub mod route;
 mod select;

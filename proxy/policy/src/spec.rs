@@ -144,6 +144,48 @@ pub struct RouteSettings {
     pub rate_limit: Option<RateLimitSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub faults: Option<FaultSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<FallbackSpec>,
+}
+
+/// What the proxy answers instead of refusing, for the reasons in `on`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FallbackSpec {
+    /// Refusals answered with the fallback; default: circuit-open, bulkhead-full, timeout,
+    /// no-healthy-upstream, upstream-connect-failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<Vec<Token>>,
+    /// For HTTP requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<FallbackResponseSpec>,
+    /// For gRPC requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcFallbackSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FallbackResponseSpec {
+    #[serde(default = "ok_status")]
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub body: String,
+}
+
+fn ok_status() -> u16 {
+    200
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GrpcFallbackSpec {
+    /// 0 (OK) answers with no message; any other code is an error the client sees.
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 impl RouteSettings {
@@ -172,6 +214,8 @@ pub struct RouteSpec {
     pub rate_limit: Option<RateLimitSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub faults: Option<FaultSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<FallbackSpec>,
 }
 
 impl RouteSpec {
@@ -183,6 +227,7 @@ impl RouteSpec {
             bulkhead: self.bulkhead.clone(),
             rate_limit: self.rate_limit.clone(),
             faults: self.faults.clone(),
+            fallback: self.fallback.clone(),
         }
     }
 }

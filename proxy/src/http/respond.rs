@@ -13,6 +13,8 @@ use crate::stage::{ratelimit, Refusal};
 use bulwark_policy::faults::AbortWith;
 
 pub const REASON_HEADER: &str = "x-bulwark-reason";
+/// On a route's fallback answer: the refusal it stands in for.
+pub const FALLBACK_HEADER: &str = "x-bulwark-fallback";
 
 /// gRPC status codes used by the proxy (see grpc/doc/statuscodes.md).
 pub mod grpc_code {
@@ -91,6 +93,35 @@ pub fn refusal(r: Refusal, grpc: bool) -> Response<ProxyBody> {
         resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(ratelimit::retry_after_secs(after)));
     }
     resp
+}
+
+/// The route's fallback instead of the refusal `reason`, when it has one for it and for this
+/// kind of client. The refusal stays visible in `x-bulwark-reason`.
+pub fn fallback(f: &bulwark_policy::fallback::Fallback, reason: Reason, grpc: bool) -> Option<Response<ProxyBody>> {
+    if !f.covers(reason.as_str()) {
+        return None;
+    }
+    let mut builder = Response::builder()
+        .header(REASON_HEADER, HeaderValue::from_static(reason.as_str()))
+        .header(FALLBACK_HEADER, HeaderValue::from_static(reason.as_str()))
+        .header(DATE, now());
+    let resp = if grpc {
+        let (status, message) = f.grpc.as_ref()?;
+        builder =
+            builder.status(StatusCode::OK).header(CONTENT_TYPE, "application/grpc").header("grpc-status", *status);
+        if !message.is_empty() {
+            builder = builder.header("grpc-message", HeaderValue::from_str(message).ok()?);
+        }
+        builder.body(ProxyBody::empty())
+    } else {
+        let h = f.http.as_ref()?;
+        builder = builder.status(h.status);
+        for (name, value) in &h.headers {
+            builder = builder.header(name, value);
+        }
+        builder.body(ProxyBody::full(h.body.clone()))
+    };
+    resp.ok()
 }
 
 /// The proxy's own answer for `reason`.

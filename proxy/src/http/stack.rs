@@ -57,7 +57,16 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(refusal) => {
             rec.reason = Some(refusal.reason);
-            respond::refusal(refusal, grpc)
+            // An injected abort is the experiment's answer: never covered by a fallback.
+            let fallback =
+                selected.route.as_ref().and_then(|r| r.fallback.as_deref()).filter(|_| refusal.abort.is_none());
+            match fallback.and_then(|f| respond::fallback(f, refusal.reason, grpc)) {
+                Some(resp) => {
+                    shared.metrics.stages.fallback(&mut rec, refusal.reason);
+                    resp
+                }
+                None => respond::refusal(refusal, grpc),
+            }
         }
     };
     let mut resp = rec.finish(&shared, resp);

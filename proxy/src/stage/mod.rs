@@ -34,6 +34,13 @@ struct WouldRefuseLabels {
     reason: Reason,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FallbackLabels {
+    policy: String,
+    route: String,
+    reason: Reason,
+}
+
 /// Why the proxy answers a request itself, and what it tells the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Refusal {
@@ -56,6 +63,8 @@ impl From<Reason> for Refusal {
 pub struct StageFamilies {
     /// What guarding stages in dry-run would have refused, by route, stage and reason.
     would_refuse: RouteFamily<WouldRefuseLabels, Counter>,
+    /// Refusals answered with the route's fallback, by route and reason.
+    fallbacks: RouteFamily<FallbackLabels, Counter>,
     pub rate_limit: ratelimit::RateLimitFamilies,
     pub fault: fault::FaultFamilies,
     pub breaker: breaker::BreakerFamilies,
@@ -70,6 +79,11 @@ impl StageFamilies {
                 r,
                 "would_refuse",
                 "Requests a guarding stage in dry-run would have refused, by stage and reason (it refused nothing)",
+            ),
+            fallbacks: RouteFamily::register(
+                r,
+                "fallbacks",
+                "Refusals answered with the route's fallback instead, by the refusal's reason",
             ),
             breaker: breaker::BreakerFamilies::register(r),
             bulkhead: bulkhead::BulkheadFamilies::register(r),
@@ -87,9 +101,18 @@ impl StageFamilies {
         rec.would_refuse.push(reason);
     }
 
+    /// Counts a refusal answered with the route's fallback, on the request's record too.
+    pub fn fallback(&self, rec: &mut Record, reason: Reason) {
+        let l = &rec.labels;
+        let labels = FallbackLabels { policy: l.policy.to_string(), route: l.route.to_string(), reason };
+        self.fallbacks.with(&l.policy, &l.route, &labels, |c| c.inc());
+        rec.fallback = Some(reason);
+    }
+
     /// Removes the series of a route that no longer exists.
     pub fn forget(&self, policy: &str, route: &str) {
         self.would_refuse.forget(policy, route);
+        self.fallbacks.forget(policy, route);
         self.breaker.forget(policy, route);
         self.bulkhead.forget(policy, route);
         self.retry.forget(policy, route);

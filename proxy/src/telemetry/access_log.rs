@@ -37,6 +37,9 @@ pub struct Entry {
     /// What stages in dry-run would have refused, comma-separated reasons.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub would_refuse: Option<String>,
+    /// The refusal answered with the route's fallback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<&'static str>,
     /// The client went away before the response body ended.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub incomplete: bool,

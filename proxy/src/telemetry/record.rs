@@ -38,6 +38,8 @@ pub struct Record {
     pub experiment: Option<Arc<str>>,
     /// What stages in dry-run would have refused (stage `rate-limit`, `breaker`, `bulkhead`).
     pub would_refuse: Vec<Reason>,
+    /// The refusal the route's fallback answered instead.
+    pub fallback: Option<Reason>,
     /// The breaker's state as the request found it (stage `breaker`).
     pub breaker: Option<&'static str>,
     /// Time spent waiting for a bulkhead slot (stage `bulkhead`).
@@ -110,6 +112,7 @@ impl Record {
             faults: Vec::new(),
             experiment: None,
             would_refuse: Vec::new(),
+            fallback: None,
             breaker: None,
             bulkhead_wait: None,
             tries: Vec::new(),
@@ -169,6 +172,7 @@ impl Record {
             }
             attributes.extend(self.experiment.as_ref().map(|e| KeyValue::new("bulwark.experiment", e.to_string())));
             attributes.extend(would_refuse.clone().map(|w| KeyValue::new("bulwark.would_refuse", w)));
+            attributes.extend(self.fallback.map(|f| KeyValue::new("bulwark.fallback", f.as_str())));
             attributes.extend(self.breaker.map(|b| KeyValue::new("bulwark.breaker.state", b)));
             attributes.extend(
                 self.bulkhead_wait.map(|w| KeyValue::new("bulwark.bulkhead.wait_ms", w.as_secs_f64() * 1000.0)),
@@ -189,6 +193,7 @@ impl Record {
         entry.upstream = upstream.map(|a| a.to_string());
         entry.retries = retries;
         entry.would_refuse = would_refuse;
+        entry.fallback = self.fallback.map(Reason::as_str);
         let (shared, start) = (shared.clone(), self.start);
         resp.map(move |body| {
             body.counted(Box::new(move |bytes, complete| {

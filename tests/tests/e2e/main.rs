@@ -18,6 +18,7 @@ mod drain;
 mod dry_run;
 mod edge;
 mod experiments;
+mod fallback;
 mod faults;
 mod grpc;
 mod http1;

@@ -1,0 +1,108 @@
+//! Route fallbacks through the real proxy: a refusal it names is answered with the route's
+//! static response (HTTP) or status (gRPC, read by a tonic client), marked
+//! `x-bulwark-fallback`, the refusal still named in `x-bulwark-reason`; what the upstream
+//! answers itself passes untouched, and reasons the fallback does not name are refused as ever.
+
+use std::time::Duration;
+
+use bulwark_e2e::client;
+use bulwark_e2e::grpc::GrpcUpstream;
+use bulwark_e2e::pb::echo_client::EchoClient;
+use bulwark_e2e::pb::EchoRequest;
+use bulwark_e2e::proxy::{free_port, ProxyBuilder, ProxyProcess};
+use bulwark_e2e::upstream::Upstream;
+
+const FALLBACK: &str = "    fallback:\n      response: { status: 200, headers: { content-type: application/json, cache-control: no-store }, body: '{\"items\":[]}' }\n      grpc: { status: 14, message: \"recommendations are resting\" }\n";
+
+async fn proxy(upstream: impl ToString, settings: &str) -> ProxyProcess {
+    let policy = crate::web_policy(&format!("  defaults:\n    retries: {{ attempts: 0 }}\n{settings}{FALLBACK}"));
+    ProxyBuilder::new()
+        .listener("web", upstream)
+        .policies(&policy)
+        .extra("accessLog: { enabled: true, sample: 1 }")
+        .start()
+        .await
+}
+
+fn is_fallback(r: &client::Reply, reason: &str) -> bool {
+    r.status == 200
+        && r.headers.get("x-bulwark-fallback").is_some_and(|v| v == reason)
+        && r.reason() == Some(reason)
+        && r.headers["content-type"] == "application/json"
+        && r.headers["cache-control"] == "no-store"
+        && r.body == "{\"items\":[]}"
+}
+
+#[tokio::test]
+async fn each_refusal_a_fallback_names_is_answered_with_it() {
+    let up = Upstream::start().await;
+    // timeout
+    let p = proxy(up.addr, "    timeout: { request: 200ms }\n").await;
+    let r = client::get(p.listener("web"), "/items", &[("x-delay", "2s")]).await.unwrap();
+    assert!(is_fallback(&r, "timeout"), "{r:?}");
+    assert_eq!(p.metric("bulwark_fallbacks_total", &[("reason", "timeout")]).await, 1.0);
+    // What the upstream answers itself is its answer.
+    let r = client::get(p.listener("web"), "/items", &[("x-status", "500")]).await.unwrap();
+    assert_eq!(r.status, 500);
+    assert!(r.headers.get("x-bulwark-fallback").is_none());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(p.stdout().contains(r#""fallback":"timeout""#), "{}", p.stdout());
+
+    // upstream-connect-failure
+    let p = proxy(format!("127.0.0.1:{}", free_port()), "").await;
+    let r = client::get(p.listener("web"), "/items", &[]).await.unwrap();
+    assert!(is_fallback(&r, "upstream-connect-failure"), "{r:?}");
+
+    // circuit-open: the breaker opens after one failure; the next request gets the fallback.
+    let p = proxy(up.addr, "    circuitBreaker: { consecutiveFailures: 1, openFor: 1m }\n").await;
+    let first = client::get(p.listener("web"), "/items", &[("x-status", "503")]).await.unwrap();
+    assert_eq!(first.status, 503, "passed through and counted by the breaker");
+    let r = client::get(p.listener("web"), "/items", &[]).await.unwrap();
+    assert!(is_fallback(&r, "circuit-open"), "{r:?}");
+
+    // bulkhead-full: one slot, taken by a slow request.
+    let p = proxy(up.addr, "    bulkhead: { maxConcurrent: 1 }\n").await;
+    let addr = p.listener("web");
+    let slow = tokio::spawn(async move { client::get(addr, "/items", &[("x-delay", "500ms")]).await.unwrap().status });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let r = client::get(addr, "/items", &[]).await.unwrap();
+    assert!(is_fallback(&r, "bulkhead-full"), "{r:?}");
+    assert_eq!(slow.await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn reasons_the_fallback_does_not_name_are_refused_as_ever() {
+    let policy = crate::web_policy(
+        "  defaults:\n    retries: { attempts: 0 }\n    fallback:\n      on: [timeout]\n      response: { body: cached }\n",
+    );
+    let p = ProxyBuilder::new().listener("web", format!("127.0.0.1:{}", free_port())).policies(&policy).start().await;
+    let r = client::get(p.listener("web"), "/", &[]).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.reason()), (503, Some("upstream-connect-failure")));
+    assert!(r.headers.get("x-bulwark-fallback").is_none());
+    // A policy naming a reason that is no refusal is refused with its path.
+    let bad = crate::web_policy("  defaults:\n    fallback:\n      on: [teapot]\n      response: { status: 42 }\n");
+    let errors = bulwark_policy::parse_documents(&bad, "t").and_then(|d| bulwark_policy::Snapshot::compile("1", d));
+    let errors: Vec<String> = errors.unwrap_err().iter().map(|e| format!("{}: {}", e.path, e.message)).collect();
+    assert!(errors.iter().any(|e| e.starts_with("spec.defaults.fallback.on[0]: \"teapot\"")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.starts_with("spec.defaults.fallback.response.status: 42")), "{errors:?}");
+}
+
+#[tokio::test]
+async fn a_grpc_client_reads_the_fallback_status_and_message() {
+    let up = GrpcUpstream::start().await;
+    let p = proxy(up.addr, "    timeout: { request: 200ms }\n").await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", p.listener("web")))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = EchoClient::new(channel);
+    let err = c.unary(EchoRequest { message: "slow".into(), delay_ms: 2000 }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert_eq!(err.message(), "recommendations are resting");
+    assert_eq!(err.metadata().get("x-bulwark-fallback").unwrap(), "timeout");
+    assert_eq!(err.metadata().get("x-bulwark-reason").unwrap(), "timeout");
+    // A call the upstream answers is untouched.
+    let ok = c.unary(EchoRequest { message: "fast".into(), delay_ms: 0 }).await.unwrap();
+    assert_eq!(ok.into_inner().message, "fast");
+}
