@@ -491,20 +491,8 @@ fn guard_of(errs: &mut Errors<'_>, s: &SteadyState) -> Guard {
     if window > MAX_WINDOW {
         errs.push(format!("{at}.window"), "must be at most 1h");
     }
-    let errors_on = match &s.errors_on {
-        None => DEFAULT_ERRORS_ON.to_vec(),
-        Some(list) => {
-            if list.is_empty() {
-                errs.push(format!("{at}.errorsOn"), "an empty list matches nothing; omit it for the default");
-            }
-            list.iter()
-                .enumerate()
-                .filter_map(|(i, t)| {
-                    Condition::parse(&t.0).map_err(|m| errs.push(format!("{at}.errorsOn[{i}]"), m)).ok()
-                })
-                .collect()
-        }
-    };
+    let errors_on =
+        crate::stages::conditions(errs, &format!("{at}.errorsOn"), s.errors_on.as_ref(), &DEFAULT_ERRORS_ON);
     let min_requests = s.min_requests.unwrap_or(20);
     if min_requests > 1_000_000 {
         errs.push(format!("{at}.minRequests"), "must be at most 1000000");

@@ -73,7 +73,12 @@ impl Condition {
     }
 }
 
-fn conditions(errs: &mut Errors<'_>, path: &str, list: Option<&Vec<Token>>, default: &[Condition]) -> Vec<Condition> {
+pub(crate) fn conditions(
+    errs: &mut Errors<'_>,
+    path: &str,
+    list: Option<&Vec<Token>>,
+    default: &[Condition],
+) -> Vec<Condition> {
     let Some(list) = list else {
         return default.to_vec();
     };
