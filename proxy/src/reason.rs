@@ -10,6 +10,8 @@ pub enum Reason {
     PerTryTimeout,
     CircuitOpen,
     BulkheadFull,
+    /// Over the adaptive concurrency limit (and its queue).
+    ConcurrencyLimited,
     RateLimited,
     FaultAbort,
     UpstreamConnectFailure,
@@ -27,6 +29,7 @@ impl Reason {
             Reason::PerTryTimeout => "per-try-timeout",
             Reason::CircuitOpen => "circuit-open",
             Reason::BulkheadFull => "bulkhead-full",
+            Reason::ConcurrencyLimited => "concurrency-limited",
             Reason::RateLimited => "rate-limited",
             Reason::FaultAbort => "fault-abort",
             Reason::UpstreamConnectFailure => "upstream-connect-failure",

@@ -14,6 +14,8 @@
 //! | `x-body-bytes: 20000` | answer with a body of that many bytes instead of the echo |
 //! | `x-upgrade: 1` | accept an `Upgrade` with 101 and echo bytes on the upgraded stream |
 //!
+//! `set_status`, `set_delay` and `set_capacity` change how every request is answered.
+//!
 //! Otherwise it answers 200 with a JSON echo of what it received (method, URI, version,
 //! headers), so tests can assert what the proxy forwarded. It counts requests and tracks
 //! its own concurrency.
@@ -54,6 +56,9 @@ pub struct Stats {
     /// When non-zero, every request waits this many milliseconds first (set with `set_delay`).
     pub forced_delay_ms: std::sync::atomic::AtomicU64,
     pub requests: AtomicUsize,
+    /// When set (with `set_capacity`), requests are served this many at a time, the rest wait
+    /// their turn, and once three times that many are inside the upstream answers 503 at once.
+    pub capacity: std::sync::Mutex<Option<(usize, Arc<tokio::sync::Semaphore>)>>,
     pub in_flight: AtomicUsize,
     pub max_in_flight: AtomicUsize,
 }
@@ -87,6 +92,14 @@ impl Upstream {
     /// From now on make every request wait `delay` before it is answered (zero: no wait).
     pub fn set_delay(&self, delay: Duration) {
         self.stats.forced_delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// From now on serve `n` requests at a time (the forced delay is each one's service time)
+    /// and queue the rest, overloaded (503) beyond `3 × n` inside; 0: no limit. Requests
+    /// already inside finish under the capacity they entered with.
+    pub fn set_capacity(&self, n: usize) {
+        let mut c = self.stats.capacity.lock().unwrap_or_else(|e| e.into_inner());
+        *c = (n > 0).then(|| (n, Arc::new(tokio::sync::Semaphore::new(n))));
     }
 
     pub fn requests(&self) -> usize {
@@ -190,6 +203,14 @@ async fn answer(mut req: Request<Incoming>, stats: Arc<Stats>) -> Result<Respons
     let nth = stats.requests.fetch_add(1, Ordering::SeqCst) + 1;
     let _guard = InFlight::enter(stats.clone());
     let h = req.headers().clone();
+    let capacity = stats.capacity.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let _served = match capacity {
+        Some((n, _)) if stats.in_flight.load(Ordering::SeqCst) > 3 * n => {
+            return Ok(Response::builder().status(503).body(empty()).expect("valid"));
+        }
+        Some((_, slots)) => slots.acquire_owned().await.ok(),
+        None => None,
+    };
     let forced_delay = stats.forced_delay_ms.load(Ordering::SeqCst);
     if forced_delay > 0 {
         tokio::time::sleep(Duration::from_millis(forced_delay)).await;

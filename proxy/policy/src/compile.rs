@@ -43,6 +43,8 @@ pub struct Route {
     pub rate_limit: Option<RateLimitPolicy>,
     pub faults: Option<Arc<FaultPolicy>>,
     pub fallback: Option<Arc<crate::fallback::Fallback>>,
+    pub priority: Option<Arc<crate::priority::Priority>>,
+    pub adaptive: Option<crate::adaptive::AdaptivePolicy>,
 }
 
 /// A route's settings after merging `defaults`: timeouts field by field, the other blocks whole.
@@ -55,6 +57,8 @@ struct Settings {
     rate_limit: Option<RateLimitPolicy>,
     faults: Option<Arc<FaultPolicy>>,
     fallback: Option<Arc<crate::fallback::Fallback>>,
+    priority: Option<Arc<crate::priority::Priority>>,
+    adaptive: Option<crate::adaptive::AdaptivePolicy>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -315,6 +319,8 @@ fn make_route(name: &str, policy: &Arc<str>, next_index: &mut usize, matcher: Ro
         rate_limit: s.rate_limit,
         faults: s.faults,
         fallback: s.fallback,
+        priority: s.priority,
+        adaptive: s.adaptive,
     })
 }
 
@@ -355,6 +361,14 @@ fn compile_settings(errs: &mut Errors<'_>, path: &str, spec: &RouteSettings, bas
         fallback: match &spec.fallback {
             Some(f) => Some(Arc::new(crate::fallback::compile(errs, &format!("{path}.fallback"), f))),
             None => base.fallback.clone(),
+        },
+        priority: match &spec.priority {
+            Some(p) => Some(Arc::new(crate::priority::compile(errs, &format!("{path}.priority"), p))),
+            None => base.priority.clone(),
+        },
+        adaptive: match &spec.adaptive_concurrency {
+            Some(a) => Some(crate::adaptive::compile(errs, &format!("{path}.adaptiveConcurrency"), a)),
+            None => base.adaptive.clone(),
         },
     }
 }
@@ -414,7 +428,7 @@ fn compile_timeouts(errs: &mut Errors<'_>, path: &str, spec: Option<&TimeoutSpec
     t
 }
 
-fn compile_match(errs: &mut Errors<'_>, path: &str, m: &MatchSpec) -> Option<RouteMatch> {
+pub(crate) fn compile_match(errs: &mut Errors<'_>, path: &str, m: &MatchSpec) -> Option<RouteMatch> {
     let before = errs.out.len();
     let set = [m.path.is_some(), m.path_prefix.is_some(), m.path_regex.is_some()];
     if set.iter().filter(|b| **b).count() > 1 {

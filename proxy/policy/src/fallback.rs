@@ -8,8 +8,14 @@ use crate::error::Errors;
 use crate::spec::FallbackSpec;
 
 /// The refusals a fallback can stand in for (the proxy's words for them).
-pub const REASONS: [&str; 5] =
-    ["circuit-open", "bulkhead-full", "timeout", "no-healthy-upstream", "upstream-connect-failure"];
+pub const REASONS: [&str; 6] = [
+    "circuit-open",
+    "bulkhead-full",
+    "concurrency-limited",
+    "timeout",
+    "no-healthy-upstream",
+    "upstream-connect-failure",
+];
 /// An inline body larger than this belongs in the upstream it stands in for.
 pub const MAX_BODY: usize = 64 * 1024;
 

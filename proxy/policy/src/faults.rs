@@ -274,6 +274,16 @@ impl IdentityPattern {
     }
 }
 
+/// The identity patterns of a `match.identities` list at `path`.
+pub(crate) fn identities(errs: &mut Errors<'_>, path: &str, written: &[String]) -> Vec<IdentityPattern> {
+    crate::validate::count(errs, path, written.len(), crate::validate::MAX_MATCH_ITEMS);
+    written
+        .iter()
+        .enumerate()
+        .filter_map(|(i, id)| IdentityPattern::parse(id).map_err(|e| errs.push(format!("{path}[{i}]"), e)).ok())
+        .collect()
+}
+
 fn bandwidth(errs: &mut Errors<'_>, at: &str, b: &crate::spec::BandwidthSpec) -> BandwidthFault {
     if b.bytes_per_second < MIN_BANDWIDTH {
         errs.push(
@@ -355,14 +365,7 @@ pub(crate) fn compile(errs: &mut Errors<'_>, path: &str, s: &FaultSpec, headers:
         .and_then(|m| m.client_percent)
         .map(|p| chance(errs, &format!("{path}.match.clientPercent"), p));
     let written = s.matches.as_ref().map(|m| m.identities.as_slice()).unwrap_or_default();
-    crate::validate::count(errs, &format!("{path}.match.identities"), written.len(), crate::validate::MAX_MATCH_ITEMS);
-    let identities = written
-        .iter()
-        .enumerate()
-        .filter_map(|(i, id)| {
-            IdentityPattern::parse(id).map_err(|e| errs.push(format!("{path}.match.identities[{i}]"), e)).ok()
-        })
-        .collect();
+    let identities = identities(errs, &format!("{path}.match.identities"), written);
     FaultPolicy {
         delay: s.delay.as_ref().map(|d| delay(errs, &format!("{path}.delay"), d)),
         abort,

@@ -3,6 +3,7 @@
 //! The proxy and the control plane both depend on this crate so that they accept and refuse
 //! exactly the same documents.
 
+pub mod adaptive;
 pub mod app_probe;
 pub mod compile;
 pub mod document;
@@ -11,6 +12,7 @@ mod error;
 pub mod experiment;
 pub mod fallback;
 pub mod faults;
+pub mod priority;
 pub mod route;
 mod select;
 pub mod spec;

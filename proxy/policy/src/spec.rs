@@ -146,6 +146,10 @@ pub struct RouteSettings {
     pub faults: Option<FaultSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<FallbackSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<PrioritySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive_concurrency: Option<AdaptiveConcurrencySpec>,
 }
 
 /// What the proxy answers instead of refusing, for the reasons in `on`.
@@ -188,6 +192,87 @@ pub struct GrpcFallbackSpec {
     pub message: String,
 }
 
+/// Ordered classes of a route's requests (highest first). A request takes the first class whose
+/// `match` holds (a class without `match` takes every request that reaches it; one that matches
+/// none is of the lowest class). The route's bulkhead, rate limit and adaptive limit keep each
+/// class's `reservePercent` of their capacity for it and the classes above it.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PrioritySpec {
+    pub classes: Vec<PriorityClassSpec>,
+    /// `dry-run`: classes are told and counted, what their reserves would refuse is counted,
+    /// and the stages admit as if there were no classes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<StageMode>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PriorityClassSpec {
+    pub name: String,
+    #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
+    pub matches: Option<ClassMatchSpec>,
+    /// Share of each stage's capacity that requests of lower classes may not take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve_percent: Option<f64>,
+}
+
+/// Every condition given must hold; the same forms as a route match, and the caller's mesh
+/// identity as faults match it.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClassMatchSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatchSpec>,
+    /// `NAME.NAMESPACE` or `*.NAMESPACE`, read from `x-bulwark-client-id`; any one matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
+}
+
+/// A concurrency limit found by measurement: the gradient of the minimum latency (measured
+/// at `minLimit` every `minRttInterval`) over the latency sampled each `sampleWindow` moves the
+/// limit between `minLimit` and `maxLimit`. Requests over it wait in a queue by class, or are
+/// refused (`concurrency-limited`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AdaptiveConcurrencySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_window: Option<Dur>,
+    /// The latency of a window is this percentile of its requests'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_percentile: Option<f64>,
+    /// Latency above the minimum that still counts as unloaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_rtt_interval: Option<Dur>,
+    /// Requests sampled at `minLimit` to measure the minimum latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_rtt_requests: Option<u32>,
+    /// Spread of `minRttInterval`, so that proxies do not all probe at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<Dur>,
+    /// `dry-run`: the limit is found and what it would refuse is counted, nothing is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<StageMode>,
+}
+
 impl RouteSettings {
     fn is_empty(&self) -> bool {
         *self == RouteSettings::default()
@@ -216,6 +301,10 @@ pub struct RouteSpec {
     pub faults: Option<FaultSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<FallbackSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<PrioritySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive_concurrency: Option<AdaptiveConcurrencySpec>,
 }
 
 impl RouteSpec {
@@ -228,6 +317,8 @@ impl RouteSpec {
             rate_limit: self.rate_limit.clone(),
             faults: self.faults.clone(),
             fallback: self.fallback.clone(),
+            priority: self.priority.clone(),
+            adaptive_concurrency: self.adaptive_concurrency.clone(),
         }
     }
 }

@@ -32,6 +32,7 @@ pub fn status_of(reason: Reason) -> StatusCode {
         Reason::BadRequest => StatusCode::BAD_REQUEST,
         Reason::CircuitOpen
         | Reason::BulkheadFull
+        | Reason::ConcurrencyLimited
         | Reason::UpstreamConnectFailure
         | Reason::UpstreamReset
         | Reason::NoHealthyUpstream
@@ -42,7 +43,7 @@ pub fn status_of(reason: Reason) -> StatusCode {
 pub fn grpc_status_of(reason: Reason) -> u16 {
     match reason {
         Reason::Timeout | Reason::PerTryTimeout => grpc_code::DEADLINE_EXCEEDED,
-        Reason::RateLimited | Reason::BulkheadFull => grpc_code::RESOURCE_EXHAUSTED,
+        Reason::RateLimited | Reason::BulkheadFull | Reason::ConcurrencyLimited => grpc_code::RESOURCE_EXHAUSTED,
         Reason::BadRequest => grpc_code::INTERNAL,
         _ => grpc_code::UNAVAILABLE,
     }
@@ -54,6 +55,7 @@ fn message_of(reason: Reason) -> &'static str {
         Reason::PerTryTimeout => "upstream attempt timeout",
         Reason::CircuitOpen => "circuit breaker open",
         Reason::BulkheadFull => "too many concurrent requests",
+        Reason::ConcurrencyLimited => "over the adaptive concurrency limit",
         Reason::RateLimited => "rate limited",
         Reason::FaultAbort => "fault injected",
         Reason::UpstreamConnectFailure => "upstream connect failure",

@@ -27,7 +27,7 @@ use crate::shared::Shared;
 use crate::stage::fault::{Decision, FaultState};
 use crate::stage::registry::RouteState;
 use crate::stage::retry::{outcome, Failed, Retries};
-use crate::stage::{breaker, bulkhead, fault, ratelimit, retry, timeout, Refusal};
+use crate::stage::{adaptive, breaker, bulkhead, fault, ratelimit, retry, timeout, Refusal};
 use crate::telemetry::metrics::RouteLabels;
 use crate::telemetry::record::Record;
 use crate::upstream::balance::Cluster;
@@ -53,10 +53,14 @@ pub async fn handle(
     };
     let selected = Selected::of(&shared, &downstream, &req, host.as_deref());
     let mut rec = Record::start(&shared, selected.labels(&downstream), &mut req, host.as_deref(), downstream.client);
+    if let Some(p) = selected.route.as_ref().and_then(|r| r.priority.as_ref()) {
+        shared.metrics.stages.classified(&mut rec, p.name(selected.class));
+    }
     let resp = match chain(&shared, &downstream, &selected, req, grpc, &mut rec).await {
         Ok(resp) => resp,
         Err(refusal) => {
             rec.reason = Some(refusal.reason);
+            shared.metrics.stages.class_refused(&rec, refusal.reason);
             // An injected abort is the experiment's answer: never covered by a fallback.
             let fallback =
                 selected.route.as_ref().and_then(|r| r.fallback.as_deref()).filter(|_| refusal.abort.is_none());
@@ -119,10 +123,18 @@ async fn chain(
             Err(refusal)
         }
     };
+    // A priority in dry-run lets through what its class's reserve would refuse, and counts it.
+    let shed = |would: bool, reason: Reason, rec: &mut Record| {
+        if would {
+            shared.metrics.stages.would_refuse(rec, "priority", reason);
+        }
+    };
+    let class = sel.class;
     // A rate-limited request costs nothing downstream: no fault draw, no trial, no slot.
     let limiter = state.and_then(|s| s.rate_limit.as_ref());
-    if let Err(r) = ratelimit::admit(limiter, req.headers(), down.client.ip()) {
-        guarded("rate-limit", limiter.is_some_and(|l| l.dry_run()), r, rec)?;
+    match ratelimit::admit(limiter, req.headers(), down.client.ip(), class) {
+        Ok(would) => shed(would, Reason::RateLimited, rec),
+        Err(r) => guarded("rate-limit", limiter.is_some_and(|l| l.dry_run()), r, rec)?,
     }
     // An injected abort answers before any stage state is taken...
     let faults = fault::draw(sel.fault.as_deref(), req.headers(), down.client.ip(), rec)?;
@@ -139,9 +151,24 @@ async fn chain(
     };
     // The bulkhead bounds what is in flight upstream, retries included, until response headers.
     let bulkhead = state.and_then(|s| s.bulkhead.as_ref());
-    let _slot = match bulkhead::enter(bulkhead, rec).await {
-        Ok(slot) => slot,
+    let _slot = match bulkhead::enter(bulkhead, class, rec).await {
+        Ok(slot) => {
+            shed(slot.as_ref().is_some_and(|s| s.would_shed()), Reason::BulkheadFull, rec);
+            slot
+        }
         Err(r) => guarded("bulkhead", bulkhead.is_some_and(|b| b.dry_run()), r, rec).map(|()| None)?,
+    };
+    // Within it, the limit adaptive concurrency measures; it learns from every admitted request.
+    let adaptive = state.and_then(|s| s.adaptive.as_ref());
+    let admitted = match adaptive::enter(adaptive, class).await {
+        Ok(admitted) => {
+            shed(admitted.as_ref().is_some_and(|a| a.would_shed), Reason::ConcurrencyLimited, rec);
+            admitted
+        }
+        Err(r) => {
+            guarded("adaptive", adaptive.is_some_and(|a| a.dry_run()), r, rec)?;
+            adaptive.map(|a| a.unlimited())
+        }
     };
     // Past every refusal: hop-by-hop headers go, an upgrade is noted.
     let tunnel = headers::for_upstream(&mut req).then(|| hyper::upgrade::on(&mut req));
@@ -166,9 +193,13 @@ async fn chain(
             Err(Failed::from(elapsed))
         }
     };
-    // The breaker learns how the whole request went.
+    // The breaker learns how the whole request went, adaptive concurrency how long it took.
+    let (how, now) = (outcome(&result), Instant::now());
     if let Some(trial) = trial {
-        trial.record(outcome(&result), started.elapsed(), Instant::now());
+        trial.record(how, started.elapsed(), now);
+    }
+    if let (Some(a), Some(admitted)) = (adaptive, &admitted) {
+        a.done(admitted, how, now);
     }
     let resp = result.map_err(|f| Refusal::from(f.reason))?;
     // A gRPC deadline bounds the whole call, not only until response headers.
@@ -210,6 +241,8 @@ struct Selected {
     route: Option<Arc<Route>>,
     state: Option<Arc<RouteState>>,
     fault: Option<Arc<FaultState>>,
+    /// The request's priority class (0 when its route has none).
+    class: usize,
     timeouts: Timeouts,
     cluster: Arc<Cluster>,
     limits: Limits,
@@ -235,14 +268,15 @@ impl Selected {
             // Without a policy, the defaults a policy would compile to.
             upstream.map_or(Some(&DEFAULT_OUTLIER), |u| u.outlier.as_ref()),
         );
-        let route = policy.map(|p| {
-            let info = RequestInfo { method: req.method(), path: req.uri().path(), host, headers: req.headers() };
-            p.routes.iter().find(|r| r.matcher.matches(&info)).unwrap_or(&p.default_route).clone()
-        });
+        let info = RequestInfo { method: req.method(), path: req.uri().path(), host, headers: req.headers() };
+        let route =
+            policy.map(|p| p.routes.iter().find(|r| r.matcher.matches(&info)).unwrap_or(&p.default_route).clone());
+        let class = route.as_ref().and_then(|r| r.priority.as_ref()).map_or(0, |p| p.classify(&info));
         Selected {
             state: route.as_ref().and_then(|r| installed.states.get(r.index).cloned().flatten()),
             fault: route.as_ref().and_then(|r| installed.faults.get(r.index).cloned().flatten()),
             timeouts: route.as_ref().map(|r| r.timeouts).unwrap_or_default(),
+            class,
             route,
             cluster,
             limits,

@@ -2,16 +2,18 @@
 //! included, since the slot is held for the whole retry loop). Up to `maxQueued` more wait for
 //! a slot, each at most `queueTimeout`; beyond that a request is refused at once
 //! (`bulkhead-full`). Each route has its own bulkhead, so a slow route cannot take another's
-//! slots.
+//! slots. With priority classes, each class's reserve of the slots is kept from the classes
+//! below it, and a freed slot goes to the highest class waiting (`admission`).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+
+use super::admission::{Admission, Full, Gauges, Permit, Reserves};
 
 use bulwark_policy::BulkheadPolicy;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::Refusal;
@@ -69,8 +71,7 @@ pub struct BulkheadMetrics {
 
 pub struct Bulkhead {
     policy: BulkheadPolicy,
-    slots: Arc<Semaphore>,
-    queued: AtomicU32,
+    slots: Arc<Admission>,
     /// Dry-run: requests past the slots, standing for the queue they would have waited in.
     overflow: Arc<AtomicU32>,
     metrics: BulkheadMetrics,
@@ -79,44 +80,34 @@ pub struct Bulkhead {
 /// A held slot, counted in the in-flight gauge; dropping it frees the slot. In dry-run, a
 /// request past the slots holds a place of the queue it would have waited in instead.
 pub struct Slot {
-    _permit: Option<OwnedSemaphorePermit>,
-    in_flight: Gauge,
+    permit: Option<Permit>,
     overflow: Option<Arc<AtomicU32>>,
+}
+
+impl Slot {
+    /// Its class's reserve refused it, or would have (a priority in dry-run).
+    pub fn would_shed(&self) -> bool {
+        self.permit.as_ref().is_some_and(|p| p.would_shed)
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        match &self.overflow {
-            Some(q) => {
-                q.fetch_sub(1, Ordering::AcqRel);
-            }
-            None => {
-                self.in_flight.dec();
-            }
+        if let Some(q) = &self.overflow {
+            q.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
 
-/// A place in the queue, given back when dropped: a waiter that leaves (its client went away,
-/// a timeout fired) frees its place as surely as one that got a slot.
-struct QueuePlace<'a>(&'a Bulkhead);
-
-impl Drop for QueuePlace<'_> {
-    fn drop(&mut self) {
-        self.0.queued.fetch_sub(1, Ordering::AcqRel);
-        self.0.metrics.queued.dec();
-    }
-}
-
-/// The stage: a slot for the request, held until its response headers are sent, or
-/// `bulkhead-full`. The time spent waiting goes into the record.
-pub async fn enter(bulkhead: Option<&Bulkhead>, rec: &mut Record) -> Result<Option<Slot>, Refusal> {
+/// The stage: a slot for the request's priority class, held until its response headers are
+/// sent, or `bulkhead-full`. The time spent waiting goes into the record.
+pub async fn enter(bulkhead: Option<&Bulkhead>, class: usize, rec: &mut Record) -> Result<Option<Slot>, Refusal> {
     let Some(b) = bulkhead else { return Ok(None) };
     if b.dry_run() {
-        return b.acquire_without_waiting().map(Some).map_err(|BulkheadFull| Reason::BulkheadFull.into());
+        return b.acquire_without_waiting(class).map(Some).map_err(|BulkheadFull| Reason::BulkheadFull.into());
     }
     let waited = Instant::now();
-    let acquired = b.acquire().await;
+    let acquired = b.acquire(class).await;
     rec.bulkhead_wait = Some(waited.elapsed());
     match acquired {
         Ok(slot) => Ok(Some(slot)),
@@ -128,19 +119,14 @@ pub async fn enter(bulkhead: Option<&Bulkhead>, rec: &mut Record) -> Result<Opti
 }
 
 impl Bulkhead {
-    pub fn new(policy: BulkheadPolicy, metrics: BulkheadMetrics) -> Bulkhead {
+    pub fn new(policy: BulkheadPolicy, reserves: Reserves, metrics: BulkheadMetrics) -> Bulkhead {
+        let gauges = Gauges { in_flight: metrics.in_flight.clone(), queued: metrics.queued.clone() };
         Bulkhead {
-            slots: Arc::new(Semaphore::new(policy.max_concurrent as usize)),
+            slots: Admission::new(policy.max_concurrent, policy.max_queued, reserves, gauges),
             policy,
-            queued: AtomicU32::new(0),
             overflow: Arc::new(AtomicU32::new(0)),
             metrics,
         }
-    }
-
-    fn slot(&self, permit: OwnedSemaphorePermit) -> Slot {
-        self.metrics.in_flight.inc();
-        Slot { _permit: Some(permit), in_flight: self.metrics.in_flight.clone(), overflow: None }
     }
 
     /// Refuses nothing and never waits: the caller lets what it would refuse pass.
@@ -150,45 +136,28 @@ impl Bulkhead {
 
     /// Dry-run: a free slot if there is one, else a place among the `maxQueued` requests that
     /// would have waited (without waiting), else what would have been refused.
-    pub fn acquire_without_waiting(&self) -> Result<Slot, BulkheadFull> {
-        if let Ok(p) = self.slots.clone().try_acquire_owned() {
-            return Ok(self.slot(p));
+    pub fn acquire_without_waiting(&self, class: usize) -> Result<Slot, BulkheadFull> {
+        if let Ok(p) = self.slots.try_take(class) {
+            return Ok(Slot { permit: Some(p), overflow: None });
         }
         let max = self.policy.max_queued;
         self.overflow
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| (q < max).then_some(q + 1))
             .map_err(|_| BulkheadFull)?;
-        Ok(Slot { _permit: None, in_flight: self.metrics.in_flight.clone(), overflow: Some(self.overflow.clone()) })
+        Ok(Slot { permit: None, overflow: Some(self.overflow.clone()) })
     }
 
-    pub async fn acquire(&self) -> Result<Slot, BulkheadFull> {
-        if let Ok(p) = self.slots.clone().try_acquire_owned() {
-            return Ok(self.slot(p));
-        }
-        // Take a queue place only if one is free; never more than maxQueued waiters.
-        let took = self
-            .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| (q < self.policy.max_queued).then_some(q + 1))
-            .is_ok();
-        if !took {
-            return Err(BulkheadFull);
-        }
-        self.metrics.queued.inc();
-        let place = QueuePlace(self);
-        let waited = tokio::time::timeout(self.policy.queue_timeout, self.slots.clone().acquire_owned()).await;
-        drop(place);
-        match waited {
-            Ok(Ok(p)) => Ok(self.slot(p)),
-            _ => Err(BulkheadFull),
-        }
+    pub async fn acquire(&self, class: usize) -> Result<Slot, BulkheadFull> {
+        let permit = self.slots.take(class, self.policy.queue_timeout).await.map_err(|Full| BulkheadFull)?;
+        Ok(Slot { permit: Some(permit), overflow: None })
     }
 
     pub fn in_flight(&self) -> u32 {
-        self.policy.max_concurrent.saturating_sub(self.slots.available_permits() as u32)
+        self.slots.in_use()
     }
 
     pub fn queued(&self) -> u32 {
-        self.queued.load(Ordering::Acquire)
+        self.slots.queued()
     }
 }
 
@@ -206,6 +175,7 @@ mod tests {
                 max_queued: queued,
                 queue_timeout: Duration::from_millis(timeout_ms),
             },
+            Reserves::default(),
             BulkheadMetrics::default(),
         ))
     }
@@ -213,16 +183,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn m_run_q_wait_and_the_next_is_refused_at_once() {
         let b = bulkhead(2, 1, 100);
-        let s1 = b.acquire().await.unwrap();
-        let _s2 = b.acquire().await.unwrap();
+        let s1 = b.acquire(0).await.unwrap();
+        let _s2 = b.acquire(0).await.unwrap();
         let waiter = {
             let b = b.clone();
-            tokio::spawn(async move { b.acquire().await.map(|_| ()) })
+            tokio::spawn(async move { b.acquire(0).await.map(|_| ()) })
         };
         tokio::task::yield_now().await;
         assert_eq!((b.in_flight(), b.queued()), (2, 1));
         let start = tokio::time::Instant::now();
-        assert_eq!(b.acquire().await.err(), Some(BulkheadFull), "M+Q+1-th refused");
+        assert_eq!(b.acquire(0).await.err(), Some(BulkheadFull), "M+Q+1-th refused");
         assert_eq!(start.elapsed(), Duration::ZERO, "at once");
         drop(s1);
         assert_eq!(waiter.await.unwrap(), Ok(()), "the queued one gets the freed slot");
@@ -231,9 +201,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_queued_request_gives_up_after_the_queue_timeout() {
         let b = bulkhead(1, 5, 100);
-        let _s = b.acquire().await.unwrap();
+        let _s = b.acquire(0).await.unwrap();
         let start = tokio::time::Instant::now();
-        assert_eq!(b.acquire().await.err(), Some(BulkheadFull));
+        assert_eq!(b.acquire(0).await.err(), Some(BulkheadFull));
         assert_eq!(start.elapsed(), Duration::from_millis(100));
         assert_eq!(b.queued(), 0);
     }
@@ -247,7 +217,7 @@ mod tests {
         for _ in 0..64 {
             let (b, peak, now) = (b.clone(), peak.clone(), now.clone());
             tasks.push(tokio::spawn(async move {
-                let _slot = b.acquire().await.unwrap();
+                let _slot = b.acquire(0).await.unwrap();
                 let n = now.fetch_add(1, Ordering::SeqCst) + 1;
                 peak.fetch_max(n, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -271,13 +241,14 @@ mod cancellation {
     async fn a_client_that_leaves_while_queued_gives_its_queue_place_back() {
         let b = Arc::new(Bulkhead::new(
             BulkheadPolicy { dry_run: false, max_concurrent: 1, max_queued: 2, queue_timeout: Duration::from_secs(60) },
+            Reserves::default(),
             BulkheadMetrics::default(),
         ));
-        let _held = b.acquire().await.unwrap();
+        let _held = b.acquire(0).await.unwrap();
         for _ in 0..10 {
             let waiter = {
                 let b = b.clone();
-                tokio::spawn(async move { b.acquire().await.map(|_| ()) })
+                tokio::spawn(async move { b.acquire(0).await.map(|_| ()) })
             };
             tokio::task::yield_now().await;
             assert_eq!(b.queued(), 1);

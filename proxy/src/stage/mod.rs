@@ -7,6 +7,8 @@
 //! by the module itself) and what it tells the request's record; `registry` keeps the state
 //! across policy updates.
 
+pub mod adaptive;
+pub mod admission;
 pub mod breaker;
 pub mod bulkhead;
 pub mod fault;
@@ -15,6 +17,7 @@ pub mod registry;
 pub mod retry;
 pub mod timeout;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bulwark_policy::faults::AbortWith;
@@ -31,6 +34,21 @@ struct WouldRefuseLabels {
     policy: String,
     route: String,
     stage: &'static str,
+    reason: Reason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    policy: String,
+    route: String,
+    class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShedLabels {
+    policy: String,
+    route: String,
+    class: String,
     reason: Reason,
 }
 
@@ -69,6 +87,10 @@ pub struct StageFamilies {
     pub fault: fault::FaultFamilies,
     pub breaker: breaker::BreakerFamilies,
     pub bulkhead: bulkhead::BulkheadFamilies,
+    pub adaptive: adaptive::AdaptiveFamilies,
+    /// Requests by priority class, and those refused, by class and reason.
+    classes: RouteFamily<ClassLabels, Counter>,
+    shed: RouteFamily<ShedLabels, Counter>,
     pub retry: retry::RetryFamilies,
 }
 
@@ -87,6 +109,13 @@ impl StageFamilies {
             ),
             breaker: breaker::BreakerFamilies::register(r),
             bulkhead: bulkhead::BulkheadFamilies::register(r),
+            adaptive: adaptive::AdaptiveFamilies::register(r),
+            classes: RouteFamily::register(r, "priority_requests", "Requests by the priority class they were told"),
+            shed: RouteFamily::register(
+                r,
+                "priority_refused",
+                "Requests of a priority class the proxy refused, by class and reason",
+            ),
             retry: retry::RetryFamilies::register(r),
             rate_limit: ratelimit::RateLimitFamilies::register(r),
             fault: fault::FaultFamilies::register(r),
@@ -109,8 +138,27 @@ impl StageFamilies {
         rec.fallback = Some(reason);
     }
 
+    /// Counts a request of a priority class, on the request's record too.
+    pub fn classified(&self, rec: &mut Record, class: Arc<str>) {
+        let l = &rec.labels;
+        let labels = ClassLabels { policy: l.policy.to_string(), route: l.route.to_string(), class: class.to_string() };
+        self.classes.with(&l.policy, &l.route, &labels, |c| c.inc());
+        rec.class = Some(class);
+    }
+
+    /// Counts a refusal of a request that has a priority class.
+    pub fn class_refused(&self, rec: &Record, reason: Reason) {
+        let (Some(class), l) = (&rec.class, &rec.labels) else { return };
+        let labels =
+            ShedLabels { policy: l.policy.to_string(), route: l.route.to_string(), class: class.to_string(), reason };
+        self.shed.with(&l.policy, &l.route, &labels, |c| c.inc());
+    }
+
     /// Removes the series of a route that no longer exists.
     pub fn forget(&self, policy: &str, route: &str) {
+        self.adaptive.forget(policy, route);
+        self.classes.forget(policy, route);
+        self.shed.forget(policy, route);
         self.would_refuse.forget(policy, route);
         self.fallbacks.forget(policy, route);
         self.breaker.forget(policy, route);

@@ -19,6 +19,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
+use super::admission::Reserves;
 use super::Refusal;
 use crate::reason::Reason;
 use crate::telemetry::metrics::StageLabels;
@@ -49,17 +50,28 @@ impl TokenBucket {
 
     /// Takes one token, or says how long until one is available.
     pub fn take(&self, now: Instant) -> Result<(), Duration> {
+        self.take_above(now, 0.0)
+    }
+
+    /// Takes one token if `floor` tokens (kept for higher priority classes) remain after it,
+    /// or says how long until that is so.
+    pub fn take_above(&self, now: Instant, floor: f64) -> Result<(), Duration> {
         let mut s = self.state.lock();
         let (tokens, last) = *s;
         let tokens = (tokens + now.saturating_duration_since(last).as_secs_f64() * self.rate).min(self.burst);
-        if tokens >= 1.0 {
+        if tokens - floor >= 1.0 {
             *s = (tokens - 1.0, now);
             Ok(())
         } else {
             *s = (tokens, now);
             // Validation bounds the rate, but the arithmetic must not be able to panic either.
-            Err(Duration::try_from_secs_f64((1.0 - tokens) / self.rate).unwrap_or(Duration::from_secs(u32::MAX.into())))
+            Err(Duration::try_from_secs_f64((1.0 + floor - tokens) / self.rate)
+                .unwrap_or(Duration::from_secs(u32::MAX.into())))
         }
+    }
+
+    pub fn burst(&self) -> f64 {
+        self.burst
     }
 
     /// True when the bucket would be full at `now`: forgetting it changes nothing.
@@ -131,16 +143,23 @@ pub struct RateLimitMetrics {
 
 pub struct RateLimiter {
     dry_run: bool,
+    reserves: Reserves,
     route: TokenBucket,
     per_client: Option<PerClient>,
     metrics: RateLimitMetrics,
 }
 
 /// The stage: a token for the request, or `rate-limited` with the time until one is there.
-/// A token is spent, not held, so nothing is given back.
-pub fn admit(limiter: Option<&RateLimiter>, headers: &HeaderMap, client: IpAddr) -> Result<(), Refusal> {
-    let Some(rl) = limiter else { return Ok(()) };
-    rl.check(headers, client, Instant::now()).map_err(|limited| {
+/// A token is spent, not held, so nothing is given back. `Ok(true)`: the request's priority
+/// class would have been refused (a priority in dry-run).
+pub fn admit(
+    limiter: Option<&RateLimiter>,
+    headers: &HeaderMap,
+    client: IpAddr,
+    class: usize,
+) -> Result<bool, Refusal> {
+    let Some(rl) = limiter else { return Ok(false) };
+    rl.check_class(headers, client, Instant::now(), class).map_err(|limited| {
         let counter = if limited.per_client { &rl.metrics.client } else { &rl.metrics.route };
         // In dry-run the caller counts it as what would have been refused.
         if !rl.dry_run {
@@ -157,8 +176,21 @@ impl RateLimiter {
     }
 
     pub fn new(p: &RateLimitPolicy, now: Instant, metrics: RateLimitMetrics) -> RateLimiter {
+        Self::with_reserves(p, Reserves::default(), now, metrics)
+    }
+
+    /// A limiter whose route bucket keeps each priority class's reserve of `burst` from the
+    /// classes below it: a lower class is refused while the bucket is down to what the classes
+    /// above it keep.
+    pub fn with_reserves(
+        p: &RateLimitPolicy,
+        reserves: Reserves,
+        now: Instant,
+        metrics: RateLimitMetrics,
+    ) -> RateLimiter {
         RateLimiter {
             dry_run: p.dry_run,
+            reserves,
             metrics,
             route: TokenBucket::new(&p.route, now),
             per_client: p.per_client.as_ref().map(|(key, bucket, max)| PerClient {
@@ -171,9 +203,20 @@ impl RateLimiter {
         }
     }
 
-    /// The client's bucket is checked first, so a noisy client's refused requests do not drain
-    /// the route's bucket that quiet clients share.
     pub fn check(&self, headers: &HeaderMap, client: IpAddr, now: Instant) -> Result<(), RateLimited> {
+        self.check_class(headers, client, now, 0).map(drop)
+    }
+
+    /// The client's bucket is checked first, so a noisy client's refused requests do not drain
+    /// the route's bucket that quiet clients share. `Ok(true)`: admitted, though the class's
+    /// floor would have refused it (a priority in dry-run).
+    pub fn check_class(
+        &self,
+        headers: &HeaderMap,
+        client: IpAddr,
+        now: Instant,
+        class: usize,
+    ) -> Result<bool, RateLimited> {
         if let Some(pc) = &self.per_client {
             let key = match &pc.key {
                 ClientKey::Header(h) => headers.get(h).map(|v| {
@@ -187,7 +230,13 @@ impl RateLimiter {
                 pc.take(key, now).map_err(|retry_after| RateLimited { retry_after, per_client: true })?;
             }
         }
-        self.route.take(now).map_err(|retry_after| RateLimited { retry_after, per_client: false })
+        let floor = self.route.burst() * self.reserves.kept_above(class) / 100.0;
+        let refused = |retry_after| RateLimited { retry_after, per_client: false };
+        match self.route.take_above(now, floor) {
+            Ok(()) => Ok(false),
+            Err(_) if self.reserves.judge_only && floor > 0.0 => self.route.take(now).map(|()| true).map_err(refused),
+            Err(wait) => Err(refused(wait)),
+        }
     }
 
     pub fn tracked_clients(&self) -> usize {
@@ -335,6 +384,27 @@ mod tests {
         let later = now + Duration::from_secs(60);
         let _ = rl.check(&with_key("fresh"), IP, later);
         assert_eq!(rl.tracked_clients(), 1);
+    }
+
+    /// Burst 10, critical keeps 50% and standard 20%: best-effort stops at 7 tokens left,
+    /// standard at 5, critical drains the bucket; a priority in dry-run refuses none of them
+    /// but says which it would have.
+    #[tokio::test(start_paused = true)]
+    async fn lower_classes_stop_at_the_floors_the_classes_above_them_keep() {
+        let now = Instant::now();
+        let reserves = |judge_only| Reserves { percent: vec![50.0, 20.0, 0.0], judge_only };
+        let rl =
+            RateLimiter::with_reserves(&policy(0.001, 10, None), reserves(false), now, RateLimitMetrics::default());
+        let admitted = |class| std::iter::from_fn(|| rl.check_class(&HeaderMap::new(), IP, now, class).ok()).count();
+        assert_eq!(admitted(2), 3, "best-effort leaves the 7 that critical and standard keep");
+        assert_eq!(admitted(1), 2, "standard leaves critical's 5");
+        assert_eq!(admitted(0), 5);
+        let refused = rl.check_class(&HeaderMap::new(), IP, now, 2).unwrap_err();
+        assert!(refused.retry_after > Duration::from_secs(7000), "until 8 tokens are back: {:?}", refused.retry_after);
+
+        let rl = RateLimiter::with_reserves(&policy(0.001, 10, None), reserves(true), now, RateLimitMetrics::default());
+        let judged: Vec<bool> = (0..10).map(|_| rl.check_class(&HeaderMap::new(), IP, now, 2).unwrap()).collect();
+        assert_eq!(judged.iter().filter(|w| **w).count(), 7, "dry-run: all 10 admitted, 7 past the floor");
     }
 
     #[test]

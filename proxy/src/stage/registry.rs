@@ -10,10 +10,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bulwark_policy::adaptive::AdaptivePolicy;
+use bulwark_policy::priority::Priority;
 use bulwark_policy::{BreakerPolicy, BulkheadPolicy, RateLimitPolicy, RetryPolicy, Route, Snapshot};
 use dashmap::DashMap;
 use tokio::time::Instant;
 
+use super::adaptive::Adaptive;
+use super::admission::Reserves;
 use super::breaker::{Breaker, BreakerMetrics, State};
 use super::bulkhead::Bulkhead;
 use super::ratelimit::RateLimiter;
@@ -32,6 +36,8 @@ struct StageConfig {
     breaker: Option<BreakerPolicy>,
     bulkhead: Option<BulkheadPolicy>,
     rate_limit: Option<RateLimitPolicy>,
+    adaptive: Option<AdaptivePolicy>,
+    priority: Option<Arc<Priority>>,
 }
 
 impl StageConfig {
@@ -41,7 +47,13 @@ impl StageConfig {
             breaker: r.breaker.clone(),
             bulkhead: r.bulkhead.clone(),
             rate_limit: r.rate_limit.clone(),
+            adaptive: r.adaptive.clone(),
+            priority: r.priority.clone(),
         }
+    }
+
+    fn reserves(&self) -> Reserves {
+        self.priority.as_ref().map(|p| Reserves { percent: p.reserves(), judge_only: p.dry_run }).unwrap_or_default()
     }
 }
 
@@ -66,6 +78,7 @@ pub struct RouteState {
     config: StageConfig,
     pub rate_limit: Option<RateLimiter>,
     pub bulkhead: Option<Bulkhead>,
+    pub adaptive: Option<Adaptive>,
     pub retry_metrics: RetryMetrics,
     breaker_metrics: BreakerMetrics,
     clusters: DashMap<ClusterKey, Arc<ClusterState>>,
@@ -76,12 +89,23 @@ impl RouteState {
     fn new(r: &Route, families: &StageFamilies) -> RouteState {
         let now = Instant::now();
         let labels = StageLabels::new(&r.policy, &r.name);
+        let config = StageConfig::of(r);
+        let reserves = config.reserves();
         RouteState {
             policy: r.policy.clone(),
             route: r.name.clone(),
-            config: StageConfig::of(r),
-            rate_limit: r.rate_limit.as_ref().map(|p| RateLimiter::new(p, now, families.rate_limit.route(&labels))),
-            bulkhead: r.bulkhead.clone().map(|p| Bulkhead::new(p, families.bulkhead.route(&labels))),
+            rate_limit: r
+                .rate_limit
+                .as_ref()
+                .map(|p| RateLimiter::with_reserves(p, reserves.clone(), now, families.rate_limit.route(&labels))),
+            bulkhead: r.bulkhead.clone().map(|p| Bulkhead::new(p, reserves.clone(), families.bulkhead.route(&labels))),
+            adaptive: r.adaptive.clone().map(|p| {
+                // Proxies of one fleet probe at different times: the jitter is seeded per route
+                // and per process.
+                let seed = std::process::id() as u64 ^ (r.index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                Adaptive::new(p, reserves.clone(), seed, families.adaptive.route(&labels))
+            }),
+            config,
             retry_metrics: families.retry.route(&labels),
             breaker_metrics: families.breaker.route(&labels),
             clusters: DashMap::new(),

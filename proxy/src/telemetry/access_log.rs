@@ -40,6 +40,9 @@ pub struct Entry {
     /// The refusal answered with the route's fallback.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<&'static str>,
+    /// The request's priority class, when its route has classes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<String>,
     /// The client went away before the response body ended.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub incomplete: bool,

@@ -40,6 +40,8 @@ pub struct Record {
     pub would_refuse: Vec<Reason>,
     /// The refusal the route's fallback answered instead.
     pub fallback: Option<Reason>,
+    /// The request's priority class, when its route has classes.
+    pub class: Option<Arc<str>>,
     /// The breaker's state as the request found it (stage `breaker`).
     pub breaker: Option<&'static str>,
     /// Time spent waiting for a bulkhead slot (stage `bulkhead`).
@@ -113,6 +115,7 @@ impl Record {
             experiment: None,
             would_refuse: Vec::new(),
             fallback: None,
+            class: None,
             breaker: None,
             bulkhead_wait: None,
             tries: Vec::new(),
@@ -173,6 +176,7 @@ impl Record {
             attributes.extend(self.experiment.as_ref().map(|e| KeyValue::new("bulwark.experiment", e.to_string())));
             attributes.extend(would_refuse.clone().map(|w| KeyValue::new("bulwark.would_refuse", w)));
             attributes.extend(self.fallback.map(|f| KeyValue::new("bulwark.fallback", f.as_str())));
+            attributes.extend(self.class.as_ref().map(|c| KeyValue::new("bulwark.priority", c.to_string())));
             attributes.extend(self.breaker.map(|b| KeyValue::new("bulwark.breaker.state", b)));
             attributes.extend(
                 self.bulkhead_wait.map(|w| KeyValue::new("bulwark.bulkhead.wait_ms", w.as_secs_f64() * 1000.0)),
@@ -194,6 +198,7 @@ impl Record {
         entry.retries = retries;
         entry.would_refuse = would_refuse;
         entry.fallback = self.fallback.map(Reason::as_str);
+        entry.priority = self.class.as_ref().map(|c| c.to_string());
         let (shared, start) = (shared.clone(), self.start);
         resp.map(move |body| {
             body.counted(Box::new(move |bytes, complete| {

@@ -2,6 +2,7 @@
 //! that misbehave on command. One test binary, a module per scenario family.
 
 mod access_log;
+mod adaptive;
 mod admin;
 mod auth;
 mod balance;
@@ -25,6 +26,7 @@ mod http1;
 mod http2;
 mod kubernetes;
 mod passthrough;
+mod priority;
 mod protocols;
 mod python;
 mod reload;
