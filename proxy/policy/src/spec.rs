@@ -156,8 +156,8 @@ pub struct RouteSettings {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FallbackSpec {
-    /// Refusals answered with the fallback; default: circuit-open, bulkhead-full, timeout,
-    /// no-healthy-upstream, upstream-connect-failure.
+    /// Refusals answered with the fallback; default: circuit-open, bulkhead-full,
+    /// concurrency-limited, timeout, no-healthy-upstream, upstream-connect-failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on: Option<Vec<Token>>,
     /// For HTTP requests.
