@@ -40,6 +40,9 @@ pub enum Stages {
     /// tracking at most `CLIENT_KEYS_TRACKED` clients, while the load rotates through ten
     /// times as many keys.
     ClientKeys,
+    /// The Envoy-equivalent policies plus adaptive concurrency with a floor above the load's
+    /// concurrency: what measuring every request's latency and moving the limit costs.
+    Adaptive,
 }
 
 /// Routes per policy in `ManyRoutes` (the per-policy limit is 256).
@@ -95,6 +98,11 @@ fn policy(listener: &str, stages: Stages) -> String {
         defaults.push_str(&format!(
             "    rateLimit: {{ perSecond: 10000000, burst: 10000000, perClient: {{ header: x-api-key, perSecond: 1000, burst: 1000, maxClients: {CLIENT_KEYS_TRACKED} }} }}\n"
         ));
+    }
+    if stages == Stages::Adaptive {
+        defaults.push_str(
+            "    adaptiveConcurrency: { minLimit: 1024, maxLimit: 10000, maxQueued: 1000, queueTimeout: 1s }\n",
+        );
     }
     let routes =
         if stages == Stages::ManyRoutes { format!("  routes:\n{}", many_routes("  ", 0)) } else { String::new() };

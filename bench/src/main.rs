@@ -175,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
         ("bulwark-1000-policies", Stages::ManyPolicies),
         ("bulwark-10000-routes", Stages::ManyRoutes),
         ("bulwark-client-keys", Stages::ClientKeys),
+        ("bulwark-adaptive", Stages::Adaptive),
     ] {
         // h2c has a listener of its own that speaks HTTP/2 upstream, as Envoy's does (`auto`
         // would speak HTTP/1.1 to an upstream not known to speak HTTP/2).

@@ -187,6 +187,10 @@ pub fn markdown(run: &Run) -> String {
             "the Envoy-equivalent policies with 250 routes each (none matching), 10,000 routes in 40 policies",
         ),
         ("bulwark-client-keys", keys_label.as_str()),
+        (
+            "bulwark-adaptive",
+            "the same plus adaptive concurrency on every route (every latency measured, the limit moved each 100 ms)",
+        ),
     ] {
         let v = med(run, "stages", variant, |m| Some(m.rps));
         if v.is_some() {

@@ -274,8 +274,40 @@ async fn stages(addr: SocketAddr, health: SocketAddr, up: &Upstream) -> anyhow::
         show(&get("/search", &[("x-api-key", "quiet")]).await?),
     ];
     println!("  quiet: {}", quiet.join(", "));
+
+    println!("\nFallback (route recommendations): the upstream takes 1s, the route's timeout is 300ms.");
+    let r = client::get(addr, "/recommendations", &[("x-delay", "1s")]).await?;
+    let fallback = r.headers.get("x-bulwark-fallback").and_then(|v| v.to_str().ok()).unwrap_or("none");
+    println!(
+        "  -> {} {} (x-bulwark-fallback: {fallback}, x-bulwark-reason: {})",
+        r.status.as_u16(),
+        r.text(),
+        r.reason().unwrap_or("none")
+    );
+
+    println!("\nPriority shedding (route orders): 4 slots; 8 analytics requests arrive, then 3 checkout.");
+    let burst = |class: &'static str, n: usize| {
+        (0..n)
+            .map(|_| tokio::spawn(get("/orders", if class == "checkout" { CHECKOUT } else { ANALYTICS })))
+            .collect::<Vec<_>>()
+    };
+    let analytics = burst("analytics", 8);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let checkout = burst("checkout", 3);
+    let admitted = |calls: Vec<tokio::task::JoinHandle<anyhow::Result<(u16, _, _)>>>| async move {
+        let mut ok = 0;
+        for c in calls {
+            ok += u32::from(c.await??.0 == 200);
+        }
+        anyhow::Ok(ok)
+    };
+    let (analytics, checkout) = (admitted(analytics).await?, admitted(checkout).await?);
+    println!("  analytics: {analytics} of 8 admitted (the rest 503 bulkhead-full); checkout: {checkout} of 3, though it came last");
     Ok(())
 }
+
+const ANALYTICS: &[(&str, &str)] = &[("x-class", "analytics"), ("x-delay", "800ms")];
+const CHECKOUT: &[(&str, &str)] = &[("x-class", "checkout"), ("x-delay", "800ms")];
 
 /// A fault switched on for one route at runtime, its effect there alone, and its expiry.
 async fn faults(addr: SocketAddr, admin: SocketAddr, log: &Path) -> anyhow::Result<()> {
