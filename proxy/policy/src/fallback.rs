@@ -2,6 +2,9 @@
 //! The refusal stays visible (`x-bulwark-reason`); the answer says it is a fallback
 //! (`x-bulwark-fallback: REASON`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use base64::Engine as _;
 use http::{HeaderName, HeaderValue, StatusCode};
 
 use crate::error::Errors;
@@ -24,8 +27,55 @@ pub struct Fallback {
     /// Of [`REASONS`].
     pub on: Vec<&'static str>,
     pub http: Option<HttpFallback>,
-    /// gRPC status and message.
-    pub grpc: Option<(u16, String)>,
+    pub grpc: Option<GrpcFallback>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GrpcFallback {
+    pub status: u16,
+    pub message: String,
+    /// The response message's encoding (status 0 only), sent as one length-prefixed message.
+    pub response: Option<bytes::Bytes>,
+}
+
+/// Whether this process reads `bodyFile`s. A proxy does (the file is on its disk); a control
+/// plane turns it off at start and refuses policies that name one.
+static READ_BODY_FILES: AtomicBool = AtomicBool::new(true);
+
+/// Called by a control plane at start: it cannot read the proxies' disks.
+pub fn refuse_body_files() {
+    READ_BODY_FILES.store(false, Ordering::Relaxed);
+}
+
+fn body_file(errs: &mut Errors<'_>, at: &str, path: &str) -> bytes::Bytes {
+    if !READ_BODY_FILES.load(Ordering::Relaxed) {
+        errs.push(
+            at,
+            "a control plane cannot read files on the proxies' disks: put the body inline (body:), or use bodyFile in a proxy's own policy file",
+        );
+        return bytes::Bytes::new();
+    }
+    if !path.starts_with('/') {
+        errs.push(at, format!("{path:?} is not an absolute path"));
+        return bytes::Bytes::new();
+    }
+    let read = std::fs::File::open(path).and_then(|f| {
+        use std::io::Read as _;
+        let mut buf = Vec::new();
+        // One byte past the limit tells a file that is too large without reading all of it.
+        f.take(MAX_BODY as u64 + 1).read_to_end(&mut buf).map(|_| buf)
+    });
+    match read {
+        Ok(buf) if buf.len() > MAX_BODY => {
+            errs.push(at, format!("{path}: larger than {MAX_BODY} bytes"));
+            bytes::Bytes::new()
+        }
+        Ok(buf) => bytes::Bytes::from(buf),
+        Err(e) => {
+            errs.push(at, format!("cannot read {path}: {e}"));
+            bytes::Bytes::new()
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -78,6 +128,14 @@ pub(crate) fn compile(errs: &mut Errors<'_>, path: &str, s: &FallbackSpec) -> Fa
         if r.body.len() > MAX_BODY {
             errs.push(format!("{at}.body"), format!("{} bytes; at most {MAX_BODY}", r.body.len()));
         }
+        let body = match &r.body_file {
+            Some(_) if !r.body.is_empty() => {
+                errs.push(format!("{at}.bodyFile"), "set body or bodyFile, not both");
+                bytes::Bytes::new()
+            }
+            Some(file) => body_file(errs, &format!("{at}.bodyFile"), file),
+            None => bytes::Bytes::from(r.body.clone()),
+        };
         let headers = r
             .headers
             .iter()
@@ -91,7 +149,7 @@ pub(crate) fn compile(errs: &mut Errors<'_>, path: &str, s: &FallbackSpec) -> Fa
                 Some((name, value))
             })
             .collect();
-        HttpFallback { status, headers, body: bytes::Bytes::from(r.body.clone()) }
+        HttpFallback { status, headers, body }
     });
     let grpc = s.grpc.as_ref().map(|g| {
         if g.status > 16 {
@@ -100,7 +158,24 @@ pub(crate) fn compile(errs: &mut Errors<'_>, path: &str, s: &FallbackSpec) -> Fa
         if g.message.len() > 1024 || g.message.contains(['\r', '\n']) {
             errs.push(format!("{path}.grpc.message"), "at most 1024 bytes, on one line");
         }
-        (g.status, g.message.clone())
+        let response = g.response_base64.as_ref().and_then(|b64| {
+            let at = format!("{path}.grpc.responseBase64");
+            if g.status != 0 {
+                errs.push(&at, "only an OK answer (status: 0) carries a response message");
+            }
+            match base64::engine::general_purpose::STANDARD.decode(b64.trim()) {
+                Ok(bytes) if bytes.len() > MAX_BODY => {
+                    errs.push(&at, format!("{} bytes; at most {MAX_BODY}", bytes.len()));
+                    None
+                }
+                Ok(bytes) => Some(bytes::Bytes::from(bytes)),
+                Err(e) => {
+                    errs.push(&at, format!("not base64: {e}"));
+                    None
+                }
+            }
+        });
+        GrpcFallback { status: g.status, message: g.message.clone(), response }
     });
     Fallback { on, http, grpc }
 }

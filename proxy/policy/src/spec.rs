@@ -177,6 +177,10 @@ pub struct FallbackResponseSpec {
     pub headers: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub body: String,
+    /// An absolute path on the proxy's own disk, read when the policy is put in force (instead
+    /// of `body`). Not accepted by a control plane, which cannot see the proxies' disks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_file: Option<String>,
 }
 
 fn ok_status() -> u16 {
@@ -186,10 +190,15 @@ fn ok_status() -> u16 {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct GrpcFallbackSpec {
-    /// 0 (OK) answers with no message; any other code is an error the client sees.
+    /// 0 (OK) answers with `responseBase64` (or no message); any other code is an error the
+    /// client sees.
     pub status: u16,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// With status 0: the response message the client receives, its protobuf encoding in
+    /// base64 (`echo -n ... | protoc --encode=pkg.Reply file.proto | base64`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_base64: Option<String>,
 }
 
 /// Ordered classes of a route's requests (highest first). A request takes the first class whose

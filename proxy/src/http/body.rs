@@ -29,6 +29,8 @@ pub enum ProxyBody {
     /// Another body, counted, with a call when it ends (the access log).
     Counted(Box<Counted>),
     Local(Full<Bytes>),
+    /// Frames the proxy made, in order (a message and its trailers).
+    Frames(std::collections::VecDeque<Frame<Bytes>>),
     Upstream(Incoming),
     /// The upstream's body with what bounds it, or the stream slot it holds.
     FromUpstream(Box<FromUpstream>),
@@ -99,6 +101,10 @@ impl ProxyBody {
 
     pub fn full(b: Bytes) -> Self {
         ProxyBody::Local(Full::new(b))
+    }
+
+    pub fn frames(frames: Vec<Frame<Bytes>>) -> Self {
+        ProxyBody::Frames(frames.into())
     }
 
     pub fn upstream(inner: Incoming, bounds: Bounds) -> Self {
@@ -213,6 +219,7 @@ impl Body for ProxyBody {
                 polled
             }
             ProxyBody::Local(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
+            ProxyBody::Frames(f) => Poll::Ready(f.pop_front().map(Ok)),
             ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ProxyBody::FromUpstream(b) => b.poll_frame(cx),
         }
@@ -223,6 +230,7 @@ impl Body for ProxyBody {
             ProxyBody::Throttled(t) => t.pending.is_empty() && t.inner.is_end_stream(),
             ProxyBody::Counted(c) => c.inner.is_end_stream(),
             ProxyBody::Local(b) => b.is_end_stream(),
+            ProxyBody::Frames(f) => f.is_empty(),
             ProxyBody::Upstream(b) => b.is_end_stream(),
             ProxyBody::FromUpstream(b) => b.is_end_stream(),
         }
@@ -233,6 +241,9 @@ impl Body for ProxyBody {
             ProxyBody::Throttled(t) => t.inner.size_hint(),
             ProxyBody::Counted(c) => c.inner.size_hint(),
             ProxyBody::Local(b) => b.size_hint(),
+            ProxyBody::Frames(f) => {
+                SizeHint::with_exact(f.iter().filter_map(|f| f.data_ref()).map(|d| d.len() as u64).sum())
+            }
             ProxyBody::Upstream(b) => b.size_hint(),
             ProxyBody::FromUpstream(b) => b.inner.as_ref().map_or(SizeHint::with_exact(0), |i| i.size_hint()),
         }

@@ -5,7 +5,8 @@
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, DATE};
-use http::{Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
+use http_body::Frame;
 
 use super::body::ProxyBody;
 use crate::reason::Reason;
@@ -108,13 +109,26 @@ pub fn fallback(f: &bulwark_policy::fallback::Fallback, reason: Reason, grpc: bo
         .header(FALLBACK_HEADER, HeaderValue::from_static(reason.as_str()))
         .header(DATE, now());
     let resp = if grpc {
-        let (status, message) = f.grpc.as_ref()?;
-        builder =
-            builder.status(StatusCode::OK).header(CONTENT_TYPE, "application/grpc").header("grpc-status", *status);
-        if !message.is_empty() {
-            builder = builder.header("grpc-message", HeaderValue::from_str(message).ok()?);
+        let g = f.grpc.as_ref()?;
+        builder = builder.status(StatusCode::OK).header(CONTENT_TYPE, "application/grpc");
+        let mut status = HeaderMap::new();
+        status.insert("grpc-status", HeaderValue::from(g.status));
+        if !g.message.is_empty() {
+            status.insert("grpc-message", HeaderValue::from_str(&g.message).ok()?);
         }
-        builder.body(ProxyBody::empty())
+        match &g.response {
+            // A message, then the status in trailers.
+            Some(message) => {
+                builder.body(ProxyBody::frames(vec![Frame::data(grpc_frame(message)?), Frame::trailers(status)]))
+            }
+            // Trailers-only: the status in the headers.
+            None => {
+                for (name, value) in &status {
+                    builder = builder.header(name, value);
+                }
+                builder.body(ProxyBody::empty())
+            }
+        }
     } else {
         let h = f.http.as_ref()?;
         builder = builder.status(h.status);
@@ -124,6 +138,16 @@ pub fn fallback(f: &bulwark_policy::fallback::Fallback, reason: Reason, grpc: bo
         builder.body(ProxyBody::full(h.body.clone()))
     };
     resp.ok()
+}
+
+/// One gRPC length-prefixed message, uncompressed.
+fn grpc_frame(message: &Bytes) -> Option<Bytes> {
+    let len = u32::try_from(message.len()).ok()?;
+    let mut framed = Vec::with_capacity(message.len() + 5);
+    framed.push(0);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(message);
+    Some(Bytes::from(framed))
 }
 
 /// The proxy's own answer for `reason`.

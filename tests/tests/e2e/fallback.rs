@@ -68,6 +68,96 @@ async fn each_refusal_a_fallback_names_is_answered_with_it() {
     let r = client::get(addr, "/items", &[]).await.unwrap();
     assert!(is_fallback(&r, "bulkhead-full"), "{r:?}");
     assert_eq!(slow.await.unwrap(), 200);
+
+    // concurrency-limited: an adaptive limit pinned at one, taken by a slow request.
+    let p = proxy(up.addr, "    adaptiveConcurrency: { minLimit: 1, maxLimit: 1 }\n").await;
+    let addr = p.listener("web");
+    let slow = tokio::spawn(async move { client::get(addr, "/items", &[("x-delay", "500ms")]).await.unwrap().status });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let r = client::get(addr, "/items", &[]).await.unwrap();
+    assert!(is_fallback(&r, "concurrency-limited"), "{r:?}");
+    assert_eq!(slow.await.unwrap(), 200);
+
+    // no-healthy-upstream: both endpoints answer 503 once and are ejected (outlier detection
+    // may eject them all).
+    let other = Upstream::start().await;
+    let policy = crate::web_policy(&format!(
+        "  upstream:\n    loadBalancer: round-robin\n    outlierDetection: {{ consecutive5xx: 1, maxEjectionPercent: 100 }}\n  defaults:\n    retries: {{ attempts: 0 }}\n{FALLBACK}"
+    ));
+    let p = ProxyBuilder::new().listener_many("web", &[up.addr, other.addr]).policies(&policy).start().await;
+    for _ in 0..2 {
+        let own = client::get(p.listener("web"), "/items", &[("x-status", "503")]).await.unwrap();
+        assert_eq!(own.status, 503, "an endpoint's own 503, which ejects it");
+    }
+    let r = client::get(p.listener("web"), "/items", &[]).await.unwrap();
+    assert!(is_fallback(&r, "no-healthy-upstream"), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_fallback_body_can_come_from_a_file_on_the_proxys_disk_but_not_from_a_control_plane() {
+    let dir = bulwark_e2e::TempDir::new("fallback-file");
+    let file = dir.path().join("empty-list.json");
+    std::fs::write(&file, "{\"items\":[],\"from\":\"file\"}").unwrap();
+    let fallback = format!(
+        "    fallback:\n      on: [upstream-connect-failure]\n      response: {{ headers: {{ content-type: application/json }}, bodyFile: {} }}\n",
+        file.display()
+    );
+    let policy = crate::web_policy(&format!("  defaults:\n    retries: {{ attempts: 0 }}\n{fallback}"));
+    let p = ProxyBuilder::new().listener("web", format!("127.0.0.1:{}", free_port())).policies(&policy).start().await;
+    let r = client::get(p.listener("web"), "/", &[]).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "{\"items\":[],\"from\":\"file\"}"), "{r:?}");
+
+    // A file that is not there is an error naming the field and the file.
+    let missing = policy.replace(&file.display().to_string(), "/nonexistent/fallback.json");
+    let errors = bulwark_policy::parse_documents(&missing, "t").and_then(|d| bulwark_policy::Snapshot::compile("1", d));
+    let errors: Vec<String> = errors.unwrap_err().iter().map(|e| format!("{}: {}", e.path, e.message)).collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("spec.defaults.fallback.response.bodyFile: cannot read /nonexistent/fallback.json")),
+        "{errors:?}"
+    );
+
+    // The control plane cannot see the proxies' disks: it refuses the policy and says why.
+    let cp = bulwark_e2e::control::ControlPlane::start(None).await;
+    let mut admin = cp.admin().await;
+    let r = admin
+        .apply(bulwark_proto::v1::ApplyRequest { documents: vec![policy], dry_run: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.applied, "{r:?}");
+    assert!(
+        r.errors
+            .iter()
+            .any(|e| e.path == "spec.defaults.fallback.response.bodyFile" && e.message.contains("put the body inline")),
+        "{:?}",
+        r.errors
+    );
+}
+
+#[tokio::test]
+async fn a_grpc_fallback_can_answer_ok_with_a_fixed_response_message() {
+    use base64::Engine as _;
+    use prost::Message as _;
+    let up = GrpcUpstream::start().await;
+    let cached = bulwark_e2e::pb::EchoReply { message: "cached reply".into() }.encode_to_vec();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(cached);
+    let policy = crate::web_policy(&format!(
+        "  defaults:\n    retries: {{ attempts: 0 }}\n    timeout: {{ request: 200ms }}\n    fallback:\n      grpc: {{ status: 0, responseBase64: \"{b64}\" }}\n"
+    ));
+    let p = ProxyBuilder::new().listener("web", up.addr).policies(&policy).start().await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", p.listener("web")))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = EchoClient::new(channel);
+    let reply = c.unary(EchoRequest { message: "slow".into(), delay_ms: 2000 }).await.unwrap();
+    assert_eq!(reply.metadata().get("x-bulwark-fallback").unwrap(), "timeout");
+    assert_eq!(reply.into_inner().message, "cached reply", "the client decoded the fallback's message");
+    let ok = c.unary(EchoRequest { message: "fast".into(), delay_ms: 0 }).await.unwrap();
+    assert_eq!(ok.into_inner().message, "fast", "answered calls are untouched");
 }
 
 #[tokio::test]
