@@ -3,11 +3,13 @@
 //! (`x-bulwark-fallback: REASON`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use base64::Engine as _;
 use http::{HeaderName, HeaderValue, StatusCode};
 
 use crate::error::Errors;
+use crate::hostport::HostPort;
 use crate::spec::FallbackSpec;
 
 /// The refusals a fallback can stand in for (the proxy's words for them).
@@ -28,7 +30,19 @@ pub struct Fallback {
     pub on: Vec<&'static str>,
     pub http: Option<HttpFallback>,
     pub grpc: Option<GrpcFallback>,
+    pub upstream: Option<FallbackUpstream>,
 }
+
+/// Where a refused request without a body is sent once instead.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FallbackUpstream {
+    pub target: HostPort,
+    /// The try's bound when the request timeout leaves nothing.
+    pub timeout: Duration,
+}
+
+/// A fallback upstream's try, when the route's request timeout leaves nothing to bound it.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct GrpcFallback {
@@ -113,8 +127,22 @@ pub(crate) fn compile(errs: &mut Errors<'_>, path: &str, s: &FallbackSpec) -> Fa
                 .collect()
         }
     };
-    if s.response.is_none() && s.grpc.is_none() {
-        errs.push(path, "set response (HTTP), grpc, or both");
+    if s.response.is_none() && s.grpc.is_none() && s.upstream.is_none() {
+        errs.push(path, "set upstream, response (HTTP), grpc, or several of them");
+    }
+    let upstream = s.upstream.as_ref().and_then(|u| {
+        let target = HostPort::parse(u).map_err(|e| errs.push(format!("{path}.upstream"), e)).ok()?;
+        if target.host.starts_with('*') {
+            errs.push(format!("{path}.upstream"), format!("{u:?}: a fallback upstream is one host, not a pattern"));
+        } else if target.ip().is_none() {
+            crate::validate::host(errs, &format!("{path}.upstream"), &target.host);
+        }
+        let timeout = crate::validate::timeout(errs, &format!("{path}.timeout"), s.timeout.map(|d| d.get()))
+            .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT);
+        Some(FallbackUpstream { target, timeout })
+    });
+    if s.upstream.is_none() && s.timeout.is_some() {
+        errs.push(format!("{path}.timeout"), "bounds the try to upstream, which is not set");
     }
     let http = s.response.as_ref().map(|r| {
         let at = format!("{path}.response");
@@ -177,5 +205,33 @@ pub(crate) fn compile(errs: &mut Errors<'_>, path: &str, s: &FallbackSpec) -> Fa
         });
         GrpcFallback { status: g.status, message: g.message.clone(), response }
     });
-    Fallback { on, http, grpc }
+    Fallback { on, http, grpc, upstream }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(yaml: &str) -> Vec<String> {
+        let spec: FallbackSpec = yaml_serde::from_str(yaml).unwrap();
+        let mut out = Vec::new();
+        compile(&mut Errors { policy: "t/p".into(), out: &mut out }, "f", &spec);
+        out.into_iter().map(|e| format!("{}: {}", e.path, e.message)).collect()
+    }
+
+    #[test]
+    fn a_fallback_upstream_is_one_host_and_port() {
+        assert!(errors("{upstream: \"cache.shop.svc:8080\"}").is_empty());
+        assert!(errors("{upstream: \"[::1]:80\", timeout: 250ms}").is_empty());
+        assert_eq!(errors("{upstream: cache}"), ["f.upstream: \"cache\" must be host:port"]);
+        assert_eq!(
+            errors("{upstream: \"*.shop:80\"}"),
+            ["f.upstream: \"*.shop:80\": a fallback upstream is one host, not a pattern"]
+        );
+        assert_eq!(
+            errors("{timeout: 1s, response: {body: x}}"),
+            ["f.timeout: bounds the try to upstream, which is not set"]
+        );
+        assert_eq!(errors("{on: [timeout]}"), ["f: set upstream, response (HTTP), grpc, or several of them"]);
+    }
 }

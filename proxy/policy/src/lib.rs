@@ -12,6 +12,7 @@ mod error;
 pub mod experiment;
 pub mod fallback;
 pub mod faults;
+pub mod hostport;
 pub mod priority;
 pub mod route;
 mod select;

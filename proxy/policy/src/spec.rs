@@ -166,6 +166,14 @@ pub struct FallbackSpec {
     /// For gRPC requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc: Option<GrpcFallbackSpec>,
+    /// Another upstream (`host:port`: a cache, a replica, a degraded service) a request without
+    /// a body is sent to once, before `response`/`grpc` are answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// Bounds the try to `upstream` when the route's request timeout leaves nothing (the
+    /// refusal was that timeout) or the route has none; default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]

@@ -4,6 +4,7 @@
 
 pub mod attempt;
 pub mod body;
+pub mod fallback;
 pub mod half_close;
 pub mod headers;
 pub mod resets;

@@ -98,16 +98,17 @@ pub fn refusal(r: Refusal, grpc: bool) -> Response<ProxyBody> {
     resp
 }
 
-/// The route's fallback instead of the refusal `reason`, when it has one for it and for this
-/// kind of client. The refusal stays visible in `x-bulwark-reason`.
-pub fn fallback(f: &bulwark_policy::fallback::Fallback, reason: Reason, grpc: bool) -> Option<Response<ProxyBody>> {
-    if !f.covers(reason.as_str()) {
-        return None;
-    }
-    let mut builder = Response::builder()
-        .header(REASON_HEADER, HeaderValue::from_static(reason.as_str()))
-        .header(FALLBACK_HEADER, HeaderValue::from_static(reason.as_str()))
-        .header(DATE, now());
+/// Marks a fallback's answer (static or from the fallback upstream) as one, for the refusal
+/// `reason`, which stays visible in `x-bulwark-reason`.
+pub fn mark_fallback(resp: &mut Response<ProxyBody>, reason: Reason) {
+    let h = resp.headers_mut();
+    h.insert(REASON_HEADER, HeaderValue::from_static(reason.as_str()));
+    h.insert(FALLBACK_HEADER, HeaderValue::from_static(reason.as_str()));
+}
+
+/// The route's static fallback answer, when it has one for this kind of client.
+pub fn fallback(f: &bulwark_policy::fallback::Fallback, grpc: bool) -> Option<Response<ProxyBody>> {
+    let mut builder = Response::builder().header(DATE, now());
     let resp = if grpc {
         let g = f.grpc.as_ref()?;
         builder = builder.status(StatusCode::OK).header(CONTENT_TYPE, "application/grpc");

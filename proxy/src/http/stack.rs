@@ -20,13 +20,15 @@ use tokio::time::Instant;
 
 use super::attempt::Attempt;
 use super::body::{Bounds, ProxyBody};
-use super::{headers, respond, upgrade};
+use super::{fallback, headers, respond, upgrade};
 use crate::downstream::Downstream;
 use crate::reason::Reason;
 use crate::shared::Shared;
 use crate::stage::fault::{Decision, FaultState};
+use crate::stage::registry::ClusterState;
 use crate::stage::registry::RouteState;
-use crate::stage::retry::{outcome, Failed, Retries};
+use crate::stage::retry::replay::UpstreamBody;
+use crate::stage::retry::{outcome, Failed, Retries, Tee};
 use crate::stage::{adaptive, breaker, bulkhead, fault, ratelimit, retry, timeout, Refusal};
 use crate::telemetry::metrics::RouteLabels;
 use crate::telemetry::record::Record;
@@ -56,21 +58,38 @@ pub async fn handle(
     if let Some(p) = selected.route.as_ref().and_then(|r| r.priority.as_ref()) {
         shared.metrics.stages.classified(&mut rec, p.name(selected.class));
     }
-    let resp = match chain(&shared, &downstream, &selected, req, grpc, &mut rec).await {
+    let started = Instant::now();
+    let mut resend = None;
+    let resp = match chain(&shared, &downstream, &selected, req, grpc, &mut rec, &mut resend).await {
         Ok(resp) => resp,
         Err(refusal) => {
             rec.reason = Some(refusal.reason);
             shared.metrics.stages.class_refused(&rec, refusal.reason);
             // An injected abort is the experiment's answer: never covered by a fallback.
-            let fallback =
-                selected.route.as_ref().and_then(|r| r.fallback.as_deref()).filter(|_| refusal.abort.is_none());
-            match fallback.and_then(|f| respond::fallback(f, refusal.reason, grpc)) {
-                Some(resp) => {
-                    shared.metrics.stages.fallback(&mut rec, refusal.reason);
-                    resp
+            let fallback = selected
+                .route
+                .as_ref()
+                .and_then(|r| r.fallback.as_deref())
+                .filter(|f| refusal.abort.is_none() && f.covers(refusal.reason.as_str()));
+            let answer = match fallback {
+                Some(f) => {
+                    let elsewhere = match (selected.state.as_ref().and_then(|s| s.fallback.as_ref()), resend) {
+                        (Some(target), Some(req)) => {
+                            let left = selected.timeouts.request.and_then(|t| t.checked_sub(started.elapsed()));
+                            let idle = selected.timeouts.idle;
+                            fallback::send(&shared, &downstream, target, req, left, grpc, idle, &mut rec).await
+                        }
+                        _ => None,
+                    };
+                    elsewhere.or_else(|| respond::fallback(f, grpc)).map(|mut resp| {
+                        respond::mark_fallback(&mut resp, refusal.reason);
+                        shared.metrics.stages.fallback(&mut rec, refusal.reason);
+                        resp
+                    })
                 }
-                None => respond::refusal(refusal, grpc),
-            }
+                None => None,
+            };
+            answer.unwrap_or_else(|| respond::refusal(refusal, grpc))
         }
     };
     let mut resp = rec.finish(&shared, resp);
@@ -104,7 +123,18 @@ fn bad_request(
     resp
 }
 
-/// The request path, in the order the stages run.
+/// What the admitting stages hold for a request until its response headers.
+struct Admitted {
+    faults: Decision,
+    cluster: Option<Arc<ClusterState>>,
+    trial: Option<breaker::Permit>,
+    _slot: Option<bulkhead::Slot>,
+    within: Option<adaptive::Admitted>,
+}
+
+/// The request path, in the order the stages run. A refused request that could still be sent
+/// elsewhere is left in `resend` (for a fallback upstream): whole when it was refused before
+/// any try, else when its body was never sent or was kept whole.
 async fn chain(
     shared: &Shared,
     down: &Downstream,
@@ -112,7 +142,73 @@ async fn chain(
     mut req: Request<Incoming>,
     grpc: bool,
     rec: &mut Record,
+    resend: &mut Option<Request<UpstreamBody>>,
 ) -> Result<Response<ProxyBody>, Refusal> {
+    let wants_resend = sel.state.as_ref().is_some_and(|s| s.fallback.is_some());
+    let admitted = match admit(shared, down, sel, req.headers(), rec).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            if wants_resend {
+                let (parts, body) = req.into_parts();
+                *resend = Some(Request::from_parts(parts, UpstreamBody::tee(body, 0).0));
+            }
+            return Err(refusal);
+        }
+    };
+    let state = sel.state.as_deref();
+    let Admitted { faults, cluster, trial, _slot, within } = admitted;
+    // Past every refusal: hop-by-hop headers go, an upgrade is noted.
+    let tunnel = headers::for_upstream(&mut req).then(|| hyper::upgrade::on(&mut req));
+    // The overall timeout bounds the whole retry loop, backoff included...
+    let limit = timeout::request_limit(&sel.timeouts, req.headers());
+    let retries = Retries {
+        // An upgrade is one exchange; it is never replayed. A route without retries still
+        // retries what never reached an upstream (`retries: {attempts: 0}` turns that off).
+        policy: Some(sel.route.as_ref().and_then(|r| r.retries.as_ref()).unwrap_or(default_retries()))
+            .filter(|p| tunnel.is_none() && p.attempts > 0),
+        budget: cluster.as_ref().and_then(|c| c.budget.as_ref()),
+        metrics: state.map(|s| &s.retry_metrics),
+        timeouts: &sel.timeouts,
+    };
+    // ...whose every try picks an endpoint and a connection under the per-try timeout.
+    let attempt = sel.attempt(shared, down, tunnel.is_some(), grpc);
+    let mut tee = Tee::of(&retries, req);
+    let started = Instant::now();
+    let result = match timeout::overall(limit, retry::run(&retries, &mut tee, &attempt, rec)).await {
+        Ok(result) => result,
+        Err(elapsed) => {
+            rec.end_try(elapsed.outcome);
+            Err(Failed::from(elapsed))
+        }
+    };
+    // The breaker learns how the whole request went, adaptive concurrency how long it took.
+    let (how, now) = (outcome(&result), Instant::now());
+    if let Some(trial) = trial {
+        trial.record(how, started.elapsed(), now);
+    }
+    if let (Some(a), Some(within)) = (state.and_then(|s| s.adaptive.as_ref()), &within) {
+        a.done(within, how, now);
+    }
+    let resp = result.map_err(|f| {
+        if wants_resend && tunnel.is_none() {
+            *resend = f.unsent.or_else(|| tee.kept.replay()).map(|body| retry::rebuild(&tee.parts, body));
+        }
+        Refusal::from(f.reason)
+    })?;
+    // A gRPC deadline bounds the whole call, not only until response headers.
+    let deadline = limit.filter(|_| attempt.grpc).map(|l| started + l);
+    // What the upstream answered goes back as the faults drawn above shape it.
+    Ok(pass_back(shared, resp, tunnel, faults, deadline, sel).await)
+}
+
+/// The admitting stages, in order; each refuses before anything downstream of it is spent.
+async fn admit(
+    shared: &Shared,
+    down: &Downstream,
+    sel: &Selected,
+    headers: &http::HeaderMap,
+    rec: &mut Record,
+) -> Result<Admitted, Refusal> {
     let state = sel.state.as_deref();
     // A guarding stage in dry-run counts what it would refuse and lets the request pass.
     let guarded = |stage: &'static str, dry_run: bool, refusal: Refusal, rec: &mut Record| {
@@ -132,12 +228,12 @@ async fn chain(
     let class = sel.class;
     // A rate-limited request costs nothing downstream: no fault draw, no trial, no slot.
     let limiter = state.and_then(|s| s.rate_limit.as_ref());
-    match ratelimit::admit(limiter, req.headers(), down.client.ip(), class) {
+    match ratelimit::admit(limiter, headers, down.client.ip(), class) {
         Ok(would) => shed(would, Reason::RateLimited, rec),
         Err(r) => guarded("rate-limit", limiter.is_some_and(|l| l.dry_run()), r, rec)?,
     }
     // An injected abort answers before any stage state is taken...
-    let faults = fault::draw(sel.fault.as_deref(), req.headers(), down.client.ip(), rec)?;
+    let faults = fault::draw(sel.fault.as_deref(), headers, down.client.ip(), rec)?;
     // ...and an injected delay holds the request before it takes a breaker trial or a slot.
     if let Some(delay) = faults.delay {
         tokio::time::sleep(delay).await;
@@ -151,7 +247,7 @@ async fn chain(
     };
     // The bulkhead bounds what is in flight upstream, retries included, until response headers.
     let bulkhead = state.and_then(|s| s.bulkhead.as_ref());
-    let _slot = match bulkhead::enter(bulkhead, class, rec).await {
+    let slot = match bulkhead::enter(bulkhead, class, rec).await {
         Ok(slot) => {
             shed(slot.as_ref().is_some_and(|s| s.would_shed()), Reason::BulkheadFull, rec);
             slot
@@ -160,52 +256,17 @@ async fn chain(
     };
     // Within it, the limit adaptive concurrency measures; it learns from every admitted request.
     let adaptive = state.and_then(|s| s.adaptive.as_ref());
-    let admitted = match adaptive::enter(adaptive, class).await {
-        Ok(admitted) => {
-            shed(admitted.as_ref().is_some_and(|a| a.would_shed), Reason::ConcurrencyLimited, rec);
-            admitted
+    let within = match adaptive::enter(adaptive, class).await {
+        Ok(within) => {
+            shed(within.as_ref().is_some_and(|a| a.would_shed), Reason::ConcurrencyLimited, rec);
+            within
         }
         Err(r) => {
             guarded("adaptive", adaptive.is_some_and(|a| a.dry_run()), r, rec)?;
             adaptive.map(|a| a.unlimited())
         }
     };
-    // Past every refusal: hop-by-hop headers go, an upgrade is noted.
-    let tunnel = headers::for_upstream(&mut req).then(|| hyper::upgrade::on(&mut req));
-    // The overall timeout bounds the whole retry loop, backoff included...
-    let limit = timeout::request_limit(&sel.timeouts, req.headers());
-    let retries = Retries {
-        // An upgrade is one exchange; it is never replayed. A route without retries still
-        // retries what never reached an upstream (`retries: {attempts: 0}` turns that off).
-        policy: Some(sel.route.as_ref().and_then(|r| r.retries.as_ref()).unwrap_or(default_retries()))
-            .filter(|p| tunnel.is_none() && p.attempts > 0),
-        budget: cluster.as_ref().and_then(|c| c.budget.as_ref()),
-        metrics: state.map(|s| &s.retry_metrics),
-        timeouts: &sel.timeouts,
-    };
-    // ...whose every try picks an endpoint and a connection under the per-try timeout.
-    let attempt = sel.attempt(shared, down, tunnel.is_some(), grpc);
-    let started = Instant::now();
-    let result = match timeout::overall(limit, retry::run(&retries, req, &attempt, rec)).await {
-        Ok(result) => result,
-        Err(elapsed) => {
-            rec.end_try(elapsed.outcome);
-            Err(Failed::from(elapsed))
-        }
-    };
-    // The breaker learns how the whole request went, adaptive concurrency how long it took.
-    let (how, now) = (outcome(&result), Instant::now());
-    if let Some(trial) = trial {
-        trial.record(how, started.elapsed(), now);
-    }
-    if let (Some(a), Some(admitted)) = (adaptive, &admitted) {
-        a.done(admitted, how, now);
-    }
-    let resp = result.map_err(|f| Refusal::from(f.reason))?;
-    // A gRPC deadline bounds the whole call, not only until response headers.
-    let deadline = limit.filter(|_| attempt.grpc).map(|l| started + l);
-    // What the upstream answered goes back as the faults drawn above shape it.
-    Ok(pass_back(shared, resp, tunnel, faults, deadline, sel).await)
+    Ok(Admitted { faults, cluster, trial, _slot: slot, within })
 }
 
 /// The upstream's answer, downstream: hop-by-hop headers off, an accepted upgrade becomes a

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bulwark_policy::adaptive::AdaptivePolicy;
+use bulwark_policy::fallback::FallbackUpstream;
 use bulwark_policy::priority::Priority;
 use bulwark_policy::{BreakerPolicy, BulkheadPolicy, RateLimitPolicy, RetryPolicy, Route, Snapshot};
 use dashmap::DashMap;
@@ -24,6 +25,7 @@ use super::ratelimit::RateLimiter;
 use super::retry::budget::RetryBudget;
 use super::retry::RetryMetrics;
 use super::StageFamilies;
+use crate::http::fallback::FallbackTarget;
 use crate::telemetry::metrics::StageLabels;
 use crate::upstream::ClusterKey;
 
@@ -38,6 +40,7 @@ struct StageConfig {
     rate_limit: Option<RateLimitPolicy>,
     adaptive: Option<AdaptivePolicy>,
     priority: Option<Arc<Priority>>,
+    fallback_upstream: Option<FallbackUpstream>,
 }
 
 impl StageConfig {
@@ -49,6 +52,7 @@ impl StageConfig {
             rate_limit: r.rate_limit.clone(),
             adaptive: r.adaptive.clone(),
             priority: r.priority.clone(),
+            fallback_upstream: r.fallback.as_ref().and_then(|f| f.upstream.clone()),
         }
     }
 
@@ -79,6 +83,8 @@ pub struct RouteState {
     pub rate_limit: Option<RateLimiter>,
     pub bulkhead: Option<Bulkhead>,
     pub adaptive: Option<Adaptive>,
+    /// The route's fallback upstream, with its resolved addresses.
+    pub fallback: Option<FallbackTarget>,
     pub retry_metrics: RetryMetrics,
     breaker_metrics: BreakerMetrics,
     clusters: DashMap<ClusterKey, Arc<ClusterState>>,
@@ -105,6 +111,10 @@ impl RouteState {
                 let seed = std::process::id() as u64 ^ (r.index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
                 Adaptive::new(p, reserves.clone(), seed, families.adaptive.route(&labels))
             }),
+            fallback: config
+                .fallback_upstream
+                .as_ref()
+                .map(|f| FallbackTarget::new(format!("fallback/{}/{}", r.policy, r.name), f)),
             config,
             retry_metrics: families.retry.route(&labels),
             breaker_metrics: families.breaker.route(&labels),

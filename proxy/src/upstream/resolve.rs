@@ -3,45 +3,14 @@
 //! without a restart. A failed re-resolution keeps the last good answer (static stability).
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
-/// `host:port` as written in config; IPv6 literals in brackets.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostPort {
-    pub host: String,
-    pub port: u16,
-}
-
-impl HostPort {
-    pub fn parse(text: &str) -> Result<HostPort, String> {
-        let (host, port) = text.rsplit_once(':').ok_or_else(|| format!("{text:?} must be host:port"))?;
-        let port: u16 =
-            port.parse().ok().filter(|p| *p != 0).ok_or_else(|| format!("{text:?}: port must be 1-65535"))?;
-        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-        if host.is_empty() {
-            return Err(format!("{text:?}: host is empty"));
-        }
-        Ok(HostPort { host: host.to_ascii_lowercase(), port })
-    }
-
-    pub fn ip(&self) -> Option<IpAddr> {
-        self.host.parse().ok()
-    }
-}
-
-impl std::fmt::Display for HostPort {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.ip() {
-            Some(IpAddr::V6(_)) => write!(f, "[{}]:{}", self.host, self.port),
-            _ => write!(f, "{}:{}", self.host, self.port),
-        }
-    }
-}
+pub use bulwark_policy::hostport::HostPort;
 
 /// The addresses `target` resolves to now, each once, in the resolver's order.
 pub async fn lookup(target: &HostPort) -> io::Result<Vec<SocketAddr>> {
@@ -95,7 +64,7 @@ impl Resolver {
         self.all.store(Arc::new(all));
     }
 
-    async fn refresh(&self) -> io::Result<Arc<Vec<SocketAddr>>> {
+    pub async fn refresh(&self) -> io::Result<Arc<Vec<SocketAddr>>> {
         let mut last_error = None;
         for (t, slot) in self.targets.iter().zip(&self.per_target) {
             if t.ip().is_some() {
@@ -147,16 +116,6 @@ impl Resolver {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_host_port_forms() {
-        assert_eq!(HostPort::parse("Example.com:80").unwrap(), HostPort { host: "example.com".into(), port: 80 });
-        assert_eq!(HostPort::parse("[::1]:9000").unwrap().ip(), Some("::1".parse().unwrap()));
-        assert_eq!(HostPort::parse("[::1]:9000").unwrap().to_string(), "[::1]:9000");
-        assert!(HostPort::parse("example.com").is_err());
-        assert!(HostPort::parse("example.com:0").is_err());
-        assert!(HostPort::parse(":80").is_err());
-    }
 
     #[tokio::test]
     async fn resolves_names_and_keeps_literals() {

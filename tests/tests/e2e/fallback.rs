@@ -196,3 +196,92 @@ async fn a_grpc_client_reads_the_fallback_status_and_message() {
     let ok = c.unary(EchoRequest { message: "fast".into(), delay_ms: 0 }).await.unwrap();
     assert_eq!(ok.into_inner().message, "fast");
 }
+
+/// A route whose fallback is another upstream, and a static answer when that fails too.
+async fn with_fallback_upstream(primary: impl ToString, fallback: impl ToString, settings: &str) -> ProxyProcess {
+    let policy = crate::web_policy(&format!(
+        "  defaults:\n    retries: {{ attempts: 0 }}\n{settings}    fallback:\n      upstream: \"{}\"\n      response: {{ status: 200, body: static }}\n      grpc: {{ status: 14, message: static }}\n",
+        fallback.to_string()
+    ));
+    ProxyBuilder::new().listener("web", primary).policies(&policy).start().await
+}
+
+fn post(path: &str, body: &'static str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut req = client::request(http::Method::POST, path, &[]);
+    *req.body_mut() = http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes()));
+    req
+}
+
+#[tokio::test]
+async fn a_refused_request_is_sent_once_to_the_fallback_upstream_whole_and_its_answer_marked() {
+    let replica = Upstream::start().await;
+    // Nothing listens where the primary should be: upstream-connect-failure.
+    let p = with_fallback_upstream(format!("127.0.0.1:{}", free_port()), replica.addr, "").await;
+    let r = client::get(p.listener("web"), "/items?page=2", &[("x-request-id", "r-1")]).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.headers["x-bulwark-fallback"], "upstream-connect-failure");
+    assert_eq!(r.reason(), Some("upstream-connect-failure"), "the refusal stays visible");
+    let echo = r.echo();
+    assert_eq!((echo.method.as_str(), echo.uri.as_str()), ("GET", "/items?page=2"), "the replica answered");
+    assert_eq!(echo.headers["x-request-id"], "r-1");
+    // A body the primary never received goes whole.
+    let r = client::send(p.listener("web"), post("/orders", "{\"id\":7}")).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.echo().body_len), (200, 8), "{r:?}");
+    assert_eq!(replica.requests(), 2, "tried once each");
+    assert_eq!(p.metric("bulwark_fallbacks_total", &[("reason", "upstream-connect-failure")]).await, 2.0);
+
+    // circuit-open: refused before any try, so even a POST's body is there to send.
+    let primary = Upstream::start().await;
+    let p = with_fallback_upstream(
+        primary.addr,
+        replica.addr,
+        "    circuitBreaker: { consecutiveFailures: 1, openFor: 1m }\n",
+    )
+    .await;
+    let first = client::get(p.listener("web"), "/", &[("x-status", "500")]).await.unwrap();
+    assert_eq!(first.status, 500, "the primary's own answer, which opens the breaker");
+    let r = client::send(p.listener("web"), post("/orders", "hello")).await.unwrap();
+    assert_eq!(r.headers["x-bulwark-fallback"], "circuit-open");
+    assert_eq!(r.echo().body_len, 5, "{r:?}");
+}
+
+#[tokio::test]
+async fn a_timed_out_request_goes_to_the_fallback_upstream_with_the_body_the_proxy_kept() {
+    let (primary, replica) = (Upstream::start().await, Upstream::start().await);
+    primary.set_delay(Duration::from_secs(3));
+    let p = with_fallback_upstream(primary.addr, replica.addr, "    timeout: { request: 300ms }\n").await;
+    let r = client::send(p.listener("web"), post("/search", "needle")).await.unwrap();
+    assert_eq!(r.headers["x-bulwark-fallback"], "timeout", "{r:?}");
+    assert_eq!(r.echo().body_len, 6, "the body the primary had was kept for the fallback");
+    assert_eq!(primary.requests(), 1);
+}
+
+#[tokio::test]
+async fn when_the_fallback_upstream_fails_too_the_static_fallback_answers() {
+    let replica = Upstream::start().await;
+    replica.set_status(503);
+    let p = with_fallback_upstream(format!("127.0.0.1:{}", free_port()), replica.addr, "").await;
+    let r = client::get(p.listener("web"), "/", &[]).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "static"), "a 5xx from the replica is no answer");
+    assert_eq!(replica.requests(), 1);
+    let p =
+        with_fallback_upstream(format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()), "").await;
+    let r = client::get(p.listener("web"), "/", &[]).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "static"), "nor is a replica that is down");
+    assert_eq!(r.headers["x-bulwark-fallback"], "upstream-connect-failure");
+}
+
+#[tokio::test]
+async fn a_grpc_call_is_answered_by_the_fallback_upstream() {
+    let replica = GrpcUpstream::start().await;
+    let p = with_fallback_upstream(format!("127.0.0.1:{}", free_port()), replica.addr, "").await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", p.listener("web")))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = EchoClient::new(channel);
+    let reply = c.unary(EchoRequest { message: "via replica".into(), delay_ms: 0 }).await.unwrap();
+    assert_eq!(reply.metadata().get("x-bulwark-fallback").unwrap(), "upstream-connect-failure");
+    assert_eq!(reply.into_inner().message, "via replica", "the call's message went whole to the replica");
+}

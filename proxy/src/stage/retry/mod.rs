@@ -33,7 +33,7 @@ use crate::telemetry::record::Record;
 use crate::telemetry::route_family::RouteFamily;
 use crate::upstream::Outcome;
 use budget::RetryBudget;
-use replay::UpstreamBody;
+use replay::{Kept, UpstreamBody};
 
 /// Tries refused unprocessed that go again before the refusal is the answer.
 const MAX_REFUSED: u32 = 2;
@@ -124,21 +124,37 @@ pub struct Retries<'a> {
     pub timeouts: &'a Timeouts,
 }
 
-/// The stage: tries `req` until an attempt is final, each bounded by the per-try timeout.
-/// Every try is told to the record (`Attempt::send` names its endpoint; its outcome is set
-/// here, also when the per-try timeout cut it).
+/// The request as the tries send it: its head, its body streaming through, and the copy kept
+/// of it (which outlives the loop, so a fallback can still send the request elsewhere).
+pub struct Tee {
+    pub parts: Parts,
+    first: Option<UpstreamBody>,
+    pub kept: Kept,
+}
+
+impl Tee {
+    pub fn of(r: &Retries<'_>, req: Request<Incoming>) -> Tee {
+        let (parts, body) = req.into_parts();
+        let (first, kept) = UpstreamBody::tee(body, r.policy.map_or(KEPT_WITHOUT_RETRIES, |p| p.max_buffered_bytes));
+        Tee { parts, first: Some(first), kept }
+    }
+}
+
+/// The stage: tries the request until an attempt is final, each bounded by the per-try
+/// timeout. Every try is told to the record (`Attempt::send` names its endpoint; its outcome
+/// is set here, also when the per-try timeout cut it). A final failure carries the body when
+/// it was never sent.
 pub async fn run(
     r: &Retries<'_>,
-    req: Request<Incoming>,
+    tee: &mut Tee,
     attempt: &impl SendTry,
     rec: &mut Record,
 ) -> Result<Response<Incoming>, Failed> {
     if let (Some(_), Some(b)) = (r.policy, r.budget) {
         b.deposit(Instant::now());
     }
-    let (parts, body) = req.into_parts();
-    let (first, kept) = UpstreamBody::tee(body, r.policy.map_or(KEPT_WITHOUT_RETRIES, |p| p.max_buffered_bytes));
-    let mut body = Some(first);
+    let (parts, kept) = (&tee.parts, &tee.kept);
+    let mut body = tee.first.take();
     let max_retries = r.policy.map_or(0, |p| p.attempts);
     let (mut retry, mut refused) = (0, 0);
     loop {
@@ -146,7 +162,7 @@ pub async fn run(
         let Some(this_body) = body.take().or_else(|| kept.replay()) else {
             return Err(Failed { outcome: Outcome::Reset, reason: Reason::UpstreamReset, unsent: None });
         };
-        let result = match timeout::per_try(r.timeouts, attempt.send(rebuild(&parts, this_body), rec)).await {
+        let result = match timeout::per_try(r.timeouts, attempt.send(rebuild(parts, this_body), rec)).await {
             Ok(result) => result,
             Err(elapsed) => Err(Failed::from(elapsed)),
         };
@@ -166,10 +182,10 @@ pub async fn run(
             continue;
         }
         let Some(policy) = r.policy else {
-            return result;
+            return result.map_err(|f| Failed { unsent, ..f });
         };
         if retry >= max_retries || !should_retry(policy, outcome) || !resendable() {
-            return result;
+            return result.map_err(|f| Failed { unsent, ..f });
         }
         let retry_after = result.as_ref().ok().and_then(|r| retry_after(r.headers()));
         let withdrawal = match r.budget.map(|b| b.withdraw(Instant::now())) {
@@ -177,7 +193,7 @@ pub async fn run(
                 if let Some(m) = r.metrics {
                     m.exhausted.inc();
                 }
-                return result.map_err(|f| Failed { reason: Reason::RetryBudgetExhausted, ..f });
+                return result.map_err(|f| Failed { reason: Reason::RetryBudgetExhausted, unsent, ..f });
             }
             Some(w) => w,
             None => None,
@@ -194,7 +210,7 @@ pub async fn run(
     }
 }
 
-fn rebuild(parts: &Parts, body: UpstreamBody) -> Request<UpstreamBody> {
+pub fn rebuild(parts: &Parts, body: UpstreamBody) -> Request<UpstreamBody> {
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
