@@ -30,10 +30,14 @@ impl Outcome {
     }
 
     /// What outlier detection counts against an endpoint: its own errors, not timeouts the
-    /// policy chose.
+    /// policy chose. A gRPC error comes as HTTP 200; its status counts as the HTTP status
+    /// Envoy maps it to when that is a 5xx (UNKNOWN, INTERNAL, DATA_LOSS: 500; UNAVAILABLE:
+    /// 503; DEADLINE_EXCEEDED: 504), so a failing gRPC endpoint is ejected like any other.
     pub fn is_endpoint_failure(self) -> bool {
         match self {
-            Outcome::Response { status, .. } => (500..=599).contains(&status),
+            Outcome::Response { status, grpc } => {
+                (500..=599).contains(&status) || grpc.is_some_and(|g| matches!(g, 2 | 4 | 13 | 14 | 15))
+            }
             Outcome::ConnectFailure | Outcome::Reset => true,
             // A server rotating its connections is not failing.
             Outcome::Refused => false,
@@ -96,5 +100,16 @@ mod tests {
         assert!(Outcome::PerTryTimeout.matches(Condition::Timeout));
         assert!(!Outcome::Timeout.matches(Condition::PerTryTimeout));
         assert!(!Outcome::Reset.matches(Condition::ConnectFailure));
+    }
+
+    #[test]
+    fn grpc_errors_an_endpoint_makes_count_against_it_as_envoy_maps_them() {
+        let grpc = |code| Outcome::Response { status: 200, grpc: Some(code) };
+        for code in [2, 4, 13, 14, 15] {
+            assert!(grpc(code).is_endpoint_failure(), "grpc-status {code}");
+        }
+        for code in [0, 1, 3, 5, 8, 12, 16] {
+            assert!(!grpc(code).is_endpoint_failure(), "grpc-status {code}: the caller's or the request's doing");
+        }
     }
 }

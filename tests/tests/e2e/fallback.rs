@@ -285,3 +285,54 @@ async fn a_grpc_call_is_answered_by_the_fallback_upstream() {
     assert_eq!(reply.metadata().get("x-bulwark-fallback").unwrap(), "upstream-connect-failure");
     assert_eq!(reply.into_inner().message, "via replica", "the call's message went whole to the replica");
 }
+
+/// The gRPC side of every refusal a fallback names, read by a tonic client: the fallback's
+/// status and message, marked, the refusal still visible.
+#[tokio::test]
+async fn a_grpc_client_reads_the_fallback_for_each_reason() {
+    async fn client(p: &ProxyProcess) -> EchoClient<tonic::transport::Channel> {
+        let url = format!("http://{}", p.listener("web"));
+        EchoClient::new(tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap())
+    }
+    fn assert_fallback(r: Result<tonic::Response<bulwark_e2e::pb::EchoReply>, tonic::Status>, reason: &str) {
+        let err = r.unwrap_err();
+        assert_eq!((err.code(), err.message()), (tonic::Code::Unavailable, "recommendations are resting"), "{reason}");
+        assert_eq!(err.metadata().get("x-bulwark-fallback").unwrap(), reason);
+        assert_eq!(err.metadata().get("x-bulwark-reason").unwrap(), reason);
+    }
+    let call = |message: &str, delay_ms| EchoRequest { message: message.into(), delay_ms };
+    let up = GrpcUpstream::start().await;
+
+    let p = proxy(format!("127.0.0.1:{}", free_port()), "").await;
+    assert_fallback(client(&p).await.unary(call("x", 0)).await, "upstream-connect-failure");
+
+    let p = proxy(up.addr, "    circuitBreaker: { consecutiveFailures: 1, openFor: 1m }\n").await;
+    let mut c = client(&p).await;
+    assert_eq!(c.unary(call("fail", 0)).await.unwrap_err().code(), tonic::Code::Internal, "the upstream's own");
+    assert_fallback(c.unary(call("x", 0)).await, "circuit-open");
+
+    for (stage, reason) in [
+        ("    bulkhead: { maxConcurrent: 1 }\n", "bulkhead-full"),
+        ("    adaptiveConcurrency: { minLimit: 1, maxLimit: 1 }\n", "concurrency-limited"),
+    ] {
+        let p = proxy(up.addr, stage).await;
+        let mut slow = client(&p).await;
+        let held = tokio::spawn(async move { slow.unary(call("slow", 600)).await.map(|r| r.into_inner().message) });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_fallback(client(&p).await.unary(call("x", 0)).await, reason);
+        assert_eq!(held.await.unwrap().unwrap(), "slow", "the call holding the place is answered");
+    }
+
+    let other = GrpcUpstream::start().await;
+    let policy = crate::web_policy(&format!(
+        "  upstream:\n    loadBalancer: round-robin\n    outlierDetection: {{ consecutive5xx: 1, maxEjectionPercent: 100 }}\n  defaults:\n    retries: {{ attempts: 0 }}\n{FALLBACK}"
+    ));
+    let p = ProxyBuilder::new().listener_many("web", &[up.addr, other.addr]).policies(&policy).start().await;
+    let mut c = client(&p).await;
+    for _ in 0..2 {
+        let own = c.unary(call("unavailable", 0)).await.unwrap_err();
+        assert_eq!(own.code(), tonic::Code::Unavailable, "an endpoint's own UNAVAILABLE, which ejects it");
+        assert!(own.metadata().get("x-bulwark-fallback").is_none());
+    }
+    assert_fallback(c.unary(call("x", 0)).await, "no-healthy-upstream");
+}
