@@ -204,6 +204,15 @@ pub fn markdown(run: &Run) -> String {
             writeln!(t, "\n| {} connections | Bulwark | Envoy | Bulwark/Envoy |\n|---|---|---|---|", conns.connections);
         let (b, e) = (mib(conns.peak_rss.get("bulwark")), mib(conns.peak_rss.get("envoy")));
         let _ = writeln!(t, "| RSS, highest during the run (MiB) | {} | {} | {} |", fmt(b, 1), fmt(e, 1), ratio(b, e));
+        let (b, e) = (mib(conns.after_rss.get("bulwark")), mib(conns.after_rss.get("envoy")));
+        let _ = writeln!(
+            t,
+            "| RSS {} s after they closed (MiB) | {} | {} | {} |",
+            crate::scale::SETTLE.as_secs(),
+            fmt(b, 1),
+            fmt(e, 1),
+            ratio(b, e)
+        );
         let (b, e) = (conns.rps.get("bulwark").copied(), conns.rps.get("envoy").copied());
         let _ = writeln!(t, "| throughput, closed loop (req/s) | {} | {} | {} |", fmt(b, 0), fmt(e, 0), ratio(b, e));
     }
@@ -336,6 +345,16 @@ pub fn markdown(run: &Run) -> String {
         fmt(quiet, 3)
     );
     let _ = writeln!(t, "| one control plane holds {} streams | {} |", c.streams, check(Some(c.rss_with_streams > 0)));
+    let after = mib(run.connections.after_rss.get("bulwark"));
+    let _ = writeln!(
+        t,
+        "| RSS {} s after {} connections closed ≤ 2× idle | {} ({} vs {} MiB) |",
+        crate::scale::SETTLE.as_secs(),
+        run.connections.connections,
+        check(after.zip(bi).map(|(a, i)| a <= 2.0 * i)),
+        fmt(after, 1),
+        fmt(bi, 1)
+    );
     if !run.skipped.is_empty() {
         let _ = writeln!(t, "\nSkipped: {}.", run.skipped.join("; "));
     }

@@ -21,6 +21,8 @@ pub struct Connections {
     pub connections: u32,
     /// Target → resident memory at its highest during the run, bytes.
     pub peak_rss: BTreeMap<String, u64>,
+    /// Target → resident memory `SETTLE` after the connections closed, bytes.
+    pub after_rss: BTreeMap<String, u64>,
     pub rps: BTreeMap<String, f64>,
 }
 
@@ -57,8 +59,14 @@ pub fn connections(
     anyhow::ensure!(m.errors == 0 || m.requests > 0, "{name} at {conns} connections: {m:?}");
     out.peak_rss.insert(name.into(), peak);
     out.rps.insert(name.into(), m.rps);
+    // Memory that comes back: what is left once the burst has closed.
+    std::thread::sleep(SETTLE);
+    out.after_rss.insert(name.into(), proc.rss());
     Ok(())
 }
+
+/// How long after a burst closes its memory is measured again.
+pub const SETTLE: Duration = Duration::from_secs(5);
 
 async fn generation(health: SocketAddr) -> u64 {
     match bulwark_e2e::client::get(health, "/metrics", &[]).await {

@@ -106,7 +106,22 @@ impl LogControl for ReloadableFilter {
     }
 }
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Freed memory goes back to the system within about a second, by jemalloc's own background
+/// thread (the default is ten seconds, when some thread next allocates). Before any worker
+/// thread exists, so every arena gets it.
+fn tune_allocator() {
+    use tikv_jemalloc_ctl::{Access, AsName};
+    let _ = tikv_jemalloc_ctl::background_thread::write(true);
+    for key in [&b"arenas.dirty_decay_ms\0"[..], b"arena.0.dirty_decay_ms\0"] {
+        let _ = key.name().write(1000isize);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     // SIGHUP's default action ends the process. Until `app::run` installs the reload handler,
     // a SIGHUP (a supervisor's reload sent as the proxy starts) only sets a flag nobody reads:
     // the config is read after the handler is in place, so nothing it asked for is lost.
