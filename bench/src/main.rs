@@ -209,14 +209,14 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let envoy = if cli.smoke { None } else { envoy_binary(&cli) };
-    match envoy {
+    match &envoy {
         Some(envoy) => {
             let listens = Listens { http: free_addr(), h2: free_addr(), grpc: free_addr(), nginx: free_addr() };
             let config = dir.path().join("envoy.yaml");
             std::fs::write(&config, configs::envoy(&listens, &ups, free_addr()))?;
             procs.push(Proc::spawn(
                 "envoy",
-                Command::new(&envoy).args(["--concurrency", "1", "--log-level", "warn", "-c"]).arg(&config),
+                Command::new(envoy).args(["--concurrency", "1", "--log-level", "warn", "-c"]).arg(&config),
                 dir.path(),
             )?);
             if let Err(e) = wait_listening(listens.http, "envoy").await {
@@ -330,6 +330,8 @@ async fn main() -> anyhow::Result<()> {
 
     // At scale: 1,000 connections, and a 10,000-route proxy reloading or being scraped.
     let mut connections = scale::Connections { connections: 1000, ..Default::default() };
+    let mut sweep = scale::Sweep::default();
+    let mut workers: BTreeMap<(String, u32), Vec<f64>> = BTreeMap::new();
     let mut churn = scale::Churn { routes: configs::ROUTE_POLICIES * configs::ROUTES_PER_POLICY, ..Default::default() };
     if !cli.smoke {
         if wrk_ok {
@@ -337,6 +339,64 @@ async fn main() -> anyhow::Result<()> {
             for t in targets.iter().filter(|t| t.name == "bulwark" || t.name == "envoy") {
                 if let Some(i) = t.proc_index {
                     scale::connections(&mut connections, t.name, t.http, &procs[i], duration)?;
+                }
+            }
+        }
+        if wrk_ok {
+            // The same job as connections grow, each count through Bulwark then Envoy.
+            for conns in scale::SWEEP {
+                eprintln!("bench: sweep, {conns} connections");
+                for t in targets.iter().filter(|t| t.name == "bulwark" || t.name == "envoy") {
+                    if let Some(i) = t.proc_index {
+                        scale::sweep_point(&mut sweep, t.name, t.http, &procs[i], conns, duration)?;
+                    }
+                }
+            }
+            // Two workers on the two cores against one, for both proxies, the same load.
+            eprintln!("bench: 1 and 2 workers");
+            let l = Listens { http: free_addr(), h2: free_addr(), grpc: free_addr(), nginx: free_addr() };
+            let config = dir.path().join("bulwark-2-workers.yaml");
+            std::fs::write(
+                &config,
+                configs::bulwark(&l, &ups, Stages::EnvoyEquivalent, free_addr(), free_addr(), Some(otlp.addr), 0),
+            )?;
+            let mut two = vec![(
+                "bulwark",
+                l.http,
+                Proc::spawn(
+                    "bulwark-2-workers",
+                    Command::new(bin.join("bulwark-proxy"))
+                        .args(["run", "--workers", "2", "--config"])
+                        .arg(&config)
+                        .env("BULWARK_LOG", "warn"),
+                    dir.path(),
+                )?,
+            )];
+            if let Some(envoy) = &envoy {
+                let listens = Listens { http: free_addr(), h2: free_addr(), grpc: free_addr(), nginx: free_addr() };
+                let config = dir.path().join("envoy-2-workers.yaml");
+                std::fs::write(&config, configs::envoy(&listens, &ups, free_addr()))?;
+                two.push((
+                    "envoy",
+                    listens.http,
+                    Proc::spawn(
+                        "envoy-2-workers",
+                        Command::new(envoy).args(["--concurrency", "2", "--log-level", "warn", "-c"]).arg(&config),
+                        dir.path(),
+                    )?,
+                ));
+            }
+            for (name, addr, _) in &two {
+                wait_listening(*addr, name).await?;
+            }
+            for _ in 0..rounds {
+                for t in targets.iter().filter(|t| t.name == "bulwark" || t.name == "envoy") {
+                    let m = load::wrk_with(&format!("http://{}/", t.http), 32, duration, None)?;
+                    workers.entry((t.name.to_string(), 1)).or_default().push(m.rps);
+                }
+                for (name, addr, _) in &two {
+                    let m = load::wrk_with(&format!("http://{addr}/"), 32, duration, None)?;
+                    workers.entry((name.to_string(), 2)).or_default().push(m.rps);
                 }
             }
         }
@@ -389,6 +449,8 @@ async fn main() -> anyhow::Result<()> {
         peak_rss,
         control,
         connections,
+        sweep,
+        workers: workers.into_iter().map(|((name, n), v)| (format!("{name} {n}"), v)).collect(),
         churn,
     };
     if cli.smoke {

@@ -23,6 +23,9 @@ pub struct Run {
     pub peak_rss: BTreeMap<String, u64>,
     pub control: ControlFigures,
     pub connections: scale::Connections,
+    pub sweep: scale::Sweep,
+    /// "NAME WORKERS" → req/s per round, 32 connections closed loop.
+    pub workers: BTreeMap<String, Vec<f64>>,
     pub churn: scale::Churn,
 }
 
@@ -215,6 +218,41 @@ pub fn markdown(run: &Run) -> String {
         );
         let (b, e) = (conns.rps.get("bulwark").copied(), conns.rps.get("envoy").copied());
         let _ = writeln!(t, "| throughput, closed loop (req/s) | {} | {} | {} |", fmt(b, 0), fmt(e, 0), ratio(b, e));
+    }
+
+    let points = |name: &str| run.sweep.points.get(name).cloned().unwrap_or_default();
+    let (b, e) = (points("bulwark"), points("envoy"));
+    if !b.is_empty() {
+        let _ = writeln!(
+            t,
+            "\n| connections | Bulwark req/s | Envoy req/s | Bulwark/Envoy | Bulwark CPU µs/req | Envoy CPU µs/req | Bulwark CPU vs 32 |\n|---|---|---|---|---|---|---|"
+        );
+        let base = b.get(&32).map(|p| p.1);
+        for (conns, (rps, cpu, errors)) in &b {
+            let other = e.get(conns);
+            let failed = if *errors > 0 { format!(" ({errors} failed)") } else { String::new() };
+            let _ = writeln!(
+                t,
+                "| {conns} | {}{failed} | {} | {} | {} | {} | {} |",
+                fmt(Some(*rps), 0),
+                fmt(other.map(|o| o.0), 0),
+                ratio(Some(*rps), other.map(|o| o.0)),
+                fmt(Some(*cpu), 1),
+                fmt(other.map(|o| o.1), 1),
+                ratio(Some(*cpu), base)
+            );
+        }
+    }
+    let w = |key: &str| median(run.workers.get(key).cloned().unwrap_or_default());
+    let (b1, b2, e1, e2) = (w("bulwark 1"), w("bulwark 2"), w("envoy 1"), w("envoy 2"));
+    if b1.is_some() {
+        let _ = writeln!(
+            t,
+            "\n| workers, 32 connections closed loop (req/s) | Bulwark | Envoy | Bulwark/Envoy |\n|---|---|---|---|"
+        );
+        let _ = writeln!(t, "| 1 worker | {} | {} | {} |", fmt(b1, 0), fmt(e1, 0), ratio(b1, e1));
+        let _ = writeln!(t, "| 2 workers | {} | {} | {} |", fmt(b2, 0), fmt(e2, 0), ratio(b2, e2));
+        let _ = writeln!(t, "| scaling 1 → 2 | {} | {} | — |", ratio(b2, b1), ratio(e2, e1));
     }
 
     let churn = &run.churn;

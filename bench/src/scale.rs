@@ -26,6 +26,33 @@ pub struct Connections {
     pub rps: BTreeMap<String, f64>,
 }
 
+/// The connection counts of the sweep.
+pub const SWEEP: [u32; 4] = [32, 256, 1000, 10_000];
+
+/// Closed-loop throughput and the proxy's CPU per request as connections grow, per target.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Sweep {
+    /// (target, connections) → (req/s, CPU µs per request, requests that failed).
+    pub points: BTreeMap<String, BTreeMap<u32, (f64, f64, u64)>>,
+}
+
+/// One point of the sweep: `conns` connections through `target` for `duration`.
+pub fn sweep_point(
+    out: &mut Sweep,
+    name: &str,
+    target: SocketAddr,
+    proc: &Proc,
+    conns: u32,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    let before = proc.cpu_seconds();
+    let m = load::wrk_with(&format!("http://{target}/"), conns, duration, None)?;
+    let cpu = proc.cpu_seconds() - before;
+    let per_request = if m.requests > 0 { cpu * 1e6 / m.requests as f64 } else { f64::NAN };
+    out.points.entry(name.into()).or_default().insert(conns, (m.rps, per_request, m.errors));
+    Ok(())
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Churn {
     pub routes: usize,
