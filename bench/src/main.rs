@@ -381,14 +381,21 @@ async fn main() -> anyhow::Result<()> {
                     listens.http,
                     Proc::spawn(
                         "envoy-2-workers",
-                        Command::new(envoy).args(["--concurrency", "2", "--log-level", "warn", "-c"]).arg(&config),
+                        Command::new(envoy)
+                            .args(["--concurrency", "2", "--base-id", "1", "--log-level", "warn", "-c"])
+                            .arg(&config),
                         dir.path(),
                     )?,
                 ));
             }
-            for (name, addr, _) in &two {
-                wait_listening(*addr, name).await?;
+            let mut listening = Vec::new();
+            for (name, addr, proc) in two {
+                match wait_listening(addr, name).await {
+                    Ok(()) => listening.push((name, addr, proc)),
+                    Err(e) => skip(&mut skipped, format!("{name} with 2 workers: {e}: {}", proc.logs().trim())),
+                }
             }
+            let two = listening;
             for _ in 0..rounds {
                 for t in targets.iter().filter(|t| t.name == "bulwark" || t.name == "envoy") {
                     let m = load::wrk_with(&format!("http://{}/", t.http), 32, duration, None)?;
