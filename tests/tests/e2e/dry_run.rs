@@ -33,10 +33,6 @@ async fn sequential(p: &ProxyProcess, n: usize) -> Vec<u16> {
     out
 }
 
-fn count(statuses: &[u16], status: u16) -> usize {
-    statuses.iter().filter(|s| **s == status).count()
-}
-
 #[tokio::test]
 async fn a_rate_limit_in_dry_run_refuses_nothing_and_counts_what_it_would() {
     let up = Upstream::start().await;
@@ -45,9 +41,9 @@ async fn a_rate_limit_in_dry_run_refuses_nothing_and_counts_what_it_would() {
     let dry = proxy(&up, stage, "dry-run").await;
     let enforced = sequential(&enforce, 20).await;
     let dried = sequential(&dry, 20).await;
-    let refused = count(&enforced, 429);
+    let refused = crate::count(&enforced, 429);
     assert!(refused >= 13, "the limit refuses in enforce mode: {enforced:?}");
-    assert_eq!(count(&dried, 200), 20, "dry-run answers as if there were no limit: {dried:?}");
+    assert_eq!(crate::count(&dried, 200), 20, "dry-run answers as if there were no limit: {dried:?}");
     let would = would_refuse(&dry, "rate-limit", "rate-limited").await as usize;
     // The same bucket over the same burst; a token may refill between the two runs.
     assert!(would.abs_diff(refused) <= 1, "would refuse {would}, enforce refused {refused}");
@@ -83,8 +79,8 @@ async fn a_bulkhead_in_dry_run_never_waits_or_refuses_and_counts_the_overflow() 
     };
     let enforced = burst(&enforce).await;
     let dried = burst(&dry).await;
-    assert_eq!(count(&enforced, 503), 4, "{enforced:?}");
-    assert_eq!(count(&dried, 200), 6, "{dried:?}");
+    assert_eq!(crate::count(&enforced, 503), 4, "{enforced:?}");
+    assert_eq!(crate::count(&dried, 200), 6, "{dried:?}");
     assert_eq!(would_refuse(&dry, "bulkhead", "bulkhead-full").await, 4.0);
     assert_eq!(dry.metric("bulwark_bulkhead_rejected_total", &[]).await, 0.0);
     assert_eq!(dry.metric("bulwark_bulkhead_in_flight", &[]).await, 0.0, "every slot given back");
@@ -100,8 +96,8 @@ async fn a_breaker_in_dry_run_lets_requests_through_and_counts_the_open_circuit(
     let enforced = sequential(&enforce, 10).await;
     let before = up.requests();
     let dried = sequential(&dry, 10).await;
-    assert_eq!((count(&enforced, 500), count(&enforced, 503)), (3, 7), "{enforced:?}");
-    assert_eq!(count(&dried, 500), 10, "every request reached the upstream: {dried:?}");
+    assert_eq!((crate::count(&enforced, 500), crate::count(&enforced, 503)), (3, 7), "{enforced:?}");
+    assert_eq!(crate::count(&dried, 500), 10, "every request reached the upstream: {dried:?}");
     assert_eq!(up.requests() - before, 10);
     assert_eq!(would_refuse(&dry, "breaker", "circuit-open").await, 7.0);
     // The breaker itself still judges: it is open, as it would be in enforce mode.

@@ -24,6 +24,12 @@ async fn proxy(upstream: impl ToString, settings: &str) -> ProxyProcess {
         .await
 }
 
+/// A tonic client of the test Echo service, through the proxy's listener `web`.
+async fn echo(p: &ProxyProcess) -> EchoClient<tonic::transport::Channel> {
+    let url = format!("http://{}", p.listener("web"));
+    EchoClient::new(tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap())
+}
+
 fn is_fallback(r: &client::Reply, reason: &str) -> bool {
     r.status == 200
         && r.headers.get("x-bulwark-fallback").is_some_and(|v| v == reason)
@@ -147,12 +153,7 @@ async fn a_grpc_fallback_can_answer_ok_with_a_fixed_response_message() {
         "  defaults:\n    retries: {{ attempts: 0 }}\n    timeout: {{ request: 200ms }}\n    fallback:\n      grpc: {{ status: 0, responseBase64: \"{b64}\" }}\n"
     ));
     let p = ProxyBuilder::new().listener("web", up.addr).policies(&policy).start().await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", p.listener("web")))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut c = EchoClient::new(channel);
+    let mut c = echo(&p).await;
     let reply = c.unary(EchoRequest { message: "slow".into(), delay_ms: 2000 }).await.unwrap();
     assert_eq!(reply.metadata().get("x-bulwark-fallback").unwrap(), "timeout");
     assert_eq!(reply.into_inner().message, "cached reply", "the client decoded the fallback's message");
@@ -181,12 +182,7 @@ async fn reasons_the_fallback_does_not_name_are_refused_as_ever() {
 async fn a_grpc_client_reads_the_fallback_status_and_message() {
     let up = GrpcUpstream::start().await;
     let p = proxy(up.addr, "    timeout: { request: 200ms }\n").await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", p.listener("web")))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut c = EchoClient::new(channel);
+    let mut c = echo(&p).await;
     let err = c.unary(EchoRequest { message: "slow".into(), delay_ms: 2000 }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     assert_eq!(err.message(), "recommendations are resting");
@@ -275,12 +271,7 @@ async fn when_the_fallback_upstream_fails_too_the_static_fallback_answers() {
 async fn a_grpc_call_is_answered_by_the_fallback_upstream() {
     let replica = GrpcUpstream::start().await;
     let p = with_fallback_upstream(format!("127.0.0.1:{}", free_port()), replica.addr, "").await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", p.listener("web")))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut c = EchoClient::new(channel);
+    let mut c = echo(&p).await;
     let reply = c.unary(EchoRequest { message: "via replica".into(), delay_ms: 0 }).await.unwrap();
     assert_eq!(reply.metadata().get("x-bulwark-fallback").unwrap(), "upstream-connect-failure");
     assert_eq!(reply.into_inner().message, "via replica", "the call's message went whole to the replica");
@@ -290,10 +281,6 @@ async fn a_grpc_call_is_answered_by_the_fallback_upstream() {
 /// status and message, marked, the refusal still visible.
 #[tokio::test]
 async fn a_grpc_client_reads_the_fallback_for_each_reason() {
-    async fn client(p: &ProxyProcess) -> EchoClient<tonic::transport::Channel> {
-        let url = format!("http://{}", p.listener("web"));
-        EchoClient::new(tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap())
-    }
     fn assert_fallback(r: Result<tonic::Response<bulwark_e2e::pb::EchoReply>, tonic::Status>, reason: &str) {
         let err = r.unwrap_err();
         assert_eq!((err.code(), err.message()), (tonic::Code::Unavailable, "recommendations are resting"), "{reason}");
@@ -304,10 +291,10 @@ async fn a_grpc_client_reads_the_fallback_for_each_reason() {
     let up = GrpcUpstream::start().await;
 
     let p = proxy(format!("127.0.0.1:{}", free_port()), "").await;
-    assert_fallback(client(&p).await.unary(call("x", 0)).await, "upstream-connect-failure");
+    assert_fallback(echo(&p).await.unary(call("x", 0)).await, "upstream-connect-failure");
 
     let p = proxy(up.addr, "    circuitBreaker: { consecutiveFailures: 1, openFor: 1m }\n").await;
-    let mut c = client(&p).await;
+    let mut c = echo(&p).await;
     assert_eq!(c.unary(call("fail", 0)).await.unwrap_err().code(), tonic::Code::Internal, "the upstream's own");
     assert_fallback(c.unary(call("x", 0)).await, "circuit-open");
 
@@ -316,10 +303,10 @@ async fn a_grpc_client_reads_the_fallback_for_each_reason() {
         ("    adaptiveConcurrency: { minLimit: 1, maxLimit: 1 }\n", "concurrency-limited"),
     ] {
         let p = proxy(up.addr, stage).await;
-        let mut slow = client(&p).await;
+        let mut slow = echo(&p).await;
         let held = tokio::spawn(async move { slow.unary(call("slow", 600)).await.map(|r| r.into_inner().message) });
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_fallback(client(&p).await.unary(call("x", 0)).await, reason);
+        assert_fallback(echo(&p).await.unary(call("x", 0)).await, reason);
         assert_eq!(held.await.unwrap().unwrap(), "slow", "the call holding the place is answered");
     }
 
@@ -328,7 +315,7 @@ async fn a_grpc_client_reads_the_fallback_for_each_reason() {
         "  upstream:\n    loadBalancer: round-robin\n    outlierDetection: {{ consecutive5xx: 1, maxEjectionPercent: 100 }}\n  defaults:\n    retries: {{ attempts: 0 }}\n{FALLBACK}"
     ));
     let p = ProxyBuilder::new().listener_many("web", &[up.addr, other.addr]).policies(&policy).start().await;
-    let mut c = client(&p).await;
+    let mut c = echo(&p).await;
     for _ in 0..2 {
         let own = c.unary(call("unavailable", 0)).await.unwrap_err();
         assert_eq!(own.code(), tonic::Code::Unavailable, "an endpoint's own UNAVAILABLE, which ejects it");

@@ -42,3 +42,8 @@ pub fn web_policy(rest: &str) -> String {
         "apiVersion: bulwark.dev/v1\nkind: ResiliencePolicy\nmetadata: {{ name: web }}\nspec:\n  target: {{ listener: web }}\n{rest}"
     )
 }
+
+/// How many of `statuses` are `status`.
+pub fn count(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|s| **s == status).count()
+}

@@ -74,10 +74,6 @@ async fn statuses(calls: Vec<tokio::task::JoinHandle<u16>>) -> Vec<u16> {
     out
 }
 
-fn count(statuses: &[u16], status: u16) -> usize {
-    statuses.iter().filter(|s| **s == status).count()
-}
-
 #[tokio::test]
 async fn a_saturated_bulkhead_refuses_the_lowest_class_first_and_keeps_each_reserve() {
     let up = Upstream::start().await;
@@ -89,10 +85,10 @@ async fn a_saturated_bulkhead_refuses_the_lowest_class_first_and_keeps_each_rese
     // ...and checkout its 4, although lower classes came first and wanted far more.
     let critical = burst(&p, "critical", 20, "2s").await;
     let (best, standard, critical) = (statuses(best).await, statuses(standard).await, statuses(critical).await);
-    assert_eq!(count(&best, 200), 4, "best-effort: {best:?}");
-    assert_eq!(count(&standard, 200), 2, "standard: {standard:?}");
-    assert_eq!(count(&critical, 200), 4, "critical: {critical:?}");
-    assert_eq!(count(&best, 503) + count(&standard, 503) + count(&critical, 503), 50);
+    assert_eq!(crate::count(&best, 200), 4, "best-effort: {best:?}");
+    assert_eq!(crate::count(&standard, 200), 2, "standard: {standard:?}");
+    assert_eq!(crate::count(&critical, 200), 4, "critical: {critical:?}");
+    assert_eq!(crate::count(&best, 503) + crate::count(&standard, 503) + crate::count(&critical, 503), 50);
     let refused = [("class", "best-effort"), ("reason", "bulkhead-full")];
     assert_eq!(p.metric("bulwark_priority_refused_total", &refused).await, 16.0);
     let refused = [("class", "critical"), ("reason", "bulkhead-full")];
@@ -100,7 +96,7 @@ async fn a_saturated_bulkhead_refuses_the_lowest_class_first_and_keeps_each_rese
 
     // With nobody else there, the highest class may take every slot.
     let critical = statuses(burst(&p, "critical", 12, "300ms").await).await;
-    assert_eq!(count(&critical, 200), 10, "{critical:?}");
+    assert_eq!(crate::count(&critical, 200), 10, "{critical:?}");
     assert_eq!(p.metric("bulwark_bulkhead_in_flight", &[]).await, 0.0, "every slot given back");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(p.stdout().contains(r#""priority":"critical""#), "the access log names the class");
@@ -130,7 +126,7 @@ async fn a_priority_in_dry_run_sheds_nothing_and_counts_what_its_reserves_would(
     let up = Upstream::start().await;
     let p = proxy(&up, "bulkhead: { maxConcurrent: 10 }", "dry-run").await;
     let best = statuses(burst(&p, "best-effort", 20, "1s").await).await;
-    assert_eq!(count(&best, 200), 10, "the bulkhead as if there were no classes: {best:?}");
+    assert_eq!(crate::count(&best, 200), 10, "the bulkhead as if there were no classes: {best:?}");
     let would = p.metric("bulwark_would_refuse_total", &[("stage", "priority"), ("reason", "bulkhead-full")]).await;
     assert_eq!(would, 6.0, "the 6 slots critical and standard keep would have been refused");
     let refused = p.metric("bulwark_priority_refused_total", &[("class", "best-effort")]).await;
