@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::error::Errors;
 use crate::spec::{AdaptiveConcurrencySpec, StageMode};
+use crate::stages::range;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdaptivePolicy {
@@ -65,15 +66,7 @@ pub(crate) fn compile(errs: &mut Errors<'_>, path: &str, s: &AdaptiveConcurrency
     }
     let min_rtt_requests =
         range(errs, &format!("{path}.minRttRequests"), s.min_rtt_requests.unwrap_or(50).into(), 1, 10_000) as u32;
-    let max_queued = range(errs, &format!("{path}.maxQueued"), s.max_queued.unwrap_or(0).into(), 0, 1_000_000) as u32;
-    let queue_timeout = match s.queue_timeout {
-        Some(d) => duration(errs, &format!("{path}.queueTimeout"), d.get(), Duration::from_millis(1), HOUR),
-        None if max_queued > 0 => {
-            errs.push(format!("{path}.queueTimeout"), "required when maxQueued is set: how long may a request wait?");
-            Duration::ZERO
-        }
-        None => Duration::ZERO,
-    };
+    let (max_queued, queue_timeout) = crate::stages::queue(errs, path, s.max_queued, s.queue_timeout);
     AdaptivePolicy {
         dry_run: s.mode == Some(StageMode::DryRun),
         min_limit,
@@ -87,15 +80,6 @@ pub(crate) fn compile(errs: &mut Errors<'_>, path: &str, s: &AdaptiveConcurrency
         max_queued,
         queue_timeout,
     }
-}
-
-const HOUR: Duration = Duration::from_secs(3600);
-
-fn range(errs: &mut Errors<'_>, path: &str, v: u64, min: u64, max: u64) -> u64 {
-    if v < min || v > max {
-        errs.push(path, format!("{v} is out of range {min}..={max}"));
-    }
-    v
 }
 
 fn duration(errs: &mut Errors<'_>, path: &str, d: Duration, min: Duration, max: Duration) -> Duration {

@@ -112,14 +112,14 @@ fn positive(errs: &mut Errors<'_>, path: &str, d: Duration, max: Duration) -> Du
     d
 }
 
-fn range(errs: &mut Errors<'_>, path: &str, v: u64, min: u64, max: u64) -> u64 {
+pub(crate) fn range(errs: &mut Errors<'_>, path: &str, v: u64, min: u64, max: u64) -> u64 {
     if v < min || v > max {
         errs.push(path, format!("{v} is out of range {min}..={max}"));
     }
     v
 }
 
-const HOUR: Duration = Duration::from_secs(3600);
+pub(crate) const HOUR: Duration = Duration::from_secs(3600);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
@@ -274,10 +274,16 @@ pub struct BulkheadPolicy {
     pub queue_timeout: Duration,
 }
 
-pub(crate) fn bulkhead(errs: &mut Errors<'_>, path: &str, s: &BulkheadSpec) -> BulkheadPolicy {
-    let max_queued =
-        range(errs, &format!("{path}.maxQueued"), u64::from(s.max_queued.unwrap_or(0)), 0, 1_000_000) as u32;
-    let queue_timeout = match s.queue_timeout {
+/// A stage's queue: `maxQueued` waiters (default none), each at most `queueTimeout`, which is
+/// required once there is a queue.
+pub(crate) fn queue(
+    errs: &mut Errors<'_>,
+    path: &str,
+    max_queued: Option<u32>,
+    queue_timeout: Option<crate::duration::Dur>,
+) -> (u32, Duration) {
+    let max_queued = range(errs, &format!("{path}.maxQueued"), u64::from(max_queued.unwrap_or(0)), 0, 1_000_000) as u32;
+    let queue_timeout = match queue_timeout {
         Some(d) => positive(errs, &format!("{path}.queueTimeout"), d.get(), HOUR),
         None if max_queued > 0 => {
             errs.push(format!("{path}.queueTimeout"), "required when maxQueued is set: how long may a request wait?");
@@ -285,6 +291,11 @@ pub(crate) fn bulkhead(errs: &mut Errors<'_>, path: &str, s: &BulkheadSpec) -> B
         }
         None => Duration::ZERO,
     };
+    (max_queued, queue_timeout)
+}
+
+pub(crate) fn bulkhead(errs: &mut Errors<'_>, path: &str, s: &BulkheadSpec) -> BulkheadPolicy {
+    let (max_queued, queue_timeout) = queue(errs, path, s.max_queued, s.queue_timeout);
     BulkheadPolicy {
         dry_run: s.mode == Some(crate::spec::StageMode::DryRun),
         max_concurrent: range(errs, &format!("{path}.maxConcurrent"), u64::from(s.max_concurrent), 1, 1_000_000) as u32,

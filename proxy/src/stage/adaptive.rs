@@ -123,8 +123,6 @@ struct Controller {
     samples: Vec<Duration>,
     window_start: Instant,
     next_probe: Instant,
-    /// For the jitter: a tiny xorshift, seeded per route.
-    rng: u64,
 }
 
 /// A request inside the adaptive limit: its latency is measured from here to `done`.
@@ -157,7 +155,7 @@ pub async fn enter(adaptive: Option<&Adaptive>, class: usize) -> Result<Option<A
 }
 
 impl Adaptive {
-    pub fn new(policy: AdaptivePolicy, reserves: Reserves, seed: u64, metrics: AdaptiveMetrics) -> Adaptive {
+    pub fn new(policy: AdaptivePolicy, reserves: Reserves, metrics: AdaptiveMetrics) -> Adaptive {
         let now = Instant::now();
         let slots = Admission::new(policy.min_limit, policy.max_queued, reserves, metrics.gauges.clone());
         metrics.limit.set(i64::from(policy.min_limit));
@@ -171,7 +169,6 @@ impl Adaptive {
                 samples: Vec::new(),
                 window_start: now,
                 next_probe: now,
-                rng: seed | 1,
             }),
             policy,
             slots,
@@ -225,7 +222,8 @@ impl Adaptive {
             c.epoch = c.epoch.wrapping_add(1);
             c.samples.clear();
             c.window_start = now;
-            let jitter = c.jitter(p.jitter);
+            // Proxies of one fleet do not probe together: a factor in [1 - jitter, 1 + jitter].
+            let jitter = 1.0 + p.jitter * (2.0 * fastrand::f64() - 1.0);
             c.next_probe = now + p.min_rtt_interval.mul_f64(jitter);
             self.set_limit(c.limit);
             return;
@@ -253,17 +251,6 @@ impl Adaptive {
     fn set_limit(&self, limit: u32) {
         self.slots.set_limit(limit);
         self.metrics.limit.set(i64::from(limit));
-    }
-}
-
-impl Controller {
-    /// A factor in [1 - jitter, 1 + jitter].
-    fn jitter(&mut self, jitter: f64) -> f64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let unit = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
-        1.0 + jitter * (2.0 * unit - 1.0)
     }
 }
 
@@ -330,7 +317,7 @@ mod tests {
     /// limit settles near the knee, and follows it when it moves.
     #[tokio::test(start_paused = true)]
     async fn the_limit_follows_a_capacity_that_steps_down_and_up() {
-        let a = Adaptive::new(policy(), Reserves::default(), 7, AdaptiveMetrics::default());
+        let a = Adaptive::new(policy(), Reserves::default(), AdaptiveMetrics::default());
         let service = Duration::from_millis(10);
         let mut now = Instant::now();
         let run = |capacity: u32, windows: u32, now: &mut Instant| {

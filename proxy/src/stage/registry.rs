@@ -105,12 +105,7 @@ impl RouteState {
                 .as_ref()
                 .map(|p| RateLimiter::with_reserves(p, reserves.clone(), now, families.rate_limit.route(&labels))),
             bulkhead: r.bulkhead.clone().map(|p| Bulkhead::new(p, reserves.clone(), families.bulkhead.route(&labels))),
-            adaptive: r.adaptive.clone().map(|p| {
-                // Proxies of one fleet probe at different times: the jitter is seeded per route
-                // and per process.
-                let seed = std::process::id() as u64 ^ (r.index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-                Adaptive::new(p, reserves.clone(), seed, families.adaptive.route(&labels))
-            }),
+            adaptive: r.adaptive.clone().map(|p| Adaptive::new(p, reserves.clone(), families.adaptive.route(&labels))),
             fallback: config
                 .fallback_upstream
                 .as_ref()
