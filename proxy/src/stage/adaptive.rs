@@ -34,6 +34,10 @@ use crate::upstream::outcome::Outcome;
 
 type Seconds = Gauge<f64, std::sync::atomic::AtomicU64>;
 
+/// Latencies a window keeps at most; past it, a uniform sample of them (reservoir sampling),
+/// which the window's percentile is read from.
+const MAX_WINDOW_SAMPLES: usize = 4096;
+
 #[derive(Clone)]
 pub struct AdaptiveFamilies {
     limit: RouteFamily<StageLabels, Gauge>,
@@ -120,7 +124,7 @@ struct Controller {
     /// The limit to go back to after a probe.
     limit: u32,
     min_rtt: Option<Duration>,
-    samples: Vec<Duration>,
+    samples: Reservoir,
     window_start: Instant,
     next_probe: Instant,
 }
@@ -166,7 +170,7 @@ impl Adaptive {
                 probing: true,
                 limit: policy.min_limit,
                 min_rtt: None,
-                samples: Vec::new(),
+                samples: Reservoir::default(),
                 window_start: now,
                 next_probe: now,
             }),
@@ -212,10 +216,10 @@ impl Adaptive {
         c.samples.push(latency);
         let p = &self.policy;
         if c.probing {
-            if c.samples.len() < p.min_rtt_requests as usize {
+            if c.samples.seen < p.min_rtt_requests as usize {
                 return;
             }
-            let min_rtt = percentile(&mut c.samples, p.sample_percentile);
+            let min_rtt = c.samples.percentile(p.sample_percentile);
             c.min_rtt = Some(min_rtt);
             self.metrics.min_rtt.set(min_rtt.as_secs_f64());
             c.probing = false;
@@ -231,7 +235,7 @@ impl Adaptive {
         if now.saturating_duration_since(c.window_start) < p.sample_window {
             return;
         }
-        let sample_rtt = percentile(&mut c.samples, p.sample_percentile);
+        let sample_rtt = c.samples.percentile(p.sample_percentile);
         self.metrics.sample_rtt.set(sample_rtt.as_secs_f64());
         c.samples.clear();
         c.window_start = now;
@@ -251,6 +255,33 @@ impl Adaptive {
     fn set_limit(&self, limit: u32) {
         self.slots.set_limit(limit);
         self.metrics.limit.set(i64::from(limit));
+    }
+}
+
+/// The latencies of a phase: all of them up to `MAX_WINDOW_SAMPLES`, then a uniform sample.
+#[derive(Default)]
+struct Reservoir {
+    kept: Vec<Duration>,
+    seen: usize,
+}
+
+impl Reservoir {
+    fn push(&mut self, latency: Duration) {
+        self.seen = self.seen.saturating_add(1);
+        if self.kept.len() < MAX_WINDOW_SAMPLES {
+            self.kept.push(latency);
+        } else if let Some(slot) = self.kept.get_mut(fastrand::usize(..self.seen)) {
+            *slot = latency;
+        }
+    }
+
+    fn percentile(&mut self, pct: f64) -> Duration {
+        percentile(&mut self.kept, pct)
+    }
+
+    fn clear(&mut self) {
+        self.kept.clear();
+        self.seen = 0;
     }
 }
 
@@ -302,6 +333,23 @@ mod tests {
         assert_eq!(next_limit(&p, 100, ms(20), ms(1000)), 58, "0.5 × 100 + sqrt(50)");
         assert_eq!(next_limit(&p, 1000, ms(20), ms(1)), 1000, "capped at maxLimit");
         assert_eq!(next_limit(&p, 3, ms(20), Duration::ZERO), 9, "a zero latency cannot divide by zero");
+    }
+
+    /// A long `sampleWindow` under heavy traffic must not make the window's latencies grow
+    /// without bound (60 s at 100,000 req/s would be 6 million of them).
+    #[tokio::test(start_paused = true)]
+    async fn a_window_keeps_a_bounded_sample_of_its_latencies() {
+        let p = AdaptivePolicy { sample_window: Duration::from_secs(60), min_rtt_requests: 1, ..policy() };
+        let a = Adaptive::new(p, Reserves::default(), AdaptiveMetrics::default());
+        let now = Instant::now();
+        a.sample(0, Duration::from_millis(10), now);
+        let epoch = a.controller.lock().epoch;
+        for i in 0..100_000u64 {
+            a.sample(epoch, Duration::from_micros(i % 1000), now + Duration::from_micros(i));
+        }
+        let kept = a.controller.lock().samples.kept.len();
+        assert!(kept <= MAX_WINDOW_SAMPLES, "{kept} latencies kept");
+        assert_eq!(a.metrics.samples.get(), 100_001, "every latency still counted");
     }
 
     #[test]
