@@ -56,7 +56,10 @@ pub async fn handle(
     let selected = Selected::of(&shared, &downstream, &req, host.as_deref());
     let mut rec = Record::start(&shared, selected.labels(&downstream), &mut req, host.as_deref(), downstream.client);
     if let Some(p) = selected.route.as_ref().and_then(|r| r.priority.as_ref()) {
-        shared.metrics.stages.classified(&mut rec, p.name(selected.class));
+        if let Some(counter) = selected.state.as_ref().and_then(|s| s.class_requests.get(selected.class)) {
+            counter.inc();
+        }
+        rec.class = Some(p.name(selected.class));
     }
     let started = Instant::now();
     let mut resend = None;

@@ -17,10 +17,10 @@ pub mod registry;
 pub mod retry;
 pub mod timeout;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bulwark_policy::faults::AbortWith;
+use bulwark_policy::priority::Priority;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -138,12 +138,16 @@ impl StageFamilies {
         rec.fallback = Some(reason);
     }
 
-    /// Counts a request of a priority class, on the request's record too.
-    pub fn classified(&self, rec: &mut Record, class: Arc<str>) {
-        let l = &rec.labels;
-        let labels = ClassLabels { policy: l.policy.to_string(), route: l.route.to_string(), class: class.to_string() };
-        self.classes.with(&l.policy, &l.route, &labels, |c| c.inc());
-        rec.class = Some(class);
+    /// A route's request counter for each of its priority classes, in class order: resolved
+    /// once with the route's state, so a request only increments one.
+    pub fn class_counters(&self, policy: &str, route: &str, p: &Priority) -> Vec<Counter> {
+        p.classes
+            .iter()
+            .map(|c| {
+                let labels = ClassLabels { policy: policy.into(), route: route.into(), class: c.name.to_string() };
+                self.classes.handle(policy, route, &labels)
+            })
+            .collect()
     }
 
     /// Counts a refusal of a request that has a priority class.

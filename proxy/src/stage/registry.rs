@@ -86,6 +86,8 @@ pub struct RouteState {
     /// The route's fallback upstream, with its resolved addresses.
     pub fallback: Option<FallbackTarget>,
     pub retry_metrics: RetryMetrics,
+    /// Requests of each priority class, in class order (empty without classes).
+    pub class_requests: Vec<prometheus_client::metrics::counter::Counter>,
     breaker_metrics: BreakerMetrics,
     clusters: DashMap<ClusterKey, Arc<ClusterState>>,
     overflow: std::sync::OnceLock<Arc<ClusterState>>,
@@ -112,6 +114,11 @@ impl RouteState {
                 .map(|f| FallbackTarget::new(format!("fallback/{}/{}", r.policy, r.name), f)),
             config,
             retry_metrics: families.retry.route(&labels),
+            class_requests: r
+                .priority
+                .as_ref()
+                .map(|p| families.class_counters(&r.policy, &r.name, p))
+                .unwrap_or_default(),
             breaker_metrics: families.breaker.route(&labels),
             clusters: DashMap::new(),
             overflow: std::sync::OnceLock::new(),
