@@ -46,8 +46,7 @@ impl Reserves {
 
 pub struct Admission {
     state: Mutex<State>,
-    reserves: Vec<f64>,
-    judge_only: bool,
+    reserves: Reserves,
     max_queued: u32,
     gauges: Gauges,
 }
@@ -108,8 +107,7 @@ impl Drop for Waiting<'_> {
 
 impl Admission {
     pub fn new(limit: u32, max_queued: u32, reserves: Reserves, gauges: Gauges) -> Arc<Admission> {
-        let Reserves { percent: reserves, judge_only } = reserves;
-        let classes = reserves.len().max(1);
+        let classes = reserves.percent.len().max(1);
         Arc::new(Admission {
             state: Mutex::new(State {
                 limit,
@@ -120,14 +118,13 @@ impl Admission {
                 next_id: 0,
             }),
             reserves,
-            judge_only,
             max_queued,
             gauges,
         })
     }
 
     fn queue_of(&self, class: usize) -> usize {
-        if self.judge_only {
+        if self.reserves.judge_only {
             0
         } else {
             class
@@ -135,13 +132,14 @@ impl Admission {
     }
 
     fn class_of(&self, class: usize) -> usize {
-        class.min(self.reserves.len().saturating_sub(1))
+        class.min(self.reserves.percent.len().saturating_sub(1))
     }
 
     /// Slots the classes above `class` keep and are not using.
     fn kept_above(&self, st: &State, class: usize) -> u32 {
         let limit = f64::from(st.limit);
         self.reserves
+            .percent
             .iter()
             .zip(&st.by_class)
             .take(class)
@@ -154,12 +152,12 @@ impl Admission {
     }
 
     fn admits(&self, st: &State, class: usize) -> bool {
-        self.fits(st, class, !self.judge_only)
+        self.fits(st, class, !self.reserves.judge_only)
     }
 
     /// Takes a slot `admits` allowed, telling whether the reserves refuse it (dry-run).
     fn admit_locked(self: &Arc<Self>, st: &mut State, class: usize) -> Permit {
-        let would_shed = self.judge_only && !self.fits(st, class, true);
+        let would_shed = self.reserves.judge_only && !self.fits(st, class, true);
         self.take_locked(st, class);
         self.publish(st);
         Permit { pool: self.clone(), class, would_shed }
@@ -251,7 +249,7 @@ impl Admission {
                 }
                 let Some((_, _, tx)) = st.queues.get_mut(queue).and_then(VecDeque::pop_front) else { break };
                 st.queued = st.queued.saturating_sub(1);
-                let would_shed = self.judge_only && !self.fits(st, class, true);
+                let would_shed = self.reserves.judge_only && !self.fits(st, class, true);
                 // A waiter drops its place (under this lock) before its receiver, so the send
                 // finds it; the slot is its from here.
                 if tx.send(would_shed).is_ok() {
