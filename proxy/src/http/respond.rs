@@ -141,8 +141,8 @@ pub fn fallback(f: &bulwark_policy::fallback::Fallback, grpc: bool) -> Option<Re
     resp.ok()
 }
 
-/// One gRPC length-prefixed message, uncompressed.
-fn grpc_frame(message: &Bytes) -> Option<Bytes> {
+/// One gRPC length-prefixed message, uncompressed; None past 4 GiB.
+pub fn grpc_frame(message: &Bytes) -> Option<Bytes> {
     let len = u32::try_from(message.len()).ok()?;
     let mut framed = Vec::with_capacity(message.len() + 5);
     framed.push(0);

@@ -107,14 +107,12 @@ async fn grpc_health(port: u16, service: &str) -> anyhow::Result<StatusCode> {
         message.put_u8(u8::try_from(service.len()).map_err(|_| anyhow::anyhow!("service name too long"))?);
         message.put_slice(service.as_bytes());
     }
-    let mut frame = BytesMut::with_capacity(5 + message.len());
-    frame.put_u8(0);
-    frame.put_u32(message.len() as u32);
-    frame.put_slice(&message);
+    let frame = crate::http::respond::grpc_frame(&message.freeze())
+        .ok_or_else(|| anyhow::anyhow!("health check request too long"))?;
     let req = Request::post(format!("http://127.0.0.1:{port}/grpc.health.v1.Health/Check"))
         .header(http::header::CONTENT_TYPE, "application/grpc")
         .header("te", "trailers")
-        .body(Full::new(frame.freeze()))?;
+        .body(Full::new(frame))?;
     let resp = send.send_request(req).await?;
     let header_status = resp.headers().get("grpc-status").cloned();
     let collected = resp.into_body().collect().await?;
