@@ -206,13 +206,25 @@ impl<B: SendBody> Pool<B> {
                     (Conn::H2(p.conn.send.clone(), p.conn.peer.slot()), p.created)
                 })
             }
+            // Newest first, stopping at the first ready one: a full pass over every pooled
+            // connection on each request made the cost of a request grow with the number of
+            // connections. Closed and expired ones met on the way are dropped; the sweeper
+            // takes the rest.
             Proto::Http1 => {
-                entry.h1.retain(|p| !p.conn.is_closed() && !p.too_old(now));
-                let pos = entry.h1.iter().rposition(|p| p.conn.is_ready());
-                pos.map(|i| {
-                    let p = entry.h1.swap_remove(i);
-                    (Conn::H1(p.conn), p.created)
-                })
+                let mut found = None;
+                let mut i = entry.h1.len();
+                while let Some(at) = i.checked_sub(1) {
+                    i = at;
+                    let Some(p) = entry.h1.get(at) else { break };
+                    if p.conn.is_closed() || p.too_old(now) {
+                        entry.h1.swap_remove(at);
+                    } else if p.conn.is_ready() {
+                        let p = entry.h1.swap_remove(at);
+                        found = Some((Conn::H1(p.conn), p.created));
+                        break;
+                    }
+                }
+                found
             }
         };
         if found.is_some() {
