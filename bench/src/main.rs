@@ -342,6 +342,12 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        eprintln!("bench: {} idle keep-alive connections", scale::IDLE_CONNECTIONS);
+        for t in targets.iter().filter(|t| t.name == "bulwark" || t.name == "envoy") {
+            if let Some(i) = t.proc_index {
+                scale::idle_connections(&mut connections, t.name, t.http, &procs[i]).await?;
+            }
+        }
         if wrk_ok {
             // The same job as connections grow, each count through Bulwark then Envoy.
             for conns in scale::SWEEP {

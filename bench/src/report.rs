@@ -219,6 +219,19 @@ pub fn markdown(run: &Run) -> String {
         let (b, e) = (conns.rps.get("bulwark").copied(), conns.rps.get("envoy").copied());
         let _ = writeln!(t, "| throughput, closed loop (req/s) | {} | {} | {} |", fmt(b, 0), fmt(e, 0), ratio(b, e));
     }
+    if !conns.idle_rss.is_empty() {
+        let n = crate::scale::IDLE_CONNECTIONS;
+        let _ =
+            writeln!(t, "\n| {n} idle keep-alive connections | Bulwark | Envoy | Bulwark/Envoy |\n|---|---|---|---|");
+        let held = |name: &str| conns.idle_rss.get(name).map(|&(_, held)| held);
+        let (b, e) = (mib(held("bulwark").as_ref()), mib(held("envoy").as_ref()));
+        let _ = writeln!(t, "| RSS while they are held (MiB) | {} | {} | {} |", fmt(b, 1), fmt(e, 1), ratio(b, e));
+        let each = |name: &str| {
+            conns.idle_rss.get(name).map(|&(before, held)| held.saturating_sub(before) as f64 / 1024.0 / n as f64)
+        };
+        let (b, e) = (each("bulwark"), each("envoy"));
+        let _ = writeln!(t, "| added per connection (KiB) | {} | {} | {} |", fmt(b, 1), fmt(e, 1), ratio(b, e));
+    }
 
     let points = |name: &str| run.sweep.points.get(name).cloned().unwrap_or_default();
     let (b, e) = (points("bulwark"), points("envoy"));

@@ -24,6 +24,69 @@ pub struct Connections {
     /// Target → resident memory `SETTLE` after the connections closed, bytes.
     pub after_rss: BTreeMap<String, u64>,
     pub rps: BTreeMap<String, f64>,
+    /// Target → (resident memory before, and while holding `IDLE_CONNECTIONS` idle keep-alive
+    /// connections), bytes.
+    pub idle_rss: BTreeMap<String, (u64, u64)>,
+}
+
+/// Keep-alive connections held open, each after one request, for the idle-memory measure.
+pub const IDLE_CONNECTIONS: usize = 5000;
+
+/// `IDLE_CONNECTIONS` clients through `target` that each send one request, read its answer and
+/// stay connected (what a sidecar holds for a pool of callers that go quiet); the proxy's
+/// resident memory is read while they are held.
+pub async fn idle_connections(
+    out: &mut Connections,
+    name: &str,
+    target: SocketAddr,
+    proc: &Proc,
+) -> anyhow::Result<()> {
+    let before = proc.rss();
+    let mut held = Vec::with_capacity(IDLE_CONNECTIONS);
+    while held.len() < IDLE_CONNECTIONS {
+        let batch = (IDLE_CONNECTIONS - held.len()).min(200);
+        let mut opening = tokio::task::JoinSet::new();
+        for _ in 0..batch {
+            opening.spawn(one_exchange(target));
+        }
+        while let Some(c) = opening.join_next().await {
+            held.push(c?.map_err(|e| anyhow::anyhow!("{name}: idle connection {}: {e}", held.len()))?);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    out.idle_rss.insert(name.into(), (before, proc.rss()));
+    drop(held);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(())
+}
+
+/// A connection that has carried one GET and read its whole answer (by Content-Length).
+async fn one_exchange(target: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(target).await?;
+    c.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n").await?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = c.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before the answer"));
+        }
+        got.extend_from_slice(buf.get(..n).unwrap_or_default());
+        let text = String::from_utf8_lossy(&got);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text
+                .get(..end)
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return Ok(c);
+            }
+        }
+    }
 }
 
 /// The connection counts of the sweep.
