@@ -114,6 +114,7 @@ fn client_keys_script(dir: &Path, keys: usize) -> anyhow::Result<PathBuf> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let ticks_at_start = report::cpu_ticks();
     let bin = bulwark_e2e::target_dir();
     let dir = bulwark_e2e::TempDir::new("bench");
     let duration = Duration::from_secs(if cli.smoke { 1 } else { cli.seconds });
@@ -451,7 +452,7 @@ async fn main() -> anyhow::Result<()> {
 
     let run = report::Run {
         date: report::now_utc(),
-        machine: report::machine(),
+        machine: report::machine(ticks_at_start),
         profile: profile.into(),
         rounds,
         seconds_per_measure: duration.as_secs(),

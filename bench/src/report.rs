@@ -39,8 +39,31 @@ pub fn now_utc() -> String {
         .unwrap_or_default()
 }
 
-/// Cores, CPU model and load average: what a reader needs to weigh the figures.
-pub fn machine() -> String {
+/// The machine's CPU time so far, in clock ticks: (stolen by the hypervisor, all).
+pub fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu "))
+        .map(|l| l.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default();
+    // user nice system idle iowait irq softirq steal (guest time is counted in user already).
+    let all = ticks.iter().take(8).sum();
+    (ticks.get(7).copied().unwrap_or(0), all)
+}
+
+/// Cores, CPU model, load average and the CPU time the hypervisor took since `start` (from
+/// `cpu_ticks`): what a reader needs to weigh the figures. Stolen time shows above all in the
+/// tail latencies, the direct path's included.
+pub fn machine(start: (u64, u64)) -> String {
+    let (steal, all) = cpu_ticks();
+    let stolen = match all.checked_sub(start.1) {
+        Some(d) if d > 0 => format!(
+            ", {:.1}% of CPU time stolen by the hypervisor during the run",
+            100.0 * steal.saturating_sub(start.0) as f64 / d as f64
+        ),
+        _ => String::new(),
+    };
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -50,7 +73,7 @@ pub fn machine() -> String {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load: Vec<&str> = load.split_whitespace().take(3).collect();
-    format!("{cores} cores, {model}, load average {} at the end", load.join(" "))
+    format!("{cores} cores, {model}, load average {} at the end{stolen}", load.join(" "))
 }
 
 pub fn median(mut v: Vec<f64>) -> Option<f64> {
