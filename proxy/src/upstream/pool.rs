@@ -243,6 +243,11 @@ impl<B: SendBody> Pool<B> {
         {
             let mut entries = self.entries.lock();
             let entry = entries.entry((ep, Proto::Http1)).or_default();
+            // Checkouts drop only the closed connections they meet; at the cap the others must
+            // not keep a live one out.
+            if entry.h1.len() >= cap {
+                entry.h1.retain(|p| !p.conn.is_closed());
+            }
             if entry.h1.len() < cap {
                 entry.h1.push(Pooled { conn, created, last_used: Instant::now(), limits });
             }
