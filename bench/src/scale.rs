@@ -50,7 +50,7 @@ pub async fn idle_connections(
             opening.spawn(one_exchange(target));
         }
         while let Some(c) = opening.join_next().await {
-            held.push(c?.map_err(|e| anyhow::anyhow!("{name}: idle connection {}: {e}", held.len()))?);
+            held.push(c?.map_err(|e| e.context(format!("{name}: idle connection {}", held.len())))?);
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -60,33 +60,14 @@ pub async fn idle_connections(
     Ok(())
 }
 
-/// A connection that has carried one GET and read its whole answer (by Content-Length).
-async fn one_exchange(target: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut c = tokio::net::TcpStream::connect(target).await?;
-    c.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n").await?;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = c.read(&mut buf).await?;
-        if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before the answer"));
-        }
-        got.extend_from_slice(buf.get(..n).unwrap_or_default());
-        let text = String::from_utf8_lossy(&got);
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length = text
-                .get(..end)
-                .unwrap_or_default()
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(0);
-            if got.len() >= end + 4 + length {
-                return Ok(c);
-            }
-        }
-    }
+/// A connection that has carried one GET and read its whole answer; open while it is held.
+async fn one_exchange(
+    target: SocketAddr,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>> {
+    use bulwark_e2e::client;
+    let mut c = client::connect_h1(target).await?;
+    client::collect(c.send_request(client::request(http::Method::GET, "/", &[("host", "bench")])).await?).await?;
+    Ok(c)
 }
 
 /// The connection counts of the sweep.

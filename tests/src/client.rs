@@ -81,7 +81,7 @@ pub async fn get_h2(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> a
     collect(send.send_request(req).await?).await
 }
 
-async fn collect(resp: http::Response<hyper::body::Incoming>) -> anyhow::Result<Reply> {
+pub async fn collect(resp: http::Response<hyper::body::Incoming>) -> anyhow::Result<Reply> {
     let (parts, body) = resp.into_parts();
     let collected = body.collect().await?;
     let trailers = collected.trailers().cloned();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::error::Errors;
 use crate::spec::{AdaptiveConcurrencySpec, StageMode};
-use crate::stages::range;
+use crate::stages::{range, HOUR};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdaptivePolicy {
@@ -47,7 +47,7 @@ pub(crate) fn compile(errs: &mut Errors<'_>, path: &str, s: &AdaptiveConcurrency
         &format!("{path}.minRttInterval"),
         s.min_rtt_interval.map_or(Duration::from_secs(60), |d| d.get()),
         Duration::from_secs(1),
-        Duration::from_secs(3600),
+        HOUR,
     );
     if interval <= window {
         errs.push(format!("{path}.minRttInterval"), "must be longer than sampleWindow");
