@@ -147,7 +147,8 @@ impl Attempt<'_> {
                         (e.into_error(), unsent)
                     }
                 },
-                Err(e) => (e, None),
+                // The connection closed before this request was handed to it.
+                Err(e) => (e, Some(req.into_body())),
             };
             let peer = slot.peer();
             if !peer.speaks_h2() {
@@ -160,7 +161,9 @@ impl Attempt<'_> {
                 }
                 return Err(reset(unsent));
             }
-            if never_processed(&error) {
+            // hyper gives a request back only when none of it was written to the connection
+            // (one queued behind a GOAWAY when the connection closed: "operation was canceled").
+            if unsent.is_some() || never_processed(&error) {
                 tracing::debug!(%endpoint, error = %error, "upstream refused the stream unprocessed");
                 return Err(refused(unsent));
             }
